@@ -1,0 +1,123 @@
+"""The resumable state of a stage (`last/`) and the best weights, written atomically.
+
+Everything is stored as safetensors or as a torch file of plain containers that
+`torch.load(weights_only=True)` accepts, so resuming never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .io import existing_dir, replace_dir, write_with
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A contiguous CPU copy of the weights (safetensors refuses shared or strided storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    state = model_state(model)
+    write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or {}))
+
+
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Resumable:
+    """Where a stage stands: the next epoch to run and how many of its batches are done."""
+
+    epoch: int
+    batches_done: int
+    global_step: int
+    tracker: dict[str, Any]
+    history_len: int
+
+
+def save_last(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    scaler: Any,
+    ema: nn.Module | None,
+    where: Resumable,
+) -> None:
+    """Replace `folder` (normally RUN/last) with a complete checkpoint."""
+    weights = model_state(model)
+    ema_weights = model_state(ema) if ema is not None else None
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": where.epoch,
+        "batches_done": where.batches_done,
+        "global_step": where.global_step,
+        "tracker": where.tracker,
+        "history_len": where.history_len,
+        "rng": rng_state(),
+    }
+
+    def build(tmp: Path) -> None:
+        save_file(weights, str(tmp / "model.safetensors"))
+        if ema_weights is not None:
+            save_file(ema_weights, str(tmp / "ema.safetensors"))
+        torch.save(state, tmp / "state.pt")
+
+    replace_dir(build, folder)
+
+
+def load_last(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    scaler: Any,
+    ema: nn.Module | None,
+) -> Resumable | None:
+    """Restore everything `save_last` wrote; None when there is no checkpoint yet."""
+    found = existing_dir(folder)
+    if found is None or not (found / "state.pt").is_file():
+        return None
+    model.load_state_dict(load_file(str(found / "model.safetensors")))
+    if ema is not None and (found / "ema.safetensors").is_file():
+        ema.load_state_dict(load_file(str(found / "ema.safetensors")))
+    state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
+                     global_step=state["global_step"], tracker=state["tracker"],
+                     history_len=state["history_len"])

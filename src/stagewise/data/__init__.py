@@ -1,0 +1,19 @@
+"""Datasets: layouts on disk, transforms, loaders."""
+
+from .folder import read_folder
+from .index import DatasetIndex, Samples
+from .layouts import load_dataset
+from .loader import ImageDataset, make_loader
+from .transforms import Preprocess, build_transform, resolve_preprocess
+
+__all__ = [
+    "DatasetIndex",
+    "ImageDataset",
+    "Preprocess",
+    "Samples",
+    "build_transform",
+    "load_dataset",
+    "make_loader",
+    "read_folder",
+    "resolve_preprocess",
+]

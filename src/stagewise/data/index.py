@@ -1,0 +1,71 @@
+"""What a dataset is, independent of its layout on disk: classes and labelled samples per split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class Samples:
+    """Labelled images of one split: file paths, or decoded uint8 arrays (N, H, W, 3) for CIFAR."""
+
+    labels: list[int]
+    paths: list[Path] | None = None
+    arrays: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.paths) if self.paths is not None else len(self.arrays)  # type: ignore[arg-type]
+        if n != len(self.labels):
+            raise ValueError(f"{n} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self, i: int) -> str:
+        return str(self.paths[i]) if self.paths is not None else f"array[{i}]"
+
+    def subset(self, indices: list[int]) -> Samples:
+        return Samples(
+            labels=[self.labels[i] for i in indices],
+            paths=[self.paths[i] for i in indices] if self.paths is not None else None,
+            arrays=self.arrays[indices] if self.arrays is not None else None,
+        )
+
+    def counts(self, num_classes: int) -> list[int]:
+        c = Counter(self.labels)
+        return [c.get(i, 0) for i in range(num_classes)]
+
+
+@dataclass
+class DatasetIndex:
+    """A dataset's classes (stable ids + display names) and its splits ('train', 'val', 'test')."""
+
+    root: Path
+    layout: str
+    class_ids: list[str]
+    class_names: list[str]
+    splits: dict[str, Samples]
+    skipped: list[str] = field(default_factory=list)  # files found unreadable while indexing
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def check(self, required: tuple[str, ...] = ("train", "val")) -> None:
+        """Fail before training on missing splits or empty classes."""
+        for split in required:
+            if split not in self.splits or len(self.splits[split]) == 0:
+                raise DataError(f"{self.root}: no usable images in the '{split}' split")
+        counts = self.splits["train"].counts(self.num_classes)
+        empty = [self.class_ids[i] for i, c in enumerate(counts) if c == 0]
+        if empty:
+            raise DataError(
+                f"{self.root}: class(es) with no usable training images: {', '.join(empty[:10])}; "
+                "add images or remove the folder"
+            )

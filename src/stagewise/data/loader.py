@@ -1,0 +1,158 @@
+"""Torch datasets and loaders whose augmentation is a pure function of (seed, epoch, sample).
+
+Seeding each sample's augmentation from (seed, epoch, index) makes a run repeatable bit for bit
+whatever the number of workers, and lets a resumed epoch skip batches without shifting the random
+draws of the batches after them. torch's samplers can't carry the epoch into persistent workers,
+so the sampler here encodes it into the index it yields.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
+from .index import Samples
+
+_EPOCH_STRIDE = 1 << 32
+
+
+class ImageDataset(Dataset):
+    """Decodes one sample; a bad file yields None (dropped by `collate_skip_bad`)."""
+
+    def __init__(self, samples: Samples, transform: Callable, seed: int = 0, seeded: bool = True):
+        self.samples = samples
+        self.transform = transform
+        self.seed = seed
+        self.seeded = seeded
+        self.cache = None  # set by data.cache when a decoded-image cache is in use
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, i: int):
+        if self.cache is not None:
+            return self.cache.get(i)
+        if self.samples.arrays is not None:
+            from PIL import Image
+
+            return to_rgb(Image.fromarray(self.samples.arrays[i]))
+        return load_rgb(self.samples.paths[i])  # type: ignore[index]
+
+    def __getitem__(self, key: int):
+        epoch, i = divmod(int(key), _EPOCH_STRIDE)
+        try:
+            img = self.image(i)
+        except BAD_IMAGE_ERRORS:
+            return None, self.samples.describe(i)
+        if not self.seeded:
+            return self.transform(img), self.samples.labels[i]
+        with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF):
+            x = self.transform(img)
+        return x, self.samples.labels[i]
+
+
+class _seeded:
+    """Seed python/numpy/torch for one transform call, then restore the caller's RNG streams."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.random.default_generator.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        random.setstate(self.state[0])
+        np.random.set_state(self.state[1])
+        torch.set_rng_state(self.state[2])
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or ordered) indices per epoch, sharded across processes, resumable mid-epoch."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_samples
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world > 1:
+            per = -(-self.n // self.world)
+            order = (order + order[: per * self.world - self.n])[self.rank :: self.world]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        base = self.epoch * _EPOCH_STRIDE
+        for i in self._indices()[self.skip :]:
+            yield base + i
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self.skip
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    bad: list[str]
+
+
+def collate_skip_bad(items: list) -> Batch:
+    good = [(x, y) for x, y in items if x is not None]
+    bad = [y for x, y in items if x is None]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
+    xs, ys = zip(*good)
+    return Batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad)
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Training on the CPU needs the cores for compute; leave the data to half of them.
+    return max(0, min(8, cores // 2))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int | None,
+    drop_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    workers = default_workers() if num_workers is None else num_workers
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        # The workers' base seed must not come from the global RNG: a resumed run would draw it
+        # at a different point and shift every later random number of the training loop.
+        generator=torch.Generator().manual_seed(seed),
+    )

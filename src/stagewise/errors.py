@@ -1,0 +1,38 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits with code 2."""
+
+from __future__ import annotations
+
+
+class StagewiseError(Exception):
+    """Bad input: a config key, a file, a dataset or weights. The message says what to fix."""
+
+    exit_code = 2
+
+
+class ConfigError(StagewiseError):
+    """A configuration key, value or file is invalid."""
+
+
+class DataError(StagewiseError):
+    """A dataset cannot be used as given."""
+
+
+class WeightsError(StagewiseError):
+    """Weights cannot be loaded safely or do not fit the model."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, resume_hint: str) -> None:
+        super().__init__(f"interrupted by signal {signum}; resume with: {resume_hint}")
+        self.signum = signum
+        self.resume_hint = resume_hint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class NonFiniteLoss(StagewiseError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""

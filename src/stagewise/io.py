@@ -1,0 +1,90 @@
+"""Atomic file writes: a crash at any instant leaves the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_with(path: Path, writer: Callable[[Path], None]) -> None:
+    """Atomically write a file produced by `writer(tmp_path)` (e.g. safetensors' save_file)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def replace_dir(build: Callable[[Path], None], target: Path) -> None:
+    """Build a folder next to `target`, then swap it in.
+
+    Two renames cannot be atomic together; a crash between them leaves `<target>.old`, which
+    `existing_dir` falls back to, so a reader always finds one complete folder.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.new")
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def existing_dir(target: Path) -> Path | None:
+    """The complete folder written by `replace_dir`, or None."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    old = target.with_name(f"{target.name}.old")
+    return old if old.is_dir() else None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

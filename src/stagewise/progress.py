@@ -1,0 +1,104 @@
+"""How a run talks to the person (rich progress bars), to scripts (JSON lines), or not at all."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Protocol
+
+
+class Reporter(Protocol):
+    def message(self, text: str) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch(self, done: int, loss: float, acc: float, lr: float) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class QuietReporter:
+    """Prints nothing but warnings, to stderr."""
+
+    def message(self, text: str) -> None:
+        if text.startswith(("warning", "error")):
+            print(text, file=sys.stderr)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch(self, done: int, loss: float, acc: float, lr: float) -> None:
+        pass
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonReporter(QuietReporter):
+    """One JSON object per line on stdout: messages and epoch records."""
+
+    def message(self, text: str) -> None:
+        print(json.dumps({"event": "message", "text": text, "time": time.time()}), flush=True)
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        print(json.dumps({"event": "epoch", **record}), flush=True)
+
+
+class RichReporter:
+    """A progress bar per epoch with live loss, accuracy, LR and ETA; a line per finished epoch."""
+
+    def __init__(self, stage: str | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.console = Console(stderr=False)
+        self.stage = f"[{stage}] " if stage else ""
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self.task = None
+        self.progress.start()
+
+    def message(self, text: str) -> None:
+        style = "yellow" if text.startswith("warning") else None
+        self.console.print(f"{self.stage}{text}", style=style, markup=False, highlight=False,
+                           soft_wrap=True)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"{self.stage}epoch {epoch}/{epochs}", total=batches, stats="")
+
+    def batch(self, done: int, loss: float, acc: float, lr: float) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=done,
+                                 stats=f"loss {loss:.4f} acc {acc:.3f} lr {lr:.2e}")
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        top5 = f" top5 {record['val_top5']:.4f}" if record.get("val_top5") is not None else ""
+        self.console.print(
+            f"{self.stage}epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_top1']:.4f} | val loss {record['val_loss']:.4f} "
+            f"top1 {record['val_top1']:.4f}{top5} | {record['epoch_seconds']:.1f}s "
+            f"{record['images_per_sec']:.0f} img/s | trainable {record['trainable_params']:,}",
+            highlight=False, soft_wrap=True,
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(kind: str, stage: str | None = None) -> Reporter:
+    if kind == "quiet":
+        return QuietReporter()
+    if kind == "json":
+        return JsonReporter()
+    return RichReporter(stage)

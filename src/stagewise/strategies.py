@@ -1,0 +1,118 @@
+"""What is trainable when: scratch, probe, finetune, gradual unfreezing, explicit freezing, BN.
+
+A frozen part must be frozen twice over: its parameters get no gradient, and its BatchNorm layers
+stay in eval mode so their running statistics do not drift while the head trains (unless
+`train_bn` asks for fastai's behaviour, where BatchNorm keeps training everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatch
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .models.head import classifier_keys
+
+
+def coarse_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names in timm's coarse layer groups, stem first, classifier last."""
+    from timm.models import group_parameters
+
+    head = set(classifier_keys(model))
+    try:
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        groups = [list(v) for _, v in sorted(grouped.items())]
+    except (AttributeError, NotImplementedError):
+        # Models without a group matcher: one group per top-level child module.
+        groups = []
+        for child, _ in model.named_children():
+            names = [n for n, _ in model.named_parameters() if n.split(".")[0] == child]
+            if names:
+                groups.append(names)
+    groups = [[n for n in g if n not in head] for g in groups]
+    groups = [g for g in groups if g]
+    groups.append(sorted(head))
+    return groups
+
+
+def fine_layer_ids(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> layer index (timm's fine grouping) for layer-wise LR decay."""
+    from timm.models import group_parameters
+
+    try:
+        grouped = group_parameters(model, model.group_matcher(coarse=False))
+    except (AttributeError, NotImplementedError):
+        return {n: i for i, g in enumerate(coarse_groups(model)) for n in g}
+    ids = {n: layer for layer, names in grouped.items() for n in names}
+    top = max(ids.values(), default=0) + 1
+    for n in classifier_keys(model):
+        ids[n] = top
+    return ids
+
+
+@dataclass
+class Trainable:
+    """The outcome of applying a strategy at one epoch."""
+
+    groups_unfrozen: int
+    groups_total: int
+    trainable_params: int
+    total_params: int
+
+
+def unfrozen_groups(strategy: str, epoch: int, n_groups: int, every: int, at: list[int] | None) -> int:
+    """How many coarse groups, counted from the head, are trainable at `epoch`."""
+    if strategy == "probe":
+        return 1
+    if strategy != "gradual":
+        return n_groups
+    steps = sum(1 for e in at if e <= epoch) if at is not None else epoch // every
+    return min(n_groups, 1 + steps)
+
+
+def apply_strategy(
+    model: nn.Module,
+    strategy: str,
+    epoch: int,
+    freeze: list[str] | tuple[str, ...] = (),
+    train_bn: bool = False,
+    unfreeze_every: int = 1,
+    unfreeze_at: list[int] | None = None,
+) -> Trainable:
+    """Set `requires_grad` on every parameter for `epoch`; call `set_train_mode` after `.train()`."""
+    groups = coarse_groups(model)
+    k = unfrozen_groups(strategy, epoch, len(groups), unfreeze_every, unfreeze_at)
+    trainable = {n for g in groups[len(groups) - k :] for n in g}
+    bn_params = _bn_param_names(model) if train_bn else set()
+    for name, p in model.named_parameters():
+        on = name in trainable or name in bn_params
+        if any(fnmatch(name, pat) for pat in freeze):
+            on = False
+        p.requires_grad_(on)
+    total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Trainable(groups_unfrozen=k, groups_total=len(groups), trainable_params=n_train,
+                     total_params=total)
+
+
+def set_train_mode(model: nn.Module, train_bn: bool = False) -> None:
+    """`model.train()`, then BatchNorm layers whose parameters are all frozen go back to eval."""
+    model.train()
+    if train_bn:
+        return
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def _bn_param_names(model: nn.Module) -> set[str]:
+    names = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            for p_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names

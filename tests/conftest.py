@@ -1,0 +1,78 @@
+"""Shared fixtures: small generated image folders, the shared real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep tests on the CPU and single-threaded enough to be repeatable on 2 cores.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HYMENOPTERA = SHARED / "data" / "hymenoptera"
+EFFNET_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+
+
+def make_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("alpha", "beta", "gamma"),
+    per_class: int = 8,
+    size: int = 32,
+    splits: tuple[str, ...] = ("train", "val"),
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
+    """Class-separable images: each class has its own colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for ci, cls in enumerate(classes):
+            d = root / split / cls if split else root / cls
+            d.mkdir(parents=True, exist_ok=True)
+            base = np.zeros(3)
+            base[ci % 3] = 200
+            base += 40 * (ci // 3)
+            for i in range(per_class):
+                arr = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{cls}_{i}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def curriculum(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stagewise.data.synth import generate
+
+    root = tmp_path_factory.mktemp("curriculum")
+    generate(root, seed=0, scale=0.5)
+    return root
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    if not HYMENOPTERA.is_dir():
+        pytest.skip(f"shared data not present at {HYMENOPTERA}")
+    return HYMENOPTERA
+
+
+@pytest.fixture
+def effnet_weights() -> Path:
+    if not EFFNET_WEIGHTS.is_file():
+        pytest.skip(f"shared weights not present at {EFFNET_WEIGHTS}")
+    return EFFNET_WEIGHTS
+
+
+def tiny_config(data: Path, out: Path, **kw) -> dict:
+    """A fast CPU config: test_resnet at 32 px, no workers."""
+    cfg = {"data": str(data), "model": "test_resnet", "image_size": 32, "batch_size": 8,
+           "epochs": 2, "num_workers": 0, "out": str(out), "seed": 0, "lr": 1e-2}
+    cfg.update(kw)
+    return cfg
