@@ -278,6 +278,8 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
     def on_step() -> None:
         step_counter[0] += 1
 
+    if tracker.get("stopped"):
+        return tracker["stopped"]
     previous_groups = history[-1]["groups_unfrozen"] if history else None
     started = time.perf_counter() - tracker.get("elapsed", 0.0)
     with catch_signals(flag):
@@ -324,6 +326,8 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
             parts.schedule.epoch_end(record.get(cfg.monitor))
             tracker["elapsed"] = time.perf_counter() - started
             reason = _stop_reason(cfg, tracker, record)
+            if reason:
+                tracker["stopped"] = reason  # a resumed run must not train past its stop
             where = Resumable(epoch + 1, 0, step_counter[0], tracker, len(history))
             _save_last(parts, run_dir, where)
             if reason:

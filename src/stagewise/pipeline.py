@@ -1,0 +1,272 @@
+"""Chains stages: hands weights over by class identity, keeps the manifest, resumes.
+
+The pipeline owns ordering, handoff and resume; each stage is an ordinary one-stage run
+(`stage.train`) in RUN/stages/<name>/, which knows nothing about the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from .errors import ConfigError, StagewiseError
+from .io import write_json
+from .models import LoadedWeights
+from .pipeline_config import PipelinePlan, StagePlan, load_pipeline
+from .progress import Reporter, make_reporter
+from .stage import TrainResult, train
+
+MANIFEST = "pipeline.json"
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    stages: dict[str, dict[str, Any]]
+    final_weights: Path | None
+    history: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"stage": n, **{k: s.get(k) for k in ("status", "best_val_top1", "gain")}}
+                for n, s in self.stages.items()]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(
+    pipeline: str | Path | dict[str, Any] | PipelinePlan,
+    out: str | Path = "runs/pipeline",
+    *,
+    stages: list[str] | None = None,
+    resume: bool = False,
+    overrides: list[str] = (),
+    reporter: str = "rich",
+) -> PipelineResult:
+    """Run a pipeline of stages into `out`.
+
+    Example:
+        >>> import stagewise
+        >>> r = stagewise.run("curriculum.yaml", out="runs/cur", overrides=["data_root=data"])  # doctest: +SKIP
+    """
+    out = Path(out)
+    plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists() and not resume:
+        raise ConfigError(f"{out} already holds a pipeline run; pass --resume to continue it, or another --out")
+    if stages:
+        unknown = [s for s in stages if s not in plan.order]
+        if unknown:
+            raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
+    manifest = _load_manifest(manifest_path, plan) if resume else _new_manifest(plan)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(manifest_path, manifest)
+    for stage in plan.stages:
+        if stages and stage.name not in stages:
+            if manifest["stages"][stage.name]["status"] != "done":
+                manifest["stages"][stage.name]["status"] = "skipped"
+            continue
+        entry = manifest["stages"][stage.name]
+        if entry["status"] == "done" and _verified(out, stage.name, entry):
+            continue
+        rep = make_reporter(reporter, stage.name)
+        try:
+            _run_stage(plan, stage, out, manifest, rep)
+        finally:
+            rep.close()
+        write_json(manifest_path, manifest)
+        _write_history(out, plan, manifest)
+        _write_final(out, plan, manifest)
+        _try_report(out)
+    return PipelineResult(run_dir=out, stages=manifest["stages"],
+                          final_weights=out / "final.safetensors" if (out / "final.safetensors").exists() else None,
+                          history=_read_json(out / "history.json"))
+
+
+def _new_manifest(plan: PipelinePlan) -> dict[str, Any]:
+    return {
+        "format": "stagewise.pipeline/1",
+        "name": plan.name,
+        "pipeline": plan.source,
+        "order": plan.order,
+        "stages": {s.name: {"status": "pending", "parent": s.parent(plan.order), "init": s.init}
+                   for s in plan.stages},
+    }
+
+
+def _load_manifest(path: Path, plan: PipelinePlan) -> dict[str, Any]:
+    if not path.is_file():
+        return _new_manifest(plan)
+    manifest = json.loads(path.read_text())
+    if manifest.get("order") != plan.order:
+        raise ConfigError(
+            f"{path}: the saved pipeline has stages {manifest.get('order')}, the file now has {plan.order}; "
+            "resume with the original pipeline or start a new run"
+        )
+    return manifest
+
+
+def _verified(out: Path, name: str, entry: dict[str, Any]) -> bool:
+    """A finished stage is skipped only when its artifacts still hash as recorded."""
+    for rel, digest in entry.get("artifacts", {}).items():
+        path = out / rel
+        if not path.is_file() or sha256(path) != digest:
+            raise StagewiseError(
+                f"stage '{name}': {path} changed or vanished since the stage finished (hash mismatch). "
+                f"Restore it, or delete {out / 'stages' / name} and set its status to pending in "
+                f"{out / MANIFEST} to train it again"
+            )
+    return True
+
+
+def _incoming(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, rep: Reporter) -> tuple[LoadedWeights | None, str]:
+    """The weights a stage starts from, and a sentence saying where they came from."""
+    parent = stage.parent(plan.order)
+    if stage.init in ("pretrained", "scratch") or parent is None:
+        source = "its own weights" if stage.config.weights else "random init"
+        return None, f"starts from {source} (init: {stage.init})"
+    weights = out / "stages" / parent / "best.safetensors"
+    meta = out / "stages" / parent / "model.json"
+    if weights.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        loaded = LoadedWeights(state_dict=load_file(str(weights)), source=f"stage '{parent}'",
+                               class_ids=info["class_ids"], class_names=info.get("class_names"),
+                               class_list_name=f"stage '{parent}'")
+        status = manifest["stages"][parent]["status"]
+        note = "" if status == "done" else f" (stage '{parent}' is {status}; using its saved weights)"
+        return loaded, f"starts from stage '{parent}'{note}"
+    fallback = "its own weights" if stage.config.weights else "random init"
+    return None, f"parent stage '{parent}' has no saved weights; starts from {fallback} instead"
+
+
+def _run_stage(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, rep: Reporter) -> None:
+    entry = manifest["stages"][stage.name]
+    incoming, how = _incoming(plan, stage, out, manifest, rep)
+    rep.message(how)
+    stage_dir = out / "stages" / stage.name
+    cfg = stage.config.model_copy(update={"out": stage_dir})
+    entry.update(status="running", started=entry.get("started") or time.time(), how=how)
+    write_json(out / MANIFEST, manifest)
+    resume = (stage_dir / "config.yaml").exists()
+    result = train(cfg, resume=resume, reporter=rep, incoming=incoming, stage_name=stage.name) if not resume \
+        else train(resume=True, reporter=rep, incoming=incoming, stage_name=stage.name, out=str(stage_dir))
+    entry.update(_stage_summary(result))
+    if stage.baseline != "none":
+        entry["baseline"] = _run_baseline(stage, out, rep)
+        entry["gain"] = _gain(result, entry["baseline"])
+        rep.message(_describe_gain(stage.name, entry["gain"]))
+    entry.update(status="done", finished=time.time(),
+                 artifacts={f"stages/{stage.name}/{f}": sha256(stage_dir / f)
+                            for f in ("best.safetensors", "model.json")})
+
+
+def _stage_summary(result: TrainResult) -> dict[str, Any]:
+    hist = [r for r in result.history if r.get("epoch", 0) > 0]
+    return {
+        "best_val_top1": result.best.get("val_top1"),
+        "best_epoch": result.best.get("epoch"),
+        "first_epoch_val_top1": hist[0]["val_top1"] if hist else None,
+        "epochs_run": len(hist),
+        "seconds": sum(r.get("epoch_seconds", 0.0) for r in hist),
+        "stopped": result.stopped,
+        "head": result.head,
+        "classes": len(result.class_ids),
+    }
+
+
+def _run_baseline(stage: StagePlan, out: Path, rep: Reporter) -> dict[str, Any]:
+    """The same stage, same budget and seed, without the handoff."""
+    bdir = out / "baselines" / stage.name
+    cfg = stage.config.model_copy(update={"out": bdir})
+    if stage.baseline == "scratch":
+        cfg = cfg.model_copy(update={"weights": None, "strategy": "scratch"})
+    rep.message(f"baseline ({stage.baseline}) for stage '{stage.name}'")
+    if (bdir / "config.yaml").exists():
+        result = train(resume=True, reporter=rep, stage_name=f"{stage.name}/baseline", out=str(bdir))
+    else:
+        result = train(cfg, reporter=rep, stage_name=f"{stage.name}/baseline")
+    return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
+            "curve": [r["val_top1"] for r in result.history if r.get("epoch", 0) > 0]}
+
+
+def _gain(result: TrainResult, base: dict[str, Any]) -> dict[str, Any]:
+    hist = [r for r in result.history if r.get("epoch", 0) > 0]
+    target = base.get("best_val_top1") or 0.0
+    elapsed, reached_s, reached_e = 0.0, None, None
+    for r in hist:
+        elapsed += r.get("epoch_seconds", 0.0)
+        if r["val_top1"] >= target:
+            reached_s, reached_e = elapsed, r["epoch"]
+            break
+    first = hist[0]["val_top1"] if hist else None
+    return {
+        "first_epoch": (first - base["first_epoch_val_top1"]) if first is not None and base.get("first_epoch_val_top1") is not None else None,
+        "best": (result.best.get("val_top1", 0.0) - target),
+        "epochs_to_baseline_best": reached_e,
+        "seconds_to_baseline_best": reached_s,
+        "baseline_seconds": base.get("seconds"),
+    }
+
+
+def _describe_gain(name: str, gain: dict[str, Any]) -> str:
+    first = f"{gain['first_epoch']:+.3f}" if gain.get("first_epoch") is not None else "-"
+    reached = (f"reached the baseline's best at epoch {gain['epochs_to_baseline_best']}"
+               if gain.get("epochs_to_baseline_best") else "did not reach the baseline's best")
+    return f"transfer gain for '{name}': first-epoch val top1 {first}, best {gain['best']:+.3f}; {reached}"
+
+
+def _write_history(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> None:
+    stages, epochs, global_epoch = [], [], 0
+    for name in plan.order:
+        path = out / "stages" / name / "history.jsonl"
+        if not path.is_file():
+            continue
+        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        records = [r for r in records if r.get("epoch", 0) > 0]
+        first = global_epoch + 1
+        for r in records:
+            global_epoch += 1
+            epochs.append({"global_epoch": global_epoch, "stage": name, **r})
+        entry = manifest["stages"][name]
+        stages.append({"name": name, "run_dir": f"stages/{name}", "first_epoch": first,
+                       "last_epoch": global_epoch, "strategy": plan.stage(name).config.strategy,
+                       "baseline": entry.get("baseline"), "gain": entry.get("gain"), "head": entry.get("head")})
+    write_json(out / "history.json", {"stages": stages, "epochs": epochs})
+
+
+def _write_final(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> None:
+    """final.safetensors + model.json: the last stage of the plan that has finished."""
+    done = [n for n in plan.order if manifest["stages"][n]["status"] == "done"]
+    if not done:
+        return
+    src = out / "stages" / done[-1]
+    tmp = out / ".final.safetensors.tmp"
+    shutil.copyfile(src / "best.safetensors", tmp)
+    tmp.replace(out / "final.safetensors")
+    meta = json.loads((src / "model.json").read_text())
+    meta.update(weights="final.safetensors", stage=done[-1])
+    write_json(out / "model.json", meta)
+
+
+def _try_report(out: Path) -> None:
+    try:
+        from .reporting import write_report
+    except ImportError:
+        return
+    write_report(out)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
