@@ -95,7 +95,7 @@ def _print_summary(result: Any, args: argparse.Namespace) -> None:
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: synth")
+    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="generate the built-in synthetic curriculum")
     s.add_argument("out", type=Path)
@@ -103,6 +103,53 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, default=1.0, help="images per class multiplier")
     s.set_defaults(handler=_cmd_synth)
+    _data_inspect_parser(dsub)
+    _data_fetch_parser(dsub)
+
+
+def _data_inspect_parser(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("inspect", help="classes, counts, sizes, bad files and leakage of a dataset")
+    p.add_argument("dir", type=Path, help="dataset folder (or CSV manifest)")
+    p.add_argument("--format", default="auto", help="layout (default: detected)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="used when there is no val split")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .data.inspect import inspect_dataset, render
+
+    report = inspect_dataset(args.dir, args.format, args.val_fraction)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        render(report)
+    return 0
+
+
+def _data_fetch_parser(dsub: argparse._SubParsersAction) -> None:
+    from .data.sources import GATED, SOURCES
+
+    p = dsub.add_parser("fetch", help="download a public dataset (checksum-verified, resumable)")
+    p.add_argument("name", choices=[*SOURCES, *GATED], help="dataset to download")
+    p.add_argument("--root", type=Path, required=True, help="folder to put the dataset in")
+    p.add_argument("--base-url", help="mirror serving the same file names (or $STAGEWISE_FETCH_BASE_URL)")
+    p.add_argument("--checksum", help="expected md5:<hex> or sha256:<hex>, overriding the registry")
+    p.add_argument("--keep-archive", action="store_true", help="keep the archive in ROOT/.downloads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_fetch)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .data.fetch import fetch
+    from .data.sources import get_source
+
+    folder = fetch(args.name, args.root, base_url=args.base_url, checksum=args.checksum,
+                   keep_archive=args.keep_archive, progress=not args.quiet)
+    print(f"{folder}  (data: {folder}, format: {get_source(args.name).layout})")
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -115,7 +162,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-PARSERS = [_train_parser, _data_parser]
+def _pipeline_parsers(sub: argparse._SubParsersAction) -> None:
+    from .cli_pipeline import add_parsers
+
+    add_parsers(sub)
+
+
+def _inference_parsers(sub: argparse._SubParsersAction) -> None:
+    from .inference.commands import add_parsers
+
+    add_parsers(sub)  # predict, evaluate, export
+
+
+PARSERS = [_train_parser, _pipeline_parsers, _data_parser, _inference_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

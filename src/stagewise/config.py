@@ -23,7 +23,9 @@ SchedulerName = Literal[
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Augmentation = Literal["none", "light", "standard", "strong"]
 HeadMode = Literal["match", "reset", "keep"]
-DataFormat = Literal["auto", "folder", "imagenette", "tiny-imagenet", "imagenet", "csv", "cifar"]
+DataFormat = Literal[
+    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
+]
 Monitor = Literal["val_top1", "val_top5", "val_loss"]
 
 
@@ -64,7 +66,7 @@ class TrainConfig(_Strict):
     )
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing groups")
     unfreeze_at: list[int] | None = Field(
-        None, description="gradual: epochs at which the next group down unfreezes"
+        None, description="gradual: epochs (1-based, as in history.jsonl) at which the next group down unfreezes"
     )
 
     # optimisation
@@ -100,6 +102,11 @@ class TrainConfig(_Strict):
 
     # output
     out: Path = Path("runs/train")
+
+    @field_validator("data", "out")
+    @classmethod
+    def _expand_user(cls, value: Path) -> Path:
+        return Path(value).expanduser()
 
     @field_validator("model")
     @classmethod

@@ -104,9 +104,16 @@ def train_one_epoch(
     seen, batches, skipped = 0, skip_batches, 0
     bad: list[str] = []
     live_loss = live_acc = float("nan")
+    end = len(parts.train_loader) + skip_batches
+    # Accumulation windows restart every epoch and the epoch's last batch closes its window, so no
+    # gradient leaks into the next epoch and a resumed run groups batches exactly the same way.
+    acc.step = 0
     for batch in parts.train_loader:
         bad.extend(batch.bad)
-        if batch.images.numel() == 0:
+        n_images = batch.images.shape[0] if batch.images.numel() else 0
+        # Bad files can leave a batch empty, or with one image, which BatchNorm cannot train on
+        # (a batch_size of 1 is the user's choice and is kept).
+        if n_images == 0 or (n_images == 1 and (parts.train_loader.batch_size or 1) > 1):
             batches += 1
             continue
         x, y = _to_device(parts, batch.images), batch.labels.to(acc.device, non_blocking=True)
@@ -115,6 +122,8 @@ def train_one_epoch(
             if x.shape[0] % 2:  # timm's Mixup pairs samples; a bad image can leave one over
                 x, y = x[:-1], y[:-1]
             x, target = parts.mixup(x, y)
+        if batches + 1 == end:
+            acc.step = acc.gradient_accumulation_steps - 1  # accumulate() counts this one as last
         with acc.accumulate(model):
             with acc.autocast():
                 logits = model(x)
@@ -137,7 +146,7 @@ def train_one_epoch(
                 if parts.ema is not None:
                     parts.ema.update(acc.unwrap_model(model))
             on_step()
-        if batches % LOG_EVERY == 0 or batches == len(parts.train_loader) + skip_batches:
+        if batches % LOG_EVERY == 0 or batches == end:
             live_loss, live_acc = loss_sum.item() / max(1, seen), correct.item() / max(1, seen)
             _check_finite(live_loss, acc, skipped)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])

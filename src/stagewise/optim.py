@@ -114,7 +114,9 @@ class Schedule:
             mode = "min" if cfg.monitor == "val_loss" else "max"
             self.plateau = S.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma,
                                                patience=cfg.plateau_patience)
-            return S.LambdaLR(opt, lambda _: 1.0)
+            # Per-step scheduler that keeps the group's current LR (chainable): LambdaLR would
+            # reset it to the base LR on the next step and undo every plateau reduction.
+            return S.ConstantLR(opt, factor=1.0, total_iters=0)
         raise ConfigError(f"unknown scheduler '{name}'")
 
     def step(self) -> None:

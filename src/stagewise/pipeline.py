@@ -90,6 +90,7 @@ def run(
         _write_history(out, plan, manifest)
         _write_final(out, plan, manifest)
         _try_report(out)
+    write_json(manifest_path, manifest)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / "final.safetensors" if (out / "final.safetensors").exists() else None,
                           history=_read_json(out / "history.json"))

@@ -192,11 +192,16 @@ def _loop_parts(cfg: TrainConfig, index, model: nn.Module, pre, accelerator):
 
     train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed)
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
+    from .data.cache import attach_cache
+
+    attach_cache([train_ds, val_ds], cfg.cache, pre)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
     mixing = bool(cfg.mixup or cfg.cutmix)
+    # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.
+    small_tail = mixing or len(train_ds) % cfg.batch_size == 1
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
-                               drop_last=mixing and len(train_ds) > cfg.batch_size,
+                               drop_last=small_tail and len(train_ds) > cfg.batch_size,
                                rank=rank, world=world, pin_memory=pin)
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)

@@ -46,8 +46,11 @@ def fine_layer_ids(model: nn.Module) -> dict[str, int]:
     except (AttributeError, NotImplementedError):
         return {n: i for i, g in enumerate(coarse_groups(model)) for n in g}
     ids = {n: layer for layer, names in grouped.items() for n in names}
-    top = max(ids.values(), default=0) + 1
-    for n in classifier_keys(model):
+    head = classifier_keys(model)
+    # timm often puts the classifier in a last group of its own already; counting from the other
+    # layers keeps the ids gap-free, so the layer under the head gets exactly lr * layer_decay.
+    top = max((v for n, v in ids.items() if n not in head), default=-1) + 1
+    for n in head:
         ids[n] = top
     return ids
 
@@ -63,12 +66,16 @@ class Trainable:
 
 
 def unfrozen_groups(strategy: str, epoch: int, n_groups: int, every: int, at: list[int] | None) -> int:
-    """How many coarse groups, counted from the head, are trainable at `epoch`."""
+    """How many coarse groups, counted from the head, are trainable at `epoch` (0-based).
+
+    `at` lists epochs as history.jsonl numbers them (1-based): `at=[3]` trains epoch 3 with one
+    more group, like `every=2` does.
+    """
     if strategy == "probe":
         return 1
     if strategy != "gradual":
         return n_groups
-    steps = sum(1 for e in at if e <= epoch) if at is not None else epoch // every
+    steps = sum(1 for e in at if e <= epoch + 1) if at is not None else epoch // every
     return min(n_groups, 1 + steps)
 
 

@@ -1,4 +1,9 @@
-"""Pick the reader for a dataset's layout (`format: auto` detects it)."""
+"""Pick the reader for a dataset's layout (`format: auto` detects it).
+
+Every reader has the signature `(root, val_fraction, seed) -> DatasetIndex`. Detection tries the
+specific layouts first; a plain image folder is the fallback. When two unrelated layouts match
+(say a CSV manifest next to class folders) detection refuses to guess and asks for `format:`.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,107 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DataError
-from .folder import read_folder
+from .cifar import cifar_folder, read_cifar
+from .csv_manifest import find_manifest, read_csv_manifest
+from .folder import class_dirs, read_folder, split_dirs
+from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import DatasetIndex
+from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
 Reader = Callable[[Path, float, int], DatasetIndex]
 
-READERS: dict[str, Reader] = {"folder": read_folder}
+READERS: dict[str, Reader] = {
+    "folder": read_folder,
+    "imagenette": read_imagenette,
+    "imagewoof": read_imagenette,
+    "tiny-imagenet": read_tiny_imagenet,
+    "imagenet": read_imagenet,
+    "csv": read_csv_manifest,
+    "cifar": read_cifar,
+}
+
+# What each layout looks like on disk, for error messages.
+EXPECTED: dict[str, str] = {
+    "folder": "train/ and val/ with one folder per class, or class folders only",
+    "imagenette": "imagenette2[-160|-320]: train/ and val/ with its 10 wnid folders",
+    "imagewoof": "imagewoof2[-160|-320]: train/ and val/ with its 10 wnid folders",
+    "tiny-imagenet": "tiny-imagenet-200: wnids.txt, train/<wnid>/images/, val/val_annotations.txt",
+    "imagenet": "train/<wnid>/ (n01440764, ...); val/ in wnid folders or flat with "
+                "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt",
+    "csv": "a .csv manifest with the header path,label[,split]",
+    "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
+}
+
+
+def _wnid_family(root: Path) -> str | None:
+    if is_tiny_imagenet(root):
+        return "tiny-imagenet"
+    wnids = train_wnids(data_root(root) / "train")
+    if not wnids:
+        return None
+    return subset_name(wnids) or "imagenet"
+
+
+def _csv(root: Path) -> str | None:
+    return "csv" if find_manifest(root) is not None else None
+
+
+def _cifar(root: Path) -> str | None:
+    return "cifar" if cifar_folder(root) is not None else None
+
+
+# Independent families: at most one may match. Within the wnid family the most specific wins.
+_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family)
 
 
 def detect_format(root: Path) -> str:
-    """The layout name of `root`; folder is the fallback for plain class folders."""
-    return "folder"
+    """The layout name of `root`; `folder` is the fallback for plain class folders."""
+    root = Path(root)
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return "csv"
+        raise DataError(f"{root} is a file; data: must be a folder or a .csv manifest")
+    matches = [name for probe in _PROBES if (name := probe(root))]
+    if len(matches) > 1:
+        raise DataError(
+            f"{root}: ambiguous layout, it looks like both {' and '.join(matches)}; set "
+            f"format: to one of them ({'; '.join(f'{m}: {EXPECTED[m]}' for m in matches)})"
+        )
+    if matches:
+        return matches[0]
+    if split_dirs(root):
+        return "folder"
+    # A parent of a known layout (say the --root of `data fetch`) would otherwise read as one
+    # class per sub-folder; point at the dataset instead. (Few sub-folders: real class folders
+    # are many, and probing each of them would scan every image.)
+    dirs = class_dirs(root)
+    nested = [p for p in dirs if _matches_quietly(p)] if len(dirs) <= 4 else []
+    if nested:
+        raise DataError(f"{root}: holds the dataset folder {nested[0].name}/; use data: {nested[0]}")
+    if dirs:
+        return "folder"
+    raise DataError(_no_match(root))
+
+
+def _no_match(root: Path) -> str:
+    entries = sorted(root.iterdir())
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:12])
+    more = f" and {len(entries) - 12} more" if len(entries) > 12 else ""
+    lines = [f"{root}: no dataset layout recognised; it holds {shown or 'nothing'}{more}.",
+             "Expected one of:"]
+    lines += [f"  {name}: {text}" for name, text in EXPECTED.items()]
+    return "\n".join(lines)
+
+
+def _matches_quietly(folder: Path) -> bool:
+    try:
+        return any(probe(folder) for probe in _PROBES)
+    except (DataError, OSError):
+        return False
 
 
 def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+    """Index the dataset at `root` with the reader for `fmt` (or the detected layout)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,13 @@ def _load_pickle_safely(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        # Quote only the offending global: torch's full message suggests weights_only=False,
+        # the unsafe fallback this loader exists to refuse.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f"it references {found.group(1)}" if found else "content beyond plain tensors"
         raise WeightsError(
             f"{path}: refused to load. The file holds Python objects beyond tensors, and unpickling "
-            f"them could run code ({first}). Convert it where you trust it with "
+            f"them could run code ({detail}). Convert it where you trust it with "
             "`safetensors.torch.save_file(state_dict, 'weights.safetensors')` and pass that file."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:

@@ -1,0 +1,145 @@
+"""CLI commands for pipelines: `run`, `demo`, `presets`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import StagewiseError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a pipeline of stages (no file: the built-in demo)",
+                       description="Run a pipeline YAML. Without a file, runs the built-in demo.")
+    p.add_argument("pipeline", nargs="?", type=Path, help="pipeline YAML (omit for the demo)")
+    _common(p)
+    p.add_argument("--stages", help="comma-separated subset of stages to run")
+    p.set_defaults(handler=_cmd_run)
+
+    d = sub.add_parser("demo", help="generate the synthetic curriculum and run the 3-stage demo")
+    _common(d, default_out="runs/demo")
+    d.set_defaults(handler=_cmd_demo)
+
+    pr = sub.add_parser("presets", help="built-in pipelines: list, show, run")
+    psub = pr.add_subparsers(dest="presets_cmd", required=True)
+    psub.add_parser("list", help="list presets").set_defaults(handler=_cmd_presets_list)
+    show = psub.add_parser("show", help="print a preset's YAML")
+    show.add_argument("name")
+    show.set_defaults(handler=_cmd_presets_show)
+    prun = psub.add_parser("run", help="run a preset")
+    prun.add_argument("name")
+    _common(prun)
+    prun.add_argument("--stages", help="comma-separated subset of stages to run")
+    prun.set_defaults(handler=_cmd_presets_run)
+
+
+def _common(p: argparse.ArgumentParser, default_out: str | None = None) -> None:
+    p.add_argument("--out", type=Path, default=Path(default_out) if default_out else None,
+                   help="pipeline run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="stages.NAME.KEY=V, defaults.KEY=V, or a variable NAME=V (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--log-format", choices=["rich", "json"], default="rich")
+
+
+def _reporter(args: argparse.Namespace) -> str:
+    return "quiet" if args.quiet else args.log_format
+
+
+def _stages(args: argparse.Namespace) -> list[str] | None:
+    return [s.strip() for s in args.stages.split(",") if s.strip()] if getattr(args, "stages", None) else None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.pipeline is None:
+        return _cmd_demo(args)
+    from .pipeline import run
+
+    if args.out is None:
+        raise StagewiseError("run needs --out RUN_FOLDER for a pipeline file")
+    result = run(args.pipeline, args.out, stages=_stages(args), resume=args.resume,
+                 overrides=args.set, reporter=_reporter(args))
+    print_summary(result, args)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = args.out or Path("runs/demo")
+    result = run_demo(out, reporter=_reporter(args), overrides=args.set)
+    print_summary(result, args)
+    return 0
+
+
+def _cmd_presets_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .presets import list_presets
+
+    table = Table("preset", "description")
+    for name, text in list_presets().items():
+        table.add_row(name, text)
+    Console().print(table)
+    return 0
+
+
+def _cmd_presets_show(args: argparse.Namespace) -> int:
+    from .presets import preset_path
+
+    print(preset_path(args.name).read_text(), end="")
+    return 0
+
+
+def _cmd_presets_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+    from .presets import load_preset
+
+    out = args.out or Path("runs") / args.name
+    result = run(load_preset(args.name), out, stages=_stages(args), resume=args.resume,
+                 overrides=args.set, reporter=_reporter(args))
+    print_summary(result, args)
+    return 0
+
+
+def print_summary(result, args: argparse.Namespace) -> None:
+    """A table of stages with best accuracy and the transfer gain against each baseline."""
+    if args.quiet:
+        return
+    if args.log_format == "json":
+        import json
+
+        print(json.dumps({"event": "done", "run_dir": str(result.run_dir), "stages": result.stages}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("stage", "classes", "ep", "1st ep", "best", "head kept", "baseline", "gain",
+                  title="pipeline summary (val top-1)")
+    for name, s in result.stages.items():
+        base = s.get("baseline") or {}
+        gain = s.get("gain") or {}
+        head = s.get("head") or {}
+        status = "" if s.get("status") == "done" else f" ({s.get('status')})"
+        table.add_row(
+            name + status, str(s.get("classes", "-")), str(s.get("epochs_run", "-")),
+            _pct(s.get("first_epoch_val_top1")), _pct(s.get("best_val_top1")),
+            f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
+            _pct(base.get("best_val_top1")), _signed(gain.get("best")),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"run folder: {result.run_dir}")
+    report = Path(result.run_dir) / "report.html"
+    if report.exists():
+        console.print(f"report: {report}")
+
+
+def _pct(v: float | None) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "-"
+
+
+def _signed(v: float | None) -> str:
+    return f"{100 * v:+.1f}" if isinstance(v, (int, float)) else "-"

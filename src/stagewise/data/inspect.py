@@ -1,0 +1,212 @@
+"""`stagewise data inspect`: what a dataset holds and what is wrong with it, before training.
+
+Reads every file once: its content hash (exact duplicates, and leakage when a duplicate sits in
+two splits), a full decode (files that would be skipped mid-epoch) and its size and mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .images import BAD_IMAGE_ERRORS
+from .index import DatasetIndex, Samples
+from .layouts import load_dataset
+
+
+@dataclass
+class FileInfo:
+    digest: str
+    size: tuple[int, int] | None = None  # (width, height)
+    mode: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class InspectReport:
+    """Everything `inspect` found; `as_dict()` is the --json output."""
+
+    root: str
+    layout: str
+    class_ids: list[str]
+    class_names: list[str]
+    counts: dict[str, list[int]]  # split -> images per class
+    imbalance: dict[str, float | None]  # split -> largest / smallest class (None: a class is empty)
+    sizes: dict[str, int]  # "WxH" -> images, most common first
+    size_range: dict[str, int]  # min/max width and height
+    modes: dict[str, int]
+    undecodable: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # cross-split groups
+    duplicate_files_within_splits: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c) for c in self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_images": self.total}
+
+
+def probe_bytes(data: bytes) -> FileInfo:
+    """Hash and fully decode one file's bytes."""
+    info = FileInfo(digest=hashlib.blake2b(data, digest_size=16).hexdigest())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as img:
+                info.size, info.mode = img.size, img.mode
+                img.load()
+    except BAD_IMAGE_ERRORS as exc:
+        info.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return info
+
+
+def _probe_path(path: Path) -> FileInfo:
+    try:
+        return probe_bytes(path.read_bytes())
+    except OSError as exc:
+        return FileInfo(digest=f"unreadable:{path}", error=f"cannot read: {exc.strerror}")
+
+
+def _probe_split(samples: Samples) -> list[FileInfo]:
+    if samples.arrays is not None:
+        h, w = samples.arrays.shape[1:3]
+        return [FileInfo(digest=hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest(),
+                         size=(w, h), mode="RGB") for a in samples.arrays]
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # reading and decoding release the GIL
+        return list(pool.map(_probe_path, samples.paths or [], chunksize=16))
+
+
+def inspect_dataset(root: Path, fmt: str = "auto", val_fraction: float = 0.2,
+                    seed: int = 0) -> InspectReport:
+    """Index `root` with its layout's reader, then read every image once."""
+    index = load_dataset(Path(root), fmt, val_fraction, seed)
+    infos = {name: _probe_split(s) for name, s in index.splits.items()}
+    return summarise(index, infos)
+
+
+def summarise(index: DatasetIndex, infos: dict[str, list[FileInfo]]) -> InspectReport:
+    counts = {name: s.counts(index.num_classes) for name, s in index.splits.items()}
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    widths, heights = [], []
+    undecodable = [{"path": p, "error": "unreadable header (skipped while indexing)"}
+                   for p in index.skipped]
+    by_digest: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name, split_infos in infos.items():
+        samples = index.splits[name]
+        for i, info in enumerate(split_infos):
+            by_digest[info.digest].append((name, samples.describe(i)))
+            if info.error:
+                undecodable.append({"path": samples.describe(i), "error": info.error})
+                continue
+            w, h = info.size or (0, 0)
+            sizes[f"{w}x{h}"] += 1
+            modes[info.mode or "?"] += 1
+            widths.append(w)
+            heights.append(h)
+    cross = [{"hash": d, "splits": sorted({s for s, _ in files}),
+              "files": [{"split": s, "path": p} for s, p in files]}
+             for d, files in by_digest.items() if len({s for s, _ in files}) > 1]
+    within = sum(len(f) - 1 for f in by_digest.values() if len({s for s, _ in f}) == 1 and len(f) > 1)
+    return InspectReport(
+        root=str(index.root), layout=index.layout, class_ids=index.class_ids,
+        class_names=index.class_names, counts=counts,
+        imbalance={name: _imbalance(c) for name, c in counts.items()},
+        sizes=dict(sizes.most_common()), modes=dict(modes.most_common()),
+        size_range=({"min_width": min(widths), "max_width": max(widths),
+                     "min_height": min(heights), "max_height": max(heights)} if widths else {}),
+        undecodable=undecodable, duplicates=sorted(cross, key=lambda g: g["files"][0]["path"]),
+        duplicate_files_within_splits=within,
+    )
+
+
+def _imbalance(counts: list[int]) -> float | None:
+    if not counts or min(counts) == 0:
+        return None
+    return round(max(counts) / min(counts), 3)
+
+
+def render(report: InspectReport, console: Any = None, max_rows: int = 30) -> None:
+    """Print the report as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    splits = list(report.counts)
+    summary = Table(title=f"Dataset {report.root}", show_header=False, title_justify="left")
+    summary.add_row("layout", report.layout)
+    summary.add_row("classes", str(len(report.class_ids)))
+    for name in splits:
+        ratio = report.imbalance[name]
+        shown = f"{ratio:g}x" if ratio is not None else "a class has no images"
+        summary.add_row(f"{name} images", f"{sum(report.counts[name])} (largest/smallest class: {shown})")
+    summary.add_row("undecodable", _flag(len(report.undecodable)))
+    summary.add_row("cross-split duplicates", _flag(len(report.duplicates)))
+    summary.add_row("duplicates within a split", str(report.duplicate_files_within_splits))
+    console.print(summary)
+
+    classes = Table(title="Images per class", title_justify="left")
+    for col in ("id", "name", *splits):
+        classes.add_column(col, justify="right" if col in splits else "left")
+    for i, cid in enumerate(report.class_ids[:max_rows]):
+        name = report.class_names[i] if report.class_names[i] != cid else ""
+        classes.add_row(cid, name, *(str(report.counts[s][i]) for s in splits))
+    if len(report.class_ids) > max_rows:
+        classes.add_row(f"... {len(report.class_ids) - max_rows} more", "", *([""] * len(splits)))
+    console.print(classes)
+
+    images = Table(title="Image sizes and modes", title_justify="left")
+    images.add_column("size (WxH)")
+    images.add_column("images", justify="right")
+    for size, n in list(report.sizes.items())[:8]:
+        images.add_row(size, str(n))
+    if len(report.sizes) > 8:
+        images.add_row(f"{len(report.sizes) - 8} other sizes", str(sum(list(report.sizes.values())[8:])))
+    r = report.size_range
+    if r:
+        images.caption = (f"width {r['min_width']}-{r['max_width']}, height {r['min_height']}-"
+                          f"{r['max_height']}; modes: "
+                          + ", ".join(f"{m} {n}" for m, n in report.modes.items()))
+    console.print(images)
+    _render_problems(report, console, max_rows)
+
+
+def _flag(n: int) -> str:
+    return "[green]none[/]" if n == 0 else f"[red]{n}[/]"
+
+
+def _render_problems(report: InspectReport, console: Any, max_rows: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    if report.undecodable:
+        bad = Table(title="Undecodable files (skipped in training)", title_justify="left")
+        bad.add_column("path")
+        bad.add_column("error")
+        for item in report.undecodable[:max_rows]:
+            bad.add_row(escape(item["path"]), escape(item["error"]))
+        if len(report.undecodable) > max_rows:
+            bad.add_row(f"... {len(report.undecodable) - max_rows} more", "")
+        console.print(bad)
+    if report.duplicates:
+        dup = Table(title="Identical files in more than one split (leakage)", title_justify="left")
+        dup.add_column("group", justify="right")
+        dup.add_column("split")
+        dup.add_column("path")
+        for g, group in enumerate(report.duplicates[:max_rows], start=1):
+            for f in group["files"]:
+                dup.add_row(str(g), f["split"], escape(f["path"]))
+        if len(report.duplicates) > max_rows:
+            dup.add_row("", "", f"... {len(report.duplicates) - max_rows} more groups")
+        console.print(dup)

@@ -1,0 +1,164 @@
+"""Find and read a trained model artifact: weights (.safetensors) plus the `model.json` beside them.
+
+Three kinds of path lead to one: a stage run folder, a pipeline run folder (its final weights) and
+the weights file itself. Nothing here needs the training config: model.json is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..data.transforms import Preprocess
+from ..errors import WeightsError
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
+
+MODEL_JSON = "model.json"
+FORMAT_PREFIX = "stagewise.model/"
+_REQUIRED = ("architecture", "num_classes", "class_ids", "preprocess")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model.json read and checked, and the weights file it belongs to."""
+
+    meta_path: Path
+    weights_path: Path
+    meta: dict[str, Any]
+
+    @property
+    def folder(self) -> Path:
+        return self.meta_path.parent
+
+    @property
+    def architecture(self) -> str:
+        return str(self.meta["architecture"])
+
+    @property
+    def class_ids(self) -> list[str]:
+        return [str(c) for c in self.meta["class_ids"]]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.meta.get("class_names") or self.meta["class_ids"]]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.meta["preprocess"])
+
+
+def find_artifact(path: str | Path) -> Artifact:
+    """Resolve a run folder, a pipeline run folder, a weights file or a model.json to an Artifact.
+
+    Example:
+        >>> find_artifact("runs/pets").weights_path  # doctest: +SKIP
+        PosixPath('runs/pets/best.safetensors')
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        meta_path = path / MODEL_JSON
+        if not meta_path.is_file():
+            raise WeightsError(_no_model_json(path))
+        weights = None
+    elif path.is_file() and path.name.endswith(".json"):
+        meta_path, weights = path, None
+    elif path.is_file():
+        meta_path, weights = path.parent / MODEL_JSON, path
+        if not meta_path.is_file():
+            raise WeightsError(
+                f"{path}: no {MODEL_JSON} beside the weights, so the architecture, classes and "
+                "preprocessing are unknown; pass the run folder that wrote them instead"
+            )
+    else:
+        raise WeightsError(f"model not found: {path}; pass a run folder, a pipeline run folder or a "
+                           f".safetensors file with {MODEL_JSON} beside it")
+    meta = read_model_json(meta_path)
+    if weights is None:
+        weights = meta_path.parent / str(meta.get("weights") or "best.safetensors")
+    if not weights.is_file():
+        raise WeightsError(f"{meta_path}: its weights file {weights} is missing; the run may not have "
+                           "finished its first epoch")
+    return Artifact(meta_path=meta_path, weights_path=weights, meta=meta)
+
+
+def _no_model_json(folder: Path) -> str:
+    """Name the stage folders to use when a pipeline has not written its final model yet."""
+    stages = sorted(p.parent for p in folder.glob(f"stages/*/{MODEL_JSON}"))
+    if (folder / "pipeline.json").is_file() or stages:
+        shown = ", ".join(str(s) for s in stages[:5]) or "none yet"
+        return (f"{folder}: the pipeline has not written its final {MODEL_JSON} (not finished?); "
+                f"load one of its finished stages instead: {shown}")
+    return (f"{folder}: no {MODEL_JSON} found; is it a stagewise run folder? It is written after "
+            "the first epoch of `stagewise train`")
+
+
+def read_model_json(path: Path) -> dict[str, Any]:
+    """model.json as a dict, with every required key present and consistent."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    fmt = str(meta.get("format", ""))
+    if fmt and not fmt.startswith(FORMAT_PREFIX):
+        raise WeightsError(f"{path}: format '{fmt}' is not a stagewise model ({FORMAT_PREFIX}N)")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise WeightsError(f"{path}: missing key(s) {', '.join(missing)}; re-export the model "
+                           "with a current stagewise")
+    if len(meta["class_ids"]) != int(meta["num_classes"]):
+        raise WeightsError(f"{path}: num_classes is {meta['num_classes']} but class_ids lists "
+                           f"{len(meta['class_ids'])} classes")
+    names = meta.get("class_names")
+    if names is not None and len(names) != len(meta["class_ids"]):
+        raise WeightsError(f"{path}: class_names has {len(names)} entries, class_ids "
+                           f"{len(meta['class_ids'])}")
+    return meta
+
+
+def build_network(artifact: Artifact) -> nn.Module:
+    """The timm model of `artifact` with its weights loaded (strictly), in eval mode, no grads."""
+    from ..models import build_model, load_state_dict_file
+
+    # build_model constructs the network exactly as training did (e.g. a ViT's img_size).
+    bundle = build_model(artifact.architecture, artifact.class_ids,
+                         image_size=artifact.preprocess.image_size, class_names=artifact.class_names)
+    model = bundle.model
+    state = load_state_dict_file(artifact.weights_path).state_dict
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys and shape mismatches alike
+        detail = " ".join(str(exc).split())[:300]
+        raise WeightsError(
+            f"{artifact.weights_path}: does not fit {artifact.architecture} with "
+            f"{len(artifact.class_ids)} classes as described by {artifact.meta_path} ({detail})"
+        ) from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load(path: str | Path, device: str | None = None) -> Classifier:
+    """A ready Classifier from a run folder, a pipeline run folder or a weights file.
+
+    Example:
+        >>> import stagewise
+        >>> clf = stagewise.load("runs/pets")  # doctest: +SKIP
+        >>> clf.predict(["a.jpg", "b.jpg"], top_k=3)  # doctest: +SKIP
+    """
+    import torch
+
+    from .classifier import Classifier
+
+    artifact = find_artifact(path)
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Classifier(build_network(artifact), artifact.class_ids, artifact.class_names,
+                      artifact.preprocess, device=chosen, source=artifact.weights_path,
+                      meta=artifact.meta)

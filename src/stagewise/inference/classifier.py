@@ -1,0 +1,176 @@
+"""A trained model ready to use: images in, predictions (or embeddings) out.
+
+Inputs may be file paths, PIL images, tensors or a list mixing them. A float tensor is taken as
+already preprocessed (normalised, shape (3, H, W) or (N, 3, H, W)), e.g. the output of
+`clf.transform`; a uint8 tensor is taken as raw RGB pixels (3, H, W) and preprocessed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
+from ..data.transforms import Preprocess, build_transform
+from ..errors import DataError
+
+ImageInput = str | Path | Image.Image | torch.Tensor
+Inputs = ImageInput | Sequence[ImageInput]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One class of a top-k list."""
+
+    label: int  # row of the classifier (index into the model's class list)
+    class_id: str
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The most likely class of one image and the top-k behind it (best first)."""
+
+    label: int
+    class_id: str
+    name: str
+    probability: float
+    top_k: tuple[Candidate, ...]
+    source: str | None = None  # the file path, when the input was one
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Classifier:
+    """A model in eval mode with its class list and preprocessing.
+
+    Example:
+        >>> clf = stagewise.load("runs/pets")  # doctest: +SKIP
+        >>> clf.predict("cat.jpg").name  # doctest: +SKIP
+        'Abyssinian'
+    """
+
+    def __init__(self, model: nn.Module, class_ids: list[str], class_names: list[str],
+                 preprocess: Preprocess, device: str | torch.device = "cpu",
+                 source: Path | None = None, meta: dict[str, Any] | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.class_ids = list(class_ids)
+        self.class_names = list(class_names)
+        self.preprocess = preprocess
+        self.transform = build_transform(preprocess, "none", training=False)
+        self.source = source
+        self.meta = dict(meta or {})  # model.json as read: architecture, metrics, versions
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def __repr__(self) -> str:
+        return (f"Classifier({self.source or 'in memory'}: {self.num_classes} classes, "
+                f"{self.preprocess.image_size}px, {self.device})")
+
+    def predict(self, inputs: Inputs, top_k: int = 5, batch_size: int = 32,
+                tta: str | None = None) -> Prediction | list[Prediction]:
+        """One Prediction for one image; a list for a list (or a (N, 3, H, W) tensor)."""
+        if top_k < 1:
+            raise DataError(f"top_k must be at least 1, got {top_k}")
+        preds: list[Prediction] = []
+        for batch, sources in self._batches(inputs, batch_size):
+            preds += self.predictions(self.probabilities(batch, tta), top_k, sources)
+        return preds[0] if _is_single(inputs) else preds
+
+    def embed(self, inputs: Inputs, batch_size: int = 32) -> torch.Tensor:
+        """Pre-logits features: (D,) for one image, (N, D) for several; for retrieval or re-id."""
+        chunks = []
+        with torch.inference_mode():
+            for batch, _ in self._batches(inputs, batch_size):
+                x = batch.to(self.device)
+                feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                chunks.append(feats.float().cpu())
+        out = torch.cat(chunks) if chunks else torch.empty(0)
+        return out[0] if _is_single(inputs) else out
+
+    def logits(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (N, 3, H, W); with tta='flip', averaged with the mirror."""
+        with torch.inference_mode():
+            x = batch.to(self.device)
+            out = self.model(x).float()
+            if tta == "flip":
+                out = (out + self.model(x.flip(3)).float()) / 2
+            elif tta is not None:
+                raise DataError(f"unknown tta '{tta}'; choose flip (or leave it out)")
+        return out
+
+    def probabilities(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        return self.logits(batch, tta).softmax(dim=1).cpu()
+
+    def predictions(self, probs: torch.Tensor, top_k: int,
+                    sources: Sequence[str | None]) -> list[Prediction]:
+        """Turn a (N, C) probability matrix into Predictions (one .tolist() per batch, not per item)."""
+        values, indices = probs.topk(min(top_k, self.num_classes), dim=1)
+        out = []
+        for vals, idxs, src in zip(values.tolist(), indices.tolist(), sources, strict=True):
+            cands = tuple(Candidate(i, self.class_ids[i], self.class_names[i], v)
+                          for v, i in zip(vals, idxs, strict=True))
+            best = cands[0]
+            out.append(Prediction(best.label, best.class_id, best.name, best.probability, cands, src))
+        return out
+
+    def to_tensor(self, item: ImageInput) -> torch.Tensor:
+        """One input as a preprocessed (3, H, W) float tensor."""
+        if isinstance(item, (str, Path)):
+            try:
+                img = load_rgb(item)
+            except BAD_IMAGE_ERRORS as exc:
+                raise DataError(f"{item}: cannot read image ({type(exc).__name__}: {exc})") from None
+            return self.transform(img)
+        if isinstance(item, Image.Image):
+            return self.transform(to_rgb(item))
+        if isinstance(item, torch.Tensor):
+            if item.ndim != 3 or item.shape[0] != 3:
+                raise DataError(f"expected an image tensor of shape (3, H, W), got {tuple(item.shape)}")
+            if item.dtype == torch.uint8:
+                from torchvision.transforms.functional import to_pil_image
+
+                return self.transform(to_pil_image(item))
+            return item.float()
+        raise DataError(f"cannot classify a {type(item).__name__}; pass a path, a PIL image or a tensor")
+
+    def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point():
+            # Preloaded, preprocessed batches go through without a per-image Python loop.
+            for i in range(0, inputs.shape[0], batch_size):
+                chunk = inputs[i:i + batch_size]
+                yield chunk, [None] * chunk.shape[0]
+            return
+        items = _as_list(inputs)
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            sources = [str(x) if isinstance(x, (str, Path)) else None for x in chunk]
+            yield torch.stack([self.to_tensor(x) for x in chunk]), sources
+
+
+def _is_single(inputs: Inputs) -> bool:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.ndim == 3
+    return isinstance(inputs, (str, Path, Image.Image))
+
+
+def _as_list(inputs: Inputs) -> list[ImageInput]:
+    if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+        return list(inputs.unbind(0))
+    if _is_single(inputs):
+        return [inputs]  # type: ignore[list-item]
+    if isinstance(inputs, Sequence):
+        return list(inputs)
+    raise DataError(f"cannot classify a {type(inputs).__name__}; pass a path, a PIL image, a tensor "
+                    "or a list of them")

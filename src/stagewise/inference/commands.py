@@ -1,0 +1,132 @@
+"""CLI commands `predict`, `evaluate`, `export`: parse, call the inference API, print. No logic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import StagewiseError
+
+MODEL_HELP = "run folder, pipeline run folder, or a .safetensors file with model.json beside it"
+PROGRESS_MIN_IMAGES = 64  # below this a bar only flickers
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _predict_parser(sub)
+    _evaluate_parser(sub)
+    _export_parser(sub)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help=MODEL_HELP)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="image decoding workers (default: from the core count)")
+    p.add_argument("--tta", choices=["flip"], default=None,
+                   help="test-time augmentation: average with the mirrored image")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+
+
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
+    from .output import FORMATS
+
+    p = sub.add_parser("predict", help="classify images with a trained model",
+                       description="Classify image files, folders (searched recursively) and globs. "
+                       "Unreadable files become error rows; exit 0 unless nothing could be read (2).")
+    _common(p)
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs (quote them: 'dir/**/*.jpg')")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per image")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for people; json or csv on stdout for scripts")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import expand_inputs, load, predict_files
+    from .output import failures, print_table, progress_bar, to_csv, to_json
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise StagewiseError("--top-k and --batch-size must be at least 1")
+    clf = load(args.model, device=args.device)
+    entries = expand_inputs(args.inputs)
+    show = not args.quiet and sys.stderr.isatty() and len(entries) >= PROGRESS_MIN_IMAGES
+    with progress_bar(len(entries), "predict", show) as update:
+        results = predict_files(clf, entries, args.top_k, args.batch_size, args.tta,
+                                args.num_workers, on_progress=update)
+    if args.format == "json":
+        print(to_json(results, str(clf.source)))
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(results, min(args.top_k, clf.num_classes)))
+    else:
+        from rich.console import Console
+
+        print_table(results, Console())
+    failed = failures(results)
+    if failed == len(results):
+        print(f"error: none of the {len(results)} input(s) could be read", file=sys.stderr)
+        return 2
+    if failed and not args.quiet:
+        print(f"warning: {failed} of {len(results)} input(s) could not be read (see their error rows)",
+              file=sys.stderr)
+    return 0
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from .evaluate import SPLITS
+
+    p = sub.add_parser("evaluate", help="score a trained model on a labelled image folder",
+                       description="Top-1/top-5, per-class precision/recall/F1, confusion matrix and "
+                       "calibration error; classes are matched to the model's by id.")
+    _common(p)
+    p.add_argument("--data", type=Path, required=True, help="image folder (train/val[/test] or classes)")
+    p.add_argument("--split", choices=SPLITS, default="val", help="which split to score")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file to write (a .md report goes beside it); default: in the model folder")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate, load
+    from .output import progress_bar
+
+    clf = load(args.model, device=args.device)
+    show = not args.quiet and sys.stderr.isatty()
+    with progress_bar(None, "evaluate", show) as update:
+        result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
+                          on_progress=update)
+    out = args.out or Path(clf.source).parent / f"eval-{args.data.resolve().name}-{args.split}.json"
+    json_path, report = result.write(out)
+    if not args.quiet:
+        print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
+              f"{result.top5:.4f}, macro F1 {result.macro_f1:.4f}, ECE {result.ece:.4f}")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"wrote {json_path} and {report}")
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from .export import DEFAULT_OPSET, FORMATS
+
+    p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript",
+                       description="Writes the model file and a .preprocess.json beside it, then "
+                       "checks that the export reproduces PyTorch's logits within 1e-4.")
+    p.add_argument("model", type=Path, help=MODEL_HELP)
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", type=Path, default=None, help="file to write (default: in the model folder)")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not just 1")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import export, load
+
+    result = export(load(args.model, device="cpu"), args.format, args.out, args.dynamic_batch,
+                    args.opset)
+    diff = f"max |logit difference| {result.max_abs_diff:.2e}" if result.checked else "not checked"
+    print(f"wrote {result.path} and {result.preprocess_path}")
+    print(f"parity: {diff} ({result.note})")
+    return 0

@@ -1,0 +1,203 @@
+"""Measure a trained model on a labelled dataset: accuracy, per-class scores, confusion, calibration.
+
+Dataset classes are matched to the model's by class id, never by folder order, so a dataset may
+hold a subset of the model's classes in any order; a class the model does not know is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import ImageDataset, Samples, load_dataset, make_loader
+from ..data.folder import split_dirs
+from ..errors import DataError
+from ..io import write_json, write_text
+from .classifier import Classifier
+
+SPLITS = ("val", "test", "train", "all")
+ECE_BINS = 15
+MAX_MARKDOWN_CLASSES = 20  # larger confusion matrices stay in the JSON only
+
+
+@dataclass
+class Evaluation:
+    """Scores over one split. Per-class rows and the confusion matrix cover only the classes that
+    occur in the split or were predicted (`class_ids` of the matrix names its rows and columns)."""
+
+    model: str
+    data: str
+    split: str
+    images: int
+    top1: float
+    top5: float
+    loss: float
+    ece: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    per_class: list[dict[str, Any]]
+    confusion: dict[str, Any]
+    bad_images: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, out: Path) -> tuple[Path, Path]:
+        """JSON to `out`, the markdown report beside it (same name, .md)."""
+        out = Path(out)
+        report = out.with_suffix(".md")
+        write_json(out, self.as_dict())
+        write_text(report, self.markdown())
+        return out, report
+
+    def markdown(self) -> str:
+        lines = [f"# Evaluation: {self.split} split of {self.data}", "", f"Model: `{self.model}`", "",
+                 f"- images: {self.images} ({len(self.bad_images)} unreadable, skipped)",
+                 f"- top-1: {self.top1:.4f}", f"- top-5: {self.top5:.4f}",
+                 f"- loss: {self.loss:.4f}",
+                 f"- expected calibration error ({ECE_BINS} bins): {self.ece:.4f}",
+                 f"- macro precision / recall / F1: {self.macro_precision:.4f} / "
+                 f"{self.macro_recall:.4f} / {self.macro_f1:.4f}",
+                 *[f"- note: {n}" for n in self.notes], "",
+                 "| class | name | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['class_id']} | {r['name']} | {r['precision']:.4f} | {r['recall']:.4f} | "
+                  f"{r['f1']:.4f} | {r['support']} |" for r in self.per_class]
+        ids, matrix = self.confusion["class_ids"], self.confusion["matrix"]
+        if len(ids) <= MAX_MARKDOWN_CLASSES:
+            lines += ["", "Confusion matrix (rows: true class, columns: predicted)", "",
+                      "| true \\ predicted | " + " | ".join(ids) + " |",
+                      "|---" * (len(ids) + 1) + "|"]
+            lines += [f"| {cid} | " + " | ".join(str(v) for v in row) + " |"
+                      for cid, row in zip(ids, matrix, strict=True)]
+        return "\n".join(lines) + "\n"
+
+
+def match_classes(data_ids: list[str], model_ids: list[str], where: str) -> list[int]:
+    """For each dataset class, the model's row with the same id; unknown ids are an error."""
+    row = {cid: i for i, cid in enumerate(model_ids)}
+    unknown = [cid for cid in data_ids if cid not in row]
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f" (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
+        known = ", ".join(model_ids[:10]) + (", ..." if len(model_ids) > 10 else "")
+        raise DataError(f"{where}: {len(unknown)} class(es) the model does not know: {shown}. "
+                        f"The model predicts: {known}. Remove those folders or evaluate a model "
+                        "trained on them")
+    return [row[cid] for cid in data_ids]
+
+
+def split_samples(data: Path, split: str, model_ids: list[str]) -> tuple[Samples, list[str]]:
+    """The split's samples with labels as rows of the model's classifier, and notes for the user."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    index = load_dataset(Path(data))
+    notes = []
+    if index.layout == "folder" and not split_dirs(index.root) and split != "all":
+        notes.append(f"{index.root} has no train/val folders, so '{split}' is a held-out fraction "
+                     "chosen by seed 0; use split 'all' to evaluate every image")
+    if split == "all":
+        parts = list(index.splits.values())
+        samples = Samples(labels=[lab for s in parts for lab in s.labels],
+                          paths=[p for s in parts for p in (s.paths or [])])
+    elif split in index.splits:
+        samples = index.splits[split]
+    else:
+        raise DataError(f"{index.root}: no '{split}' split; found {', '.join(index.splits)}")
+    if len(samples) == 0:
+        raise DataError(f"{index.root}: no usable images in the '{split}' split")
+    rows = match_classes(index.class_ids, model_ids, str(index.root))
+    mapped = Samples(labels=[rows[lab] for lab in samples.labels], paths=samples.paths,
+                     arrays=samples.arrays)
+    if index.skipped:
+        notes.append(f"{len(index.skipped)} unreadable file(s) were left out while indexing, "
+                     f"e.g. {index.skipped[0]}")
+    return mapped, notes
+
+
+def _metrics(num_classes: int) -> Any:
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassCalibrationError,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
+
+    c = num_classes
+    return MetricCollection({
+        "top1": MulticlassAccuracy(c, top_k=1, average="micro"),
+        "top5": MulticlassAccuracy(c, top_k=min(5, c), average="micro"),
+        "precision": MulticlassPrecision(c, average=None),
+        "recall": MulticlassRecall(c, average=None),
+        "f1": MulticlassF1Score(c, average=None),
+        "confusion": MulticlassConfusionMatrix(c),
+        "ece": MulticlassCalibrationError(c, n_bins=ECE_BINS, norm="l1"),
+    }, compute_groups=False)
+
+
+def evaluate(
+    clf: Classifier,
+    data: str | Path,
+    split: str = "val",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    tta: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Score `clf` on the `split` of the dataset at `data`; `on_progress(done, total)` per batch.
+
+    Example:
+        >>> ev = evaluate(stagewise.load("runs/pets"), "data/pets", split="test")  # doctest: +SKIP
+        >>> ev.top1, ev.ece  # doctest: +SKIP
+    """
+    samples, notes = split_samples(Path(data), split, clf.class_ids)
+    loader = make_loader(ImageDataset(samples, clf.transform, seeded=False), batch_size,
+                         shuffle=False, seed=0, num_workers=num_workers)
+    metrics = _metrics(clf.num_classes)
+    loss_sum, seen, bad = 0.0, 0, []
+    for batch in loader:
+        bad += batch.bad
+        if batch.images.numel():
+            logits = clf.logits(batch.images, tta).cpu()
+            metrics.update(logits.softmax(dim=1), batch.labels)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum"))
+            seen += batch.labels.shape[0]
+        if on_progress is not None:
+            on_progress(seen + len(bad), len(samples))
+    if seen == 0:
+        raise DataError(f"{data}: none of the {len(samples)} images of the '{split}' split could be "
+                        f"read, e.g. {bad[0] if bad else '-'}")
+    return _summarise(clf, metrics.compute(), seen, loss_sum, str(data), split, bad, notes)
+
+
+def _summarise(clf: Classifier, m: dict[str, torch.Tensor], seen: int, loss_sum: float, data: str,
+               split: str, bad: list[str], notes: list[str]) -> Evaluation:
+    confusion = m["confusion"].long()
+    support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
+    involved = [i for i in range(clf.num_classes) if support[i] > 0 or predicted[i] > 0]
+    per_class = [{"label": i, "class_id": clf.class_ids[i], "name": clf.class_names[i],
+                  "precision": float(m["precision"][i]), "recall": float(m["recall"][i]),
+                  "f1": float(m["f1"][i]), "support": int(support[i]), "predicted": int(predicted[i])}
+                 for i in involved]
+    # Macro averages over the classes present in the split: a model may know many more classes.
+    present = [r for r in per_class if r["support"] > 0]
+
+    def macro(key: str) -> float:
+        return sum(r[key] for r in present) / len(present)
+
+    sub = confusion[involved][:, involved]
+    return Evaluation(
+        model=str(clf.source or "in memory"), data=data, split=split, images=seen,
+        top1=float(m["top1"]), top5=float(m["top5"]), loss=loss_sum / seen, ece=float(m["ece"]),
+        macro_precision=macro("precision"), macro_recall=macro("recall"), macro_f1=macro("f1"),
+        per_class=per_class,
+        confusion={"class_ids": [clf.class_ids[i] for i in involved], "matrix": sub.tolist()},
+        bad_images=bad, notes=notes,
+    )

@@ -1,0 +1,258 @@
+"""`stagewise compare`: train a grid of models x strategies (x optimizers x schedulers) on one
+dataset with the same budget, seed and split, and tabulate the cells side by side.
+
+Each cell is an ordinary run folder under OUT/cells/<cell>. A cell is finished when its
+cell.json marker exists and its run folder still holds the history and weights it recorded;
+finished cells are not trained again, an interrupted one resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import build_config
+from ..errors import ConfigError, StagewiseError
+from ..io import write_json
+from .history import read_json, read_jsonl
+
+log = logging.getLogger("stagewise")
+
+MARKER = "cell.json"
+# Keys a finished cell may differ in without its result being different.
+_FREE_KEYS = {"num_workers", "out"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    strategy: str
+    optimizer: str | None = None
+    scheduler: str | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.model, self.strategy, self.optimizer, self.scheduler]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p))
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    trained: list[str] = field(default_factory=list)  # cells trained (or resumed) by this call
+    skipped: list[str] = field(default_factory=list)  # cells found finished
+
+    @property
+    def html(self) -> Path:
+        return self.out / "compare.html"
+
+
+def plan_cells(models: list[str], strategies: list[str], optimizers: list[str] | None = None,
+               schedulers: list[str] | None = None) -> list[Cell]:
+    """Every combination, in the order given (models outermost)."""
+    if not models or not strategies:
+        raise ConfigError("compare needs at least one model (--models) and one strategy (--strategies)")
+    cells = [Cell(m, s, o, c) for m, s, o, c in
+             itertools.product(models, strategies, optimizers or [None], schedulers or [None])]
+    names = [c.name for c in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"compare: the grid repeats cell(s) {', '.join(dupes)}; list each value once")
+    return cells
+
+
+def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] | None,
+                out: Path) -> dict[str, Any]:
+    """The training config of one cell: the shared settings plus the cell's own choices.
+
+    Scratch cells get no weights; `weights` is one file for every model or a model -> file map.
+    """
+    cfg = {**base, "model": cell.model, "strategy": cell.strategy, "out": str(out / "cells" / cell.name)}
+    if cell.optimizer:
+        cfg["optimizer"] = cell.optimizer
+    if cell.scheduler:
+        cfg["scheduler"] = cell.scheduler
+    chosen = weights.get(cell.model) if isinstance(weights, dict) else weights
+    cfg.pop("weights", None)
+    if chosen and cell.strategy != "scratch":
+        cfg["weights"] = chosen
+    return cfg
+
+
+def parse_weights(text: str | None) -> str | dict[str, str] | None:
+    """'file' for every model, or 'model=file,model=file' per model."""
+    if not text:
+        return None
+    if "=" not in text:
+        return text
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ConfigError(f"--weights {text!r}: expected FILE or MODEL=FILE,MODEL=FILE")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def compare(
+    data: str | Path,
+    models: list[str],
+    strategies: list[str],
+    *,
+    epochs: int,
+    out: str | Path,
+    optimizers: list[str] | None = None,
+    schedulers: list[str] | None = None,
+    weights: str | dict[str, str] | None = None,
+    settings: dict[str, Any] | None = None,
+    reporter: str = "quiet",
+    log_with: str | None = None,
+) -> CompareResult:
+    """Train every cell of the grid (skipping finished ones) and write the comparison.
+
+    Example:
+        >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
+        ...         out="runs/cmp", weights="resnet18.a1_in1k.safetensors")  # doctest: +SKIP
+    """
+    from .compare_report import write_compare
+
+    out = Path(out)
+    base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
+    cells = plan_cells(models, strategies, optimizers, schedulers)
+    if isinstance(weights, dict):
+        unknown = sorted(set(weights) - set(models))
+        if unknown:
+            raise ConfigError(f"--weights names model(s) not in --models: {', '.join(unknown)}")
+    configs = {c.name: cell_config(c, base, weights, out) for c in cells}
+    _validate_all(configs)
+    result = CompareResult(out=out, rows=[])
+    for cell in cells:
+        row, trained = run_cell(cell, configs[cell.name], reporter, log_with)
+        result.rows.append(row)
+        (result.trained if trained else result.skipped).append(cell.name)
+        write_compare(out, result.rows, base, cells)  # after every cell: a partial grid is readable
+    return result
+
+
+def _validate_all(configs: dict[str, dict[str, Any]]) -> None:
+    """Check every cell before any trains, and report all problems at once."""
+    problems = []
+    for name, cfg in configs.items():
+        try:
+            build_config(cfg, source=f"cell {name}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str, log_with: str | None
+             ) -> tuple[dict[str, Any], bool]:
+    """Train (or resume) one cell unless it is finished; returns its table row and whether it ran."""
+    from ..stage import train
+    from .trackers import close_tracker, log_epoch, open_tracker
+
+    cell_dir = Path(cfg["out"])
+    resolved = build_config(cfg).resolved()
+    done = finished_row(cell_dir, resolved)
+    if done is not None:
+        return done, False
+    if (cell_dir / "config.yaml").is_file():
+        result = train(resume=True, reporter=reporter, stage_name=cell.name, **cfg)
+    else:
+        result = train(cfg, reporter=reporter, stage_name=cell.name)
+    row = cell_row(cell, cell_dir, resolved)
+    write_json(cell_dir / MARKER, {"config": resolved, "stopped": result.stopped, "row": row})
+    if log_with:
+        tracker = open_tracker(log_with, cell_dir.parent.parent, cell.name, resolved)
+        for record in result.history:
+            log_epoch(tracker, record)
+        close_tracker(tracker)
+    return row, True
+
+
+def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded row of a finished cell, None if it must (re)train; an error if the finished
+    cell was trained with other settings than the grid now asks for."""
+    marker = read_json(cell_dir / MARKER)
+    if not isinstance(marker, dict) or "row" not in marker:
+        return None
+    history = read_jsonl(cell_dir / "history.jsonl")
+    if len(history) != marker["row"].get("epochs_run") or not (cell_dir / "best.safetensors").is_file():
+        log.warning("compare: %s no longer matches its %s; training it again", cell_dir, MARKER)
+        (cell_dir / MARKER).unlink()
+        return None
+    saved = marker.get("config", {})
+    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in resolved.items()
+             if k not in _FREE_KEYS and saved.get(k) != v]
+    if diffs:
+        raise StagewiseError(
+            f"{cell_dir} was trained with other settings ({'; '.join(diffs)}). Use another --out, "
+            "or delete that cell folder to train it again"
+        )
+    return marker["row"]
+
+
+def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One line of the comparison table, from the cell's run folder and resolved config."""
+    history = read_jsonl(cell_dir / "history.jsonl")
+    trained = [r for r in history if r.get("epoch", 0) >= 1]
+    info = read_json(cell_dir / "model.json") or {}
+    best = _best(history, cfg.get("monitor", "val_top1"))
+    last = trained[-1] if trained else {}
+    elapsed, curve = 0.0, []
+    for r in trained:
+        elapsed += r.get("epoch_seconds", 0.0)
+        curve.append([round(elapsed, 3), r.get("val_top1"), r.get("epoch")])
+    weights = cell_dir / "best.safetensors"
+    total = last.get("total_params") or 0
+    return {
+        "cell": cell.name, "model": cell.model, "strategy": cell.strategy,
+        "optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler"),
+        "train_top1": best.get("train_top1"), "val_top1": best.get("val_top1"),
+        "val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
+        "test_top1": _test_top1(cell_dir, info, cfg), "seconds": round(elapsed, 3),
+        "trainable_params": last.get("trainable_params"), "total_params": total or None,
+        "trainable_pct": (100.0 * last.get("trainable_params", 0) / total) if total else None,
+        "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
+        "images_per_sec": (sum(r.get("images_per_sec", 0.0) for r in trained) / len(trained)) if trained else None,
+        "epochs_run": len(history), "curve": curve,
+        "split": _split_digest(cell_dir), "run_dir": f"cells/{cell.name}",
+    }
+
+
+def _best(history: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
+    scored = [r for r in history if isinstance(r.get(monitor), (int, float))]
+    if not scored:
+        return {}
+    if monitor == "val_loss":
+        return min(scored, key=lambda r: (r[monitor], r.get("epoch", 0)))
+    return max(scored, key=lambda r: (r[monitor], -r.get("epoch", 0)))
+
+
+def _test_top1(cell_dir: Path, info: dict[str, Any], cfg: dict[str, Any]) -> float | None:
+    """Top-1 of the best weights on the dataset's test split, when it has one."""
+    from .history import ReportError
+    from .samples import load_model, predict, split_samples
+
+    try:
+        samples, _ = split_samples(cfg, cell_dir, "test")
+    except ReportError:
+        return None
+    model, pre = load_model(info, cell_dir / str(info.get("weights", "best.safetensors")))
+    preds = predict(model, pre, samples, list(range(len(samples))), batch_size=int(cfg.get("batch_size", 32)))
+    return sum(p.correct for p in preds) / len(preds) if preds else None
+
+
+def _split_digest(cell_dir: Path) -> str | None:
+    """A short fingerprint of the cell's train/val split, to show every cell used the same one."""
+    import hashlib
+
+    path = cell_dir / "split.json"
+    if not path.is_file():
+        return None
+    splits = json.loads(path.read_text()).get("splits", {})
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]

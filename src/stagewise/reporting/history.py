@@ -1,0 +1,271 @@
+"""Read a run folder (one stage, or a pipeline of stages) into one normalised structure.
+
+Every stage's epochs are placed on one global axis: a stage that starts after `offset` epochs of
+earlier stages has its epoch k at global epoch offset + k. Markers sit between epochs: a stage
+boundary at offset + 0.5, an unfreeze event of epoch k (applied at its start) at offset + k - 0.5.
+Files may be missing or half written (an interrupted run): whatever can be read is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..errors import StagewiseError
+
+log = logging.getLogger("stagewise")
+
+
+class ReportError(StagewiseError):
+    """The folder is not a stagewise run, or a report cannot be made from it."""
+
+
+@dataclass
+class StageRun:
+    """One stage's records and artifacts, placed on the run's global epoch axis."""
+
+    name: str
+    run_dir: Path
+    records: list[dict[str, Any]]
+    offset: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    confusion: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+
+    @property
+    def epochs_run(self) -> int:
+        return max((int(r.get("epoch", 0)) for r in self.records), default=0)
+
+    @property
+    def trained(self) -> list[dict[str, Any]]:
+        """Records of trained epochs (an `epochs: 0` stage has only an evaluation record)."""
+        return [r for r in self.records if int(r.get("epoch", 0)) >= 1]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The record the stage kept as best (by its monitor), or {} before any epoch."""
+        monitor = self.config.get("monitor", "val_top1")
+        scored = [r for r in self.records if _finite(r.get(monitor))]
+        if not scored:
+            return {}
+        # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
+        if monitor == "val_loss":
+            return min(scored, key=lambda r: (r[monitor], int(r.get("epoch", 0))))
+        return max(scored, key=lambda r: (r[monitor], -int(r.get("epoch", 0))))
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.model_info.get("class_names") or self.model_info.get("class_ids")
+        if not names and self.confusion:
+            names = self.confusion.get("class_ids")
+        return [str(n) for n in names or []]
+
+    @property
+    def weights(self) -> Path | None:
+        path = self.run_dir / str(self.model_info.get("weights", "best.safetensors"))
+        return path if path.is_file() else None
+
+    @property
+    def events(self) -> list[tuple[float, str]]:
+        """(global x, text) of unfreeze and other events recorded in the history."""
+        return [(self.offset + int(r["epoch"]) - 0.5, str(r["event"])) for r in self.records
+                if r.get("event") and int(r.get("epoch", 0)) >= 1]
+
+    def global_records(self) -> list[dict[str, Any]]:
+        return [{**r, "global_epoch": self.offset + int(r.get("epoch", 0)), "stage": self.name}
+                for r in self.records]
+
+
+@dataclass
+class RunHistory:
+    """A whole run: its stages in order and the model it ended with."""
+
+    run_dir: Path
+    kind: Literal["stage", "pipeline"]
+    name: str
+    stages: list[StageRun]
+    final_info: dict[str, Any] = field(default_factory=dict)
+    final_weights: Path | None = None
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return [r for s in self.stages for r in s.global_records()]
+
+    @property
+    def boundaries(self) -> list[tuple[float, str]]:
+        """(global x, name of the stage starting there) for every stage after the first."""
+        return [(s.offset + 0.5, s.name) for s in self.stages[1:]]
+
+
+def read_run(run_dir: str | Path) -> RunHistory:
+    """Read a single-stage run folder or a pipeline run folder.
+
+    Raises ReportError only when `run_dir` is not a run folder at all; partial runs are read
+    as far as they go.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"run folder not found: {run_dir}")
+    if (run_dir / "history.json").is_file() or (run_dir / "pipeline.json").is_file() \
+            or (run_dir / "stages").is_dir():
+        return _read_pipeline(run_dir)
+    if (run_dir / "config.yaml").is_file() or (run_dir / "history.jsonl").is_file():
+        stage = read_stage(run_dir, run_dir.name)
+        return RunHistory(run_dir=run_dir, kind="stage", name=run_dir.name, stages=[stage],
+                          final_info=stage.model_info, final_weights=stage.weights)
+    raise ReportError(
+        f"{run_dir}: not a stagewise run folder (no config.yaml, history.jsonl, history.json or "
+        "stages/); pass the --out folder of `stagewise train` or `stagewise run`"
+    )
+
+
+def read_stage(run_dir: Path, name: str, offset: int = 0) -> StageRun:
+    """One stage folder: config.yaml, history.jsonl, model.json, confusion.json."""
+    config = _read_yaml(run_dir / "config.yaml")
+    return StageRun(name=name, run_dir=run_dir, records=read_jsonl(run_dir / "history.jsonl"),
+                    offset=offset, config=config if isinstance(config, dict) else {},
+                    model_info=_as_dict(read_json(run_dir / "model.json")),
+                    confusion=_valid_confusion(read_json(run_dir / "confusion.json")))
+
+
+def _read_pipeline(run_dir: Path) -> RunHistory:
+    summary = _as_dict(read_json(run_dir / "history.json"))
+    manifest = _as_dict(read_json(run_dir / "pipeline.json"))
+    listed = [s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("name")]
+    stages: list[StageRun] = []
+    offset = 0
+    for entry in listed:
+        folder = _stage_dir(run_dir, str(entry["name"]), entry.get("run_dir"))
+        if entry.get("first_epoch") is not None:
+            offset = max(0, int(entry["first_epoch"]) - 1)
+        stage = read_stage(folder, str(entry["name"]), offset)
+        if not stage.records:  # the stage folder is gone or unreadable: use the pipeline's copy
+            stage.records = [_strip(r) for r in summary.get("epochs", []) if r.get("stage") == stage.name]
+        stage.baseline = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else None
+        stage.head = entry.get("head") if isinstance(entry.get("head"), dict) else None
+        stage.config = stage.config or {"strategy": entry.get("strategy")}
+        stages.append(stage)
+        offset += stage.epochs_run
+    known = {s.name for s in stages}
+    for folder in _unlisted_stage_dirs(run_dir, manifest, known):
+        stage = read_stage(folder, folder.name, offset)
+        stages.append(stage)
+        offset += stage.epochs_run
+    final_info = _as_dict(read_json(run_dir / "model.json"))
+    final_weights = run_dir / str(final_info.get("weights", "final.safetensors"))
+    if not final_weights.is_file():  # not finished yet: the last stage with weights stands in
+        last = next((s for s in reversed(stages) if s.weights is not None), None)
+        final_info = last.model_info if last else {}
+        final_weights = last.weights if last else None
+    name = str(manifest.get("name") or run_dir.name)
+    return RunHistory(run_dir=run_dir, kind="pipeline", name=name, stages=stages,
+                      final_info=final_info, final_weights=final_weights)
+
+
+def _stage_dir(run_dir: Path, name: str, given: Any) -> Path:
+    if given:
+        p = Path(str(given))
+        for candidate in (p, run_dir / p):
+            if candidate.is_dir():
+                return candidate
+    return run_dir / "stages" / name
+
+
+def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str]) -> list[Path]:
+    """Stage folders not yet in history.json (the running stage), in the pipeline's order."""
+    root = run_dir / "stages"
+    if not root.is_dir():
+        return []
+    found = {p.name: p for p in root.iterdir() if p.is_dir() and p.name not in known
+             and ((p / "config.yaml").is_file() or (p / "history.jsonl").is_file())}
+    planned = [s.get("name") if isinstance(s, dict) else s for s in manifest.get("stages", [])]
+    order = [n for n in planned if n in found]
+    rest = sorted((n for n in found if n not in order), key=lambda n: _mtime(found[n]))
+    return [found[n] for n in order + rest]
+
+
+def _mtime(folder: Path) -> float:
+    cfg = folder / "config.yaml"
+    return cfg.stat().st_mtime if cfg.is_file() else folder.stat().st_mtime
+
+
+def _strip(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("global_epoch", "stage")}
+
+
+def read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or torn (a report never fails on it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        if path.exists():
+            log.warning("report: could not read %s (%s)", path, exc)
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON lines; a torn last line (a crash while writing) is skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _valid_confusion(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or not isinstance(value.get("matrix"), list):
+        return None
+    m = value["matrix"]
+    if not m or any(not isinstance(row, list) or len(row) != len(m) for row in m):
+        return None
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def baseline_top1(baseline: dict[str, Any] | None) -> float | None:
+    """The val top-1 a stage's baseline reached, from the pipeline's record or its run folder."""
+    if not baseline:
+        return None
+    for key in ("val_top1", "best_val_top1"):
+        if _finite(baseline.get(key)):
+            return float(baseline[key])
+    for nested in ("best", "metrics"):
+        inner = baseline.get(nested)
+        if isinstance(inner, dict) and _finite(inner.get("val_top1")):
+            return float(inner["val_top1"])
+    if baseline.get("run_dir"):
+        info = _as_dict(read_json(Path(str(baseline["run_dir"])) / "model.json"))
+        value = info.get("metrics", {}).get("val_top1")
+        if _finite(value):
+            return float(value)
+    return None

@@ -1,0 +1,82 @@
+"""Optional experiment trackers (TensorBoard, MLflow) through Accelerate's tracker classes.
+
+Nothing of TensorBoard or MLflow is imported unless a tracker is asked for; asking for one that
+is not installed is a clear error naming the extra to install. The trainer calls
+`open_tracker` once per run, `log_epoch` with every epoch record and `close_tracker` at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+TRACKERS = ("tensorboard", "mlflow")
+
+# Epoch-record keys worth a curve in a tracker (the rest are bookkeeping).
+_LOGGED = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "trainable_params",
+           "groups_unfrozen", "epoch_seconds", "images_per_sec", "bad_images", "skipped_steps")
+
+
+def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
+                 config: dict[str, Any] | None = None) -> Any:
+    """An started Accelerate tracker for `log_with`, or None when `log_with` is None/'none'.
+
+    TensorBoard writes to `run_dir/tensorboard/<run_name>`; MLflow logs to the tracking URI of
+    the environment (MLFLOW_TRACKING_URI, default ./mlruns) in experiment 'stagewise'.
+    """
+    if log_with in (None, "", "none"):
+        return None
+    if log_with not in TRACKERS:
+        raise ConfigError(f"log_with: unknown tracker '{log_with}'; choose one of none, {', '.join(TRACKERS)}")
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available
+
+    available = is_tensorboard_available() if log_with == "tensorboard" else is_mlflow_available()
+    if not available:
+        raise ConfigError(f"--log-with {log_with}: the {log_with} package is not installed; "
+                          f"pip install 'stagewise[{log_with}]' (or drop --log-with)")
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker
+
+    if log_with == "tensorboard":
+        tracker: Any = TensorBoardTracker(run_name, logging_dir=str(Path(run_dir) / "tensorboard"))
+    else:
+        tracker = MLflowTracker(experiment_name="stagewise", run_name=run_name)
+    tracker.start()
+    if config:
+        tracker.store_init_configuration(_hparams(config))
+    return tracker
+
+
+def log_epoch(tracker: Any, record: dict[str, Any]) -> None:
+    """Log one epoch record (as in history.jsonl): metrics, and the LR of each param group.
+
+    The step is the global epoch when the record has one (pipelines), else the epoch.
+    """
+    if tracker is None:
+        return
+    values: dict[str, float] = {k: float(record[k]) for k in _LOGGED if _number(record.get(k))}
+    for group, lr in (record.get("lr") or {}).items():
+        if _number(lr):
+            values[f"lr/{group}"] = float(lr)
+    step = record.get("global_epoch", record.get("epoch", 0))
+    if values:
+        tracker.log(values, step=int(step))
+
+
+def close_tracker(tracker: Any) -> None:
+    if tracker is not None:
+        tracker.finish()
+
+
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """Trackers take scalar hyperparameters only: lists and mappings become strings."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
