@@ -45,8 +45,8 @@ def test_inspect_finds_planted_problems(planted: Path) -> None:
     assert report.duplicate_files_within_splits == 1
     assert report.counts == {"train": [5, 7], "val": [5, 4]}
     assert report.imbalance["train"] == pytest.approx(1.4)
-    assert report.sizes["32x32"] == 19 and report.sizes["30x20"] == 2
-    assert report.modes == {"RGB": 19, "L": 2}
+    assert report.sizes["32x32"] == 18 and report.sizes["30x20"] == 2
+    assert report.modes == {"RGB": 18, "L": 2}
     assert report.size_range == {"min_width": 30, "max_width": 32, "min_height": 20, "max_height": 32}
 
 

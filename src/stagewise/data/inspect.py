@@ -140,11 +140,12 @@ def _imbalance(counts: list[int]) -> float | None:
 def render(report: InspectReport, console: Any = None, max_rows: int = 30) -> None:
     """Print the report as rich tables."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     splits = list(report.counts)
-    summary = Table(title=f"Dataset {report.root}", show_header=False, title_justify="left")
+    summary = Table(title=f"Dataset {escape(report.root)}", show_header=False, title_justify="left")
     summary.add_row("layout", report.layout)
     summary.add_row("classes", str(len(report.class_ids)))
     for name in splits:
@@ -173,13 +174,19 @@ def render(report: InspectReport, console: Any = None, max_rows: int = 30) -> No
         images.add_row(size, str(n))
     if len(report.sizes) > 8:
         images.add_row(f"{len(report.sizes) - 8} other sizes", str(sum(list(report.sizes.values())[8:])))
+    console.print(images)
     r = report.size_range
     if r:
-        images.caption = (f"width {r['min_width']}-{r['max_width']}, height {r['min_height']}-"
-                          f"{r['max_height']}; modes: "
-                          + ", ".join(f"{m} {n}" for m, n in report.modes.items()))
-    console.print(images)
+        console.print(f"width {r['min_width']}-{r['max_width']} px, height {r['min_height']}-"
+                      f"{r['max_height']} px; modes: "
+                      + ", ".join(f"{m} {n}" for m, n in report.modes.items()))
     _render_problems(report, console, max_rows)
+
+
+def _rel(path: str, root: str) -> str:
+    """Paths inside the dataset are shown relative to it, to keep the tables narrow."""
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
 
 
 def _flag(n: int) -> str:
@@ -192,10 +199,10 @@ def _render_problems(report: InspectReport, console: Any, max_rows: int) -> None
 
     if report.undecodable:
         bad = Table(title="Undecodable files (skipped in training)", title_justify="left")
-        bad.add_column("path")
-        bad.add_column("error")
+        bad.add_column("path", overflow="fold")
+        bad.add_column("error", overflow="fold")
         for item in report.undecodable[:max_rows]:
-            bad.add_row(escape(item["path"]), escape(item["error"]))
+            bad.add_row(escape(_rel(item["path"], report.root)), escape(item["error"]))
         if len(report.undecodable) > max_rows:
             bad.add_row(f"... {len(report.undecodable) - max_rows} more", "")
         console.print(bad)
@@ -203,10 +210,10 @@ def _render_problems(report: InspectReport, console: Any, max_rows: int) -> None
         dup = Table(title="Identical files in more than one split (leakage)", title_justify="left")
         dup.add_column("group", justify="right")
         dup.add_column("split")
-        dup.add_column("path")
+        dup.add_column("path", overflow="fold")
         for g, group in enumerate(report.duplicates[:max_rows], start=1):
             for f in group["files"]:
-                dup.add_row(str(g), f["split"], escape(f["path"]))
+                dup.add_row(str(g), f["split"], escape(_rel(f["path"], report.root)))
         if len(report.duplicates) > max_rows:
             dup.add_row("", "", f"... {len(report.duplicates) - max_rows} more groups")
         console.print(dup)

@@ -59,6 +59,7 @@ def lr_range_test(
 
     Param groups keep their LR ratios (layer decay, explicit group LRs): the swept value is the
     largest group's LR. Stops early once the smoothed loss exceeds `diverge` x its minimum.
+    The model is used in the mode it is in (frozen BatchNorm layers may be in eval mode).
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find: need 0 < start_lr < end_lr (got {start_lr} and {end_lr})")
@@ -74,7 +75,6 @@ def lr_range_test(
     smoothed: list[float] = []
     stopped, avg = "completed", 0.0
     try:
-        model.train()
         for i, (x, y) in enumerate(itertools.islice(_batches(loader), steps)):
             lr = start_lr * gamma**i
             for g, r in zip(optimizer.param_groups, ratios):
