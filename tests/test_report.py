@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -17,35 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config
 from PIL import Image
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
-from stagewise.reporting import ReportError, read_run, write_report
-from stagewise.reporting import plots
+from stagewise.reporting import ReportError, plots, read_run, write_report
 from stagewise.reporting.samples import load_model, predict, split_samples
 
-STAGES = (("probe", "probe", 2), ("finetune", "finetune", 2), ("gradual", "gradual", 3))
+STAGES = (("probe", "probe", 1), ("finetune", "finetune", 1), ("gradual", "gradual", 3))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("report") / "data")
-
-
-@pytest.fixture(scope="module")
-def single_run(data: Path) -> Path:
-    out = data.parent / "single"
-    stagewise.train(tiny_config(data, out, strategy="gradual", epochs=3), reporter="quiet")
-    write_report(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(data: Path) -> Path:
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three real stage runs under RUN/stages/ and the pipeline's history.json written as the
     pipeline runner does: stage entries with their global epoch range, and every epoch record."""
+    data = make_image_folder(tmp_path_factory.mktemp("report") / "data")
     run = data.parent / "pipeline"
     stages, epochs, offset = [], [], 0
     for name, strategy, n in STAGES:
@@ -62,6 +50,14 @@ def pipeline_run(data: Path) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def single_run(pipeline_run: Path) -> Path:
+    """A single-stage run folder: the gradual stage (3 epochs, 2 unfreeze events) on its own."""
+    stage = pipeline_run / "stages" / "gradual"
+    write_report(stage)
+    return stage
+
+
 def _markers(fig, gid: str) -> list[list[float]]:
     """x positions of the vertical markers with `gid`, per axes."""
     return [[line.get_xdata()[0] for line in ax.get_lines() if line.get_gid() == gid]
@@ -72,16 +68,17 @@ def test_pipeline_curves_have_stage_boundaries_and_unfreeze_events(pipeline_run:
     history = read_run(pipeline_run)
     assert history.kind == "pipeline"
     assert [s.name for s in history.stages] == [name for name, _, _ in STAGES]
-    assert [r["global_epoch"] for r in history.epochs] == list(range(1, 8))
+    assert [r["global_epoch"] for r in history.epochs] == list(range(1, 6))
     fig = plots.plot_curves(history)
-    # loss and accuracy axes each: 2 boundaries for 3 stages, between epochs 2|3 and 4|5
-    assert _markers(fig, plots.BOUNDARY_GID) == [[2.5, 4.5], [2.5, 4.5]]
-    # gradual (global epochs 5-7) unfreezes a group at the start of its 2nd and 3rd epoch
-    assert _markers(fig, plots.UNFREEZE_GID) == [[5.5, 6.5], [5.5, 6.5]]
-    val = next(line for line in fig.axes[1].get_lines() if line.get_label() == "val top-1")
-    assert list(val.get_xdata()) == [1, 2]  # first stage's segment; stages are not joined
+    # loss and accuracy axes each: 2 boundaries for 3 stages, between epochs 1|2 and 2|3
+    assert _markers(fig, plots.BOUNDARY_GID) == [[1.5, 2.5], [1.5, 2.5]]
+    # gradual (global epochs 3-5) unfreezes a group at the start of its 2nd and 3rd epoch
+    assert _markers(fig, plots.UNFREEZE_GID) == [[3.5, 4.5], [3.5, 4.5]]
+    val = [line for line in fig.axes[1].get_lines() if line.get_label().endswith("val top-1")]
+    assert [list(line.get_xdata()) for line in val] == [[1], [2], [3, 4, 5]]  # not joined
     single = plots.plot_curves(read_run(pipeline_run / "stages" / "gradual"))
     assert _markers(single, plots.BOUNDARY_GID) == [[], []]
+    assert _markers(single, plots.UNFREEZE_GID) == [[1.5, 2.5], [1.5, 2.5]]
 
 
 def test_lr_plot_draws_every_param_group(single_run: Path) -> None:
@@ -275,10 +272,8 @@ class DevTools:
             pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             self.call("Browser.close")
-        except (RuntimeError, TimeoutError, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -174,7 +174,13 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub)  # predict, evaluate, export
 
 
-PARSERS = [_train_parser, _pipeline_parsers, _data_parser, _inference_parsers]
+def _reporting_parsers(sub: argparse._SubParsersAction) -> None:
+    from .reporting.commands import add_parsers
+
+    add_parsers(sub)  # report, compare, lr-find
+
+
+PARSERS = [_train_parser, _pipeline_parsers, _data_parser, _inference_parsers, _reporting_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

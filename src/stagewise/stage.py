@@ -278,14 +278,18 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
     flag = StopFlag()
     step_counter = [state.global_step]
     if cfg.epochs == 0:
-        return _evaluate_only(cfg, parts, history, rep, meta)
+        _evaluate_start(cfg, parts, history, rep, meta)
+        return "evaluated"
+    if not history and state.epoch == 0 and state.batches_done == 0 and meta.head.get("kept", 0) > 0:
+        # A matched head already knows some classes: measure that before training changes it.
+        _evaluate_start(cfg, parts, history, rep, meta)
 
     def on_step() -> None:
         step_counter[0] += 1
 
     if tracker.get("stopped"):
         return tracker["stopped"]
-    previous_groups = history[-1]["groups_unfrozen"] if history else None
+    previous_groups = history[-1].get("groups_unfrozen") if history else None
     started = time.perf_counter() - tracker.get("elapsed", 0.0)
     with catch_signals(flag):
         for epoch in range(state.epoch, cfg.epochs):
@@ -341,19 +345,21 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
     return "completed"
 
 
-def _evaluate_only(cfg, parts: LoopParts, history, rep: Reporter, meta) -> str:
+def _evaluate_start(cfg, parts: LoopParts, history, rep: Reporter, meta) -> None:
+    """Record epoch 0: the starting weights on the validation set, before any training."""
     metrics = evaluate(_eval_model(parts), parts.val_loader, parts.accelerator, parts.num_classes,
                        cfg.channels_last)
     confusion = metrics.pop("confusion")
-    record = {"epoch": 0, **metrics}
+    head = meta.head
+    record = {"epoch": 0, **metrics, "event": f"start: head {head.get('mode')}, kept "
+              f"{head.get('kept', 0)}/{head.get('total')} rows"}
     history.append(record)
-    rep.message(f"epochs: 0: val top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f} "
-                "(the starting weights, untrained)")
+    rep.message(f"before training: val top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f} "
+                f"({record['event']})")
     if parts.accelerator.is_main_process:
         write_text(cfg.out / "history.jsonl", json.dumps(record) + "\n")
         write_json(cfg.out / "confusion.json", {"class_ids": meta.index.class_ids, "epoch": 0,
                                                 "matrix": confusion})
-    return "evaluated"
 
 
 def _save_last(parts: LoopParts, run_dir: Path, where: Resumable) -> None:

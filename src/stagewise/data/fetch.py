@@ -11,6 +11,7 @@ The mirror can be replaced with --base-url or STAGEWISE_FETCH_BASE_URL (same fil
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -130,7 +131,7 @@ def _stream(resp, part: Path, mode: str, have: int, total: int | None, url: str,
             while chunk := resp.read(_CHUNK):
                 f.write(chunk)
                 bar.advance(task, len(chunk))
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise DataError(f"{url}: connection lost after {f.tell()} bytes ({exc}); run the same "
                             f"command again to resume from {part}") from None
 

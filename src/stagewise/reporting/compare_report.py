@@ -8,8 +8,17 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..io import write_json, write_text
-from .document import (Document, Image, Section, Table, Text, fmt_count, fmt_float, fmt_pct,
-                       fmt_seconds)
+from .document import (
+    Document,
+    Image,
+    Section,
+    Table,
+    Text,
+    fmt_count,
+    fmt_float,
+    fmt_pct,
+    fmt_seconds,
+)
 from .html import render_html
 from .markdown import render_markdown
 from .plots import new_figure, save_figure

@@ -77,7 +77,7 @@ def lr_range_test(
     try:
         for i, (x, y) in enumerate(itertools.islice(_batches(loader), steps)):
             lr = start_lr * gamma**i
-            for g, r in zip(optimizer.param_groups, ratios):
+            for g, r in zip(optimizer.param_groups, ratios, strict=True):
                 g["lr"] = lr * r
             loss = _step(model, optimizer, criterion, x, y, accelerator)
             if not math.isfinite(loss):

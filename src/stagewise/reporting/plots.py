@@ -71,7 +71,7 @@ def plot_curves(history: RunHistory) -> Figure:
             pts = [(r["global_epoch"], r[key]) for r in stage.global_records()
                    if _finite(r.get(key)) and (r.get("epoch", 0) >= 1 or key.startswith("val"))]
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, style, color=colors[key], marker="o", ms=3,
                         label="_" + label if _plotted(ax, label) else label)
     for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
@@ -110,11 +110,11 @@ def plot_lr(history: RunHistory) -> Figure:
     fig, axes = new_figure(9.5, 3.6)
     ax = axes[0][0]
     cmap = _colormap(len(series))
-    for (groups, segments), colour in zip(series, cmap):
+    for (groups, segments), colour in zip(series, cmap, strict=True):
         label = groups[0] if len(groups) == 1 else f"{groups[0]} … {groups[-1]} ({len(groups)} groups)"
         for seg in segments:
             if seg:
-                xs, ys = zip(*seg)
+                xs, ys = zip(*seg, strict=True)
                 ax.plot(xs, ys, "-o", ms=2.5, lw=1.2, color=colour,
                         label="_" + label if _plotted(ax, label) else label)
     values = [y for _, segs in series for seg in segs for _, y in seg if y > 0]
@@ -209,7 +209,7 @@ def plot_per_class(matrix: Sequence[Sequence[int]], names: list[str], title: str
     values = [acc[i] for i in order]
     ax.barh(ys, values, color=[_bar_colour(v) for v in values])
     ax.set_yticks(ys, [_short(names[i]) for i in order], fontsize=8)
-    for y, v in zip(ys, values):
+    for y, v in zip(ys, values, strict=True):
         ax.text(min(v + 0.01, 0.9), y, f"{100 * v:.0f}%", va="center", fontsize=7)
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("validation accuracy")

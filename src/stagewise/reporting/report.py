@@ -17,13 +17,32 @@ import yaml
 
 from ..io import write_text
 from . import plots
-from .document import (Block, Code, Document, Image, Section, Table, Text, fmt_count, fmt_pct,
-                       fmt_seconds, fmt_signed_pct)
+from .document import (
+    Block,
+    Code,
+    Document,
+    Image,
+    Section,
+    Table,
+    Text,
+    fmt_count,
+    fmt_pct,
+    fmt_seconds,
+    fmt_signed_pct,
+)
 from .history import RunHistory, StageRun, baseline_top1, read_run
 from .html import render_html
 from .markdown import render_markdown
-from .samples import (augmentation_views, load_model, pick_examples, predict, split_samples,
-                      spread, thumbnail)
+from .samples import (
+    augmentation_views,
+    load_model,
+    pick_examples,
+    predict,
+    preserved_rng,
+    split_samples,
+    spread,
+    thumbnail,
+)
 
 log = logging.getLogger("stagewise")
 
@@ -43,7 +62,8 @@ def write_report(run_dir: str | Path, *, predictions: bool = True) -> Path:
     """
     run_dir = Path(run_dir)
     history = read_run(run_dir)
-    doc = build_document(history, run_dir / "plots", predictions=predictions)
+    with preserved_rng():  # building a model for the predictions draws random initial weights
+        doc = build_document(history, run_dir / "plots", predictions=predictions)
     write_text(run_dir / "report.md", render_markdown(doc, run_dir))
     html = run_dir / "report.html"
     write_text(html, render_html(doc))

@@ -94,7 +94,7 @@ def predict(model: nn.Module, pre: Preprocess, samples: Samples, indices: list[i
         probs = model(torch.stack(xs)).float().softmax(dim=1)
         conf, pred = probs.max(dim=1)
         out += [Predicted(i, samples.labels[i], int(p), float(c))
-                for i, p, c in zip(kept, pred.tolist(), conf.tolist())]
+                for i, p, c in zip(kept, pred.tolist(), conf.tolist(), strict=True)]
     return out
 
 
@@ -156,16 +156,23 @@ def _denormalise(x: torch.Tensor, pre: Preprocess) -> np.ndarray:
 
 
 @contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Give the caller's python/numpy/torch RNG streams back untouched: a report written between
+    pipeline stages must not shift the random numbers of the stage after it."""
+    state = (random.getstate(), np.random.get_state())
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+
+
+@contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed python/numpy/torch for one draw and give the caller's RNG streams back untouched:
-    a report written between pipeline stages must not shift the next stage's random numbers."""
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.random.default_generator.manual_seed(seed)  # the CPU generator only, as the loader does
-    try:
+    """Seed python/numpy/torch for one augmentation draw, so the preview is repeatable."""
+    with preserved_rng():
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator only, as the loader does
         yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.set_rng_state(state[2])

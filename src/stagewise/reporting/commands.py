@@ -1,0 +1,124 @@
+"""CLI commands `report`, `compare` and `lr-find`: parse, build plain settings, call the API."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import StagewiseError
+
+# `train` flags that compare and lr-find take as shared settings (the grid's own axes excluded).
+_GRID_KEYS = {"data", "model", "strategy", "optimizer", "scheduler", "weights", "out", "epochs"}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write report.html, report.md and plots/ for a run folder",
+                       description="Report of a stage run folder or a pipeline run folder.")
+    p.add_argument("run", type=Path, help="run folder (stagewise train/run --out)")
+    p.add_argument("--no-predictions", action="store_true",
+                   help="do not load the model (skips the sample prediction grid)")
+    p.set_defaults(handler=_cmd_report)
+    _compare_parser(sub)
+    _lr_find_parser(sub)
+
+
+def _settings_flags(p: argparse.ArgumentParser, skip: set[str]) -> None:
+    from ..cli import TRAIN_FLAGS
+
+    for flag, (key, typ, text) in TRAIN_FLAGS.items():
+        if key not in skip:
+            p.add_argument(f"--{flag}", type=typ, default=None, help=text)
+    p.add_argument("--config", type=Path, help="YAML file with shared config keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set lr=0.01 (repeatable)")
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train a grid of models x strategies and compare them",
+                       description="Every cell trains with the same budget, seed and data split; "
+                                   "finished cells are kept when the command is run again.")
+    p.add_argument("--data", required=True, help="image folder")
+    p.add_argument("--models", required=True, help="comma-separated model names")
+    p.add_argument("--strategies", default="finetune", help="comma-separated: scratch,probe,finetune,gradual")
+    p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
+    p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")
+    p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
+    p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
+    p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
+    p.add_argument("--log-with", choices=["tensorboard", "mlflow"], help="also log every cell to a tracker")
+    _settings_flags(p, _GRID_KEYS)
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("--log-format", choices=["rich", "json"], default="rich")
+    p.set_defaults(handler=_cmd_compare)
+
+
+def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggests an LR, plots the loss",
+                       description="Exponential LR sweep over a few hundred steps at most; the "
+                                   "model and data are set up as `train` would.")
+    _settings_flags(p, {"out"})
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (max 1000)")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--out", type=Path, default=Path("runs/lr_find"),
+                   help="folder for lr_find.json and lr_find.png")
+    p.set_defaults(handler=_cmd_lr_find)
+
+
+def _settings(args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
+    from ..cli import TRAIN_FLAGS
+    from ..config import apply_overrides, load_yaml
+
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for flag, (key, _t, _h) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"), None)
+        if key not in skip and value is not None:
+            data[key] = value
+    return apply_overrides(data, args.set)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.run, predictions=not args.no_predictions))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, parse_weights
+
+    settings = _settings(args, _GRID_KEYS)
+    reporter = "quiet" if args.quiet else args.log_format
+    result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
+                     epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
+                     schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
+                     settings=settings, reporter=reporter, log_with=args.log_with)
+    if not args.quiet:
+        for row in result.rows:
+            top1 = row.get("val_top1")
+            shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
+            print(f"{row['cell']}: val top1 {shown}, {row.get('seconds', 0):.1f}s")
+        kept = f" ({len(result.skipped)} finished cell(s) kept)" if result.skipped else ""
+        print(f"comparison: {result.html}{kept}")
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_find import lr_find
+
+    settings = _settings(args, {"out"})
+    if "data" not in settings:
+        raise StagewiseError("lr-find needs --data DIR (or 'data:' in --config)")
+    result = lr_find(settings, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out)
+    print(f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
+          f"({len(result.lrs)} steps, {result.stopped}); plot: {args.out / 'lr_find.png'}")
+    return 0
+
+
+def _lr(value: float | None) -> str:
+    return f"{value:.2e}" if value is not None else "none (the loss never fell; widen the range)"
