@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HYMENOPTERA, make_image_folder, tiny_config
 from PIL import Image
 
+from conftest import HYMENOPTERA, make_image_folder, tiny_config
 from stagewise.data.cache import DiskStore, attach_cache, build_memory, eval_resize
 from stagewise.data.index import Samples
 from stagewise.data.loader import _EPOCH_STRIDE, ImageDataset

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
 
+from conftest import make_image_folder
 from stagewise.cli import main
 from stagewise.data import sources
 from stagewise.data.fetch import MARKER, fetch
@@ -130,6 +130,17 @@ def test_partial_download_resumes_with_range(tmp_path: Path, server, toy_archive
     fetch("toy", tmp_path, progress=False)
     assert server.requests == [("toy.tgz", f"bytes={half}-")]
     assert (tmp_path / "toyset" / "train").is_dir()
+
+
+def test_complete_part_file_is_verified_not_downloaded_again(tmp_path: Path, server,
+                                                             toy_archive) -> None:
+    register(server, "toy", toy_archive)
+    part = tmp_path / ".downloads" / "toy.tgz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(toy_archive)  # a run that died after the last byte, before verifying
+    fetch("toy", tmp_path, progress=False)
+    assert server.requests == [("toy.tgz", f"bytes={len(toy_archive)}-")]  # answered 416
+    assert (tmp_path / "toyset" / MARKER).is_file()
 
 
 def test_dropped_connection_keeps_the_part_and_the_rerun_resumes(tmp_path: Path, server,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
 from stagewise.data.images import load_rgb
 from stagewise.errors import DataError, StagewiseError, WeightsError
@@ -116,6 +116,17 @@ def test_predict_batches_and_embeds(clf, trained):
         clf.predict(trained[1] / "missing.png")
 
 
+def test_flip_tta_sees_an_image_and_its_mirror_alike(clf, trained):
+    x = clf.to_tensor(_val_images(trained[1])[0])
+    mirrored = x.flip(2)  # (3, H, W): mirror the width
+    plain, flipped = clf.predict(x), clf.predict(mirrored)
+    with_tta = [clf.predict(x, tta="flip"), clf.predict(mirrored, tta="flip")]
+    assert plain.probability != pytest.approx(flipped.probability, abs=1e-6)  # the model is not symmetric
+    assert with_tta[0].probability == pytest.approx(with_tta[1].probability, abs=1e-6)
+    with pytest.raises(DataError, match="unknown tta"):
+        clf.predict(x, tta="rotate")
+
+
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -193,6 +204,7 @@ def test_evaluate_unknown_class_is_listed(clf, tmp_path):
         evaluate(clf, data, num_workers=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_torchscript_parity(clf, trained, tmp_path, capsys):
     run, data = trained
     target = tmp_path / "m.torchscript.pt"
@@ -238,7 +250,7 @@ def test_cli_errors_exit_2(trained, tmp_path, capsys):
 def test_acceptance_hymenoptera_predict_equals_evaluate(hymenoptera, effnet_weights, tmp_path, capsys):
     result = stagewise.train(data=str(hymenoptera), model="tf_efficientnet_lite0",
                              weights=str(effnet_weights), strategy="probe", epochs=1, image_size=128,
-                             batch_size=32, num_workers=0, augmentation="none", lr=1e-2,
+                             batch_size=16, num_workers=0, augmentation="none", lr=0.05,
                              out=str(tmp_path / "run"), reporter="quiet")
     code, out, _ = _cli(capsys, "predict", result.run_dir, hymenoptera / "val", "--format", "json",
                         "--top-k", "2")

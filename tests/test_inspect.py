@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
 from PIL import Image
-from test_layouts import write_cifar10
 
+from conftest import make_image_folder
 from stagewise.cli import main
 from stagewise.data.inspect import inspect_dataset
+from test_layouts import write_cifar10
 
 
 @pytest.fixture

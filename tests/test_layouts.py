@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HYMENOPTERA, make_image_folder, tiny_config
 from PIL import Image
 
+from conftest import HYMENOPTERA, make_image_folder, tiny_config
 from stagewise.data.cifar import load_batch
 from stagewise.data.imagenet import IMAGENETTE_WNIDS, IMAGEWOOF_WNIDS
 from stagewise.data.layouts import detect_format, load_dataset
@@ -41,7 +41,7 @@ def put(src: Path, dest: Path) -> Path:
 
 
 def labels_by_name(samples, class_ids: list[str]) -> dict[str, str]:
-    return {p.name: class_ids[lab] for p, lab in zip(samples.paths, samples.labels)}
+    return {p.name: class_ids[lab] for p, lab in zip(samples.paths, samples.labels, strict=True)}
 
 
 def wnid_folder(root: Path, wnids, jpegs: list[Path], per_class: int = 2) -> Path:
@@ -60,7 +60,7 @@ def test_imagenette_and_imagewoof_detected_with_human_names(tmp_path: Path, jpeg
     assert detect_format(nette) == "imagenette"
     assert detect_format(woof) == "imagewoof"
     index = load_dataset(nette)
-    names = dict(zip(index.class_ids, index.class_names))
+    names = dict(zip(index.class_ids, index.class_names, strict=True))
     assert names["n01440764"] == "tench" and names["n03000684"] == "chain saw"
     assert index.layout == "imagenette" and len(index.splits["val"]) == 20
     woof_index = load_dataset(woof)
@@ -178,7 +178,7 @@ def test_imagenet_mini_val_in_wnid_folders(tmp_path: Path, jpegs) -> None:
     assert detect_format(root) == "imagenet"
     index = load_dataset(root)
     assert all(p.parent.name == index.class_ids[lab]
-               for p, lab in zip(index.splits["val"].paths, index.splits["val"].labels))
+               for p, lab in zip(index.splits["val"].paths, index.splits["val"].labels, strict=True))
     assert index.class_names[0] == "tench"
 
 

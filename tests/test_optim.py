@@ -125,17 +125,17 @@ def test_constant() -> None:
 def test_cosine_decays_to_min_lr() -> None:
     lrs = _lrs(scheduler="cosine", min_lr=0.01)
     assert lrs[0] == pytest.approx(LR) and lrs[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     assert lrs[10] == pytest.approx((LR + 0.01) / 2)  # half way: the cosine's midpoint
 
 
 def test_warmup_rises_linearly_then_decays() -> None:
     lrs = _lrs(scheduler="cosine", warmup_epochs=1)
     warm = lrs[:5]
-    steps = [b - a for a, b in zip(warm, warm[1:])]
+    steps = [b - a for a, b in zip(warm, warm[1:], strict=False)]
     assert warm[0] < 0.05 * LR and warm[4] == pytest.approx(LR)
     assert all(s == pytest.approx(steps[0]) for s in steps) and steps[0] > 0
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_step_drops_by_gamma_every_step_epochs() -> None:
@@ -154,7 +154,7 @@ def test_exponential_decays_by_gamma_per_epoch() -> None:
     lrs = _lrs(scheduler="exponential", gamma=0.5)
     for epoch in range(6):
         assert lrs[4 * epoch] == pytest.approx(LR * 0.5**epoch)
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 def test_polynomial_follows_its_power() -> None:
@@ -169,8 +169,8 @@ def test_one_cycle_peaks_then_falls() -> None:
     assert lrs[peak] == pytest.approx(LR, rel=0.02)
     assert 3 <= peak <= 5  # warmup_epochs / epochs of the way in
     assert lrs[0] < LR / 10 and lrs[-1] < LR / 100
-    assert all(a <= b for a, b in zip(lrs[: peak + 1], lrs[1 : peak + 1]))
-    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
+    assert all(a <= b for a, b in zip(lrs[: peak + 1], lrs[1 : peak + 1], strict=False))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :], strict=False))
 
 
 def test_plateau_reduces_on_a_flat_metric_and_keeps_the_reduction() -> None:

@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
+from stagewise.models import LoadedWeights
 from stagewise.reporting import ReportError, plots, read_run, write_report
 from stagewise.reporting.samples import load_model, predict, split_samples
 
@@ -35,15 +37,19 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipeline runner does: stage entries with their global epoch range, and every epoch record."""
     data = make_image_folder(tmp_path_factory.mktemp("report") / "data")
     run = data.parent / "pipeline"
-    stages, epochs, offset = [], [], 0
+    stages, epochs, offset, incoming = [], [], 0, None
     for name, strategy, n in STAGES:
         result = stagewise.train(tiny_config(data, run / "stages" / name, strategy=strategy, epochs=n),
-                                 reporter="quiet")
+                                 reporter="quiet", incoming=incoming)
+        # the next stage starts from this one's weights, its head matched by class id
+        incoming = LoadedWeights(load_file(str(result.weights)), f"stage '{name}'",
+                                 class_ids=result.class_ids, class_names=result.class_names)
         baseline = {"kind": "scratch", "val_top1": 0.5} if name == "finetune" else None
         stages.append({"name": name, "run_dir": str(run / "stages" / name), "first_epoch": offset + 1,
                        "last_epoch": offset + n, "strategy": strategy, "baseline": baseline,
                        "head": result.head})
-        epochs += [{"global_epoch": offset + r["epoch"], "stage": name, **r} for r in result.history]
+        epochs += [{"global_epoch": offset + r["epoch"], "stage": name, **r} for r in result.history
+                   if r["epoch"] > 0]
         offset += n
     (run / "history.json").write_text(json.dumps({"stages": stages, "epochs": epochs}))
     write_report(run)
@@ -68,14 +74,21 @@ def test_pipeline_curves_have_stage_boundaries_and_unfreeze_events(pipeline_run:
     history = read_run(pipeline_run)
     assert history.kind == "pipeline"
     assert [s.name for s in history.stages] == [name for name, _, _ in STAGES]
-    assert [r["global_epoch"] for r in history.epochs] == list(range(1, 6))
+    trained = [(r["stage"], r["global_epoch"]) for r in history.epochs if r["epoch"] >= 1]
+    assert trained == [("probe", 1), ("finetune", 2), ("gradual", 3), ("gradual", 4), ("gradual", 5)]
+    starts = [(r["stage"], r["x"]) for r in history.epochs if r["epoch"] == 0]
+    assert starts == [("finetune", 1.5), ("gradual", 2.5)]  # evaluations of the handed-over weights
     fig = plots.plot_curves(history)
     # loss and accuracy axes each: 2 boundaries for 3 stages, between epochs 1|2 and 2|3
     assert _markers(fig, plots.BOUNDARY_GID) == [[1.5, 2.5], [1.5, 2.5]]
     # gradual (global epochs 3-5) unfreezes a group at the start of its 2nd and 3rd epoch
     assert _markers(fig, plots.UNFREEZE_GID) == [[3.5, 4.5], [3.5, 4.5]]
     val = [line for line in fig.axes[1].get_lines() if line.get_label().endswith("val top-1")]
-    assert [list(line.get_xdata()) for line in val] == [[1], [2], [3, 4, 5]]  # not joined
+    # one segment per stage; a handed-over stage's epoch-0 evaluation sits on its start boundary
+    assert [list(line.get_xdata()) for line in val] == [[1], [1.5, 2], [2.5, 3, 4, 5]]
+    # the best epoch is the one whose weights the trainer kept (never the epoch-0 evaluation)
+    assert [s.best["epoch"] for s in history.stages] == [
+        s.model_info["metrics"]["epoch"] for s in history.stages]
     single = plots.plot_curves(read_run(pipeline_run / "stages" / "gradual"))
     assert _markers(single, plots.BOUNDARY_GID) == [[], []]
     assert _markers(single, plots.UNFREEZE_GID) == [[1.5, 2.5], [1.5, 2.5]]
@@ -83,13 +96,14 @@ def test_pipeline_curves_have_stage_boundaries_and_unfreeze_events(pipeline_run:
 
 def test_lr_plot_draws_every_param_group(single_run: Path) -> None:
     history = read_run(single_run)
-    groups = set(history.epochs[0]["lr"])
+    trained = [r for r in history.epochs if "lr" in r]
+    groups = set(trained[0]["lr"])
     series = plots.lr_series(history)
     assert {g for names, _ in series for g in names} == groups
     fig = plots.plot_lr(history)
     drawn = [line for line in fig.axes[0].get_lines() if line.get_gid() is None]
     assert len(drawn) == len(series)
-    assert [y for y in drawn[0].get_ydata()] == [r["lr"][series[0][0][0]] for r in history.epochs]
+    assert list(drawn[0].get_ydata()) == [r["lr"][series[0][0][0]] for r in trained]
 
 
 def test_confusion_matrix_counts_every_validation_image(single_run: Path) -> None:
@@ -108,7 +122,7 @@ def test_confusion_matrix_counts_every_validation_image(single_run: Path) -> Non
 
 def test_reloaded_model_reproduces_the_saved_confusion_matrix(single_run: Path) -> None:
     history = read_run(single_run)
-    model, pre = load_model(history.final_info, history.final_weights)
+    model, pre = load_model(history.final_weights)
     samples, _ = split_samples(history.stages[0].config, single_run, "val")
     preds = predict(model, pre, samples, list(range(len(samples))))
     rebuilt = np.zeros_like(np.asarray(history.stages[0].confusion["matrix"]))
@@ -139,14 +153,28 @@ def test_report_files_and_summary(pipeline_run: Path) -> None:
     assert {"curves.png", "lr.png", "predictions.png", "augmentation-probe.png"} <= names
     assert {f"confusion-{s}.png" for s, _, _ in STAGES} <= names
     assert {f"per-class-{s}.png" for s, _, _ in STAGES} <= names
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in md.splitlines() if line.startswith("| ")}
+    summary = _md_table(md, "| stage | dataset |")
     finetune = read_run(pipeline_run).stages[1]
-    best = f"{100 * finetune.best['val_top1']:.1f}%"
-    assert rows["finetune"][7] == best  # best val top-1 column
-    assert rows["finetune"][-1] == f"{100 * (finetune.best['val_top1'] - 0.5):+.1f} pp"  # transfer gain
-    assert rows["probe"][-1] == "-"
+    assert summary["finetune"]["best val top-1"] == f"{100 * finetune.best['val_top1']:.1f}%"
+    gain = f"{100 * (finetune.best['val_top1'] - 0.5):+.1f} pp"  # against the baseline's 0.5
+    assert summary["finetune"]["transfer gain"] == gain
+    assert summary["probe"]["transfer gain"] == "-"
+    assert summary["gradual"]["epochs"] == "3/3"
+    assert _md_table(md, "| stage | baseline |")["finetune"]["gain (best)"] == gain
     assert "config of gradual" in md and "strategy: gradual" in md
+
+
+def _md_table(md: str, header: str) -> dict[str, dict[str, str]]:
+    """The markdown table starting with `header`, as {first cell: {column: cell}}."""
+    lines = md[md.index(header):].splitlines()
+    columns = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    return rows
 
 
 def test_report_html_is_self_contained(single_run: Path) -> None:
@@ -167,7 +195,8 @@ def test_partial_runs_still_get_a_report(single_run: Path, tmp_path: Path) -> No
     run = tmp_path / "partial"
     run.mkdir()
     shutil.copy(single_run / "config.yaml", run / "config.yaml")
-    first = (single_run / "history.jsonl").read_text().splitlines()[0]
+    lines = (single_run / "history.jsonl").read_text().splitlines()
+    first = next(line for line in lines if json.loads(line)["epoch"] == 1)
     (run / "history.jsonl").write_text(first + "\n{\"epoch\": 2, \"train_lo")  # torn last line
     write_report(run)
     md = (run / "report.md").read_text()
@@ -326,5 +355,5 @@ def test_report_renders_in_headless_chromium(pipeline_run: Path, tmp_path: Path)
     assert len(seen["images"]) == n_img >= 10
     assert all(done and w > 0 and h > 0 for done, w, h in seen["images"])  # every image decoded
     picture = Image.open(shot)
-    assert picture.size == (1280, 1400)
+    assert picture.width == 1280 and picture.height > 1000  # the viewport, less window chrome
     assert len(picture.convert("L").getcolors(1 << 16) or []) > 20  # not a blank page

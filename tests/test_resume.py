@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config
 from safetensors.torch import load_file
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
 
 # The children run single-threaded; the in-process runs they are compared with must too, or the
@@ -50,7 +50,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 def _assert_same_history(a: Path, b: Path) -> None:
     ha, hb = _history(a), _history(b)
     assert len(ha) == len(hb)
-    for ra, rb in zip(ha, hb):
+    for ra, rb in zip(ha, hb, strict=True):
         assert {k: v for k, v in ra.items() if k not in TIMING_KEYS} == \
                {k: v for k, v in rb.items() if k not in TIMING_KEYS}
 
@@ -93,9 +93,10 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sigkill_then_resume_equals_uninterrupted(small_data: Path, tmp_path: Path) -> None:
-    # Dropout, EMA, warmup + cosine and random crops: every piece of state that resume restores.
+    # Dropout, EMA, warmup + cosine, random crops and accumulation over an odd number of batches
+    # (3 per epoch): every piece of state that resume restores.
     settings = dict(epochs=3, drop_rate=0.2, ema=0.9, warmup_epochs=1, augmentation="standard",
-                    optimizer="adamw", weight_decay=0.05)
+                    optimizer="adamw", weight_decay=0.05, grad_accum=2)
     full = stagewise.train(tiny_config(small_data, tmp_path / "full", **settings), reporter="quiet")
     assert full.stopped == "completed" and len(full.history) == 3
 

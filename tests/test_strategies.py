@@ -8,15 +8,24 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import make_image_folder, tiny_config
 from safetensors.torch import load_file, save_file
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.models.head import classifier_keys
 from stagewise.strategies import apply_strategy, coarse_groups, set_train_mode, unfrozen_groups
 
 HEAD = {"fc.weight", "fc.bias"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _model(seed: int = 0) -> torch.nn.Module:

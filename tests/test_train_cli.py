@@ -12,12 +12,21 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import make_image_folder, tiny_config
 from safetensors.torch import load_file, save_file
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
-from stagewise.errors import ConfigError
+from stagewise.errors import ConfigError, NonFiniteLoss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +177,12 @@ def test_last_batch_of_one_image_is_dropped(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "d", per_class=3)  # 9 train images, batch 8
     result = stagewise.train(tiny_config(data, tmp_path / "run", epochs=1), reporter="quiet")
     assert result.history[0]["global_step"] == 1 and math.isfinite(result.history[0]["train_loss"])
+
+
+def test_non_finite_loss_stops_with_a_clear_error(data: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(NonFiniteLoss, match="NaN/inf"):
+        stagewise.train(tiny_config(data, tmp_path / "api", lr=1e10, optimizer="sgd",
+                                    scheduler="constant"), reporter="quiet")
+    code = main(_args(data, tmp_path / "cli", "--lr", "1e10", "--optimizer", "sgd", "--quiet"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Lower the LR" in err and "Traceback" not in err

@@ -12,13 +12,22 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import make_image_folder
 from safetensors.torch import save_file
 
+from conftest import make_image_folder
 from stagewise.errors import WeightsError
 from stagewise.models import build_model, load_state_dict_file
 
 CLASSES = ["alpha", "beta", "gamma"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _state(name: str = "test_resnet", seed: int = 0, classes: int = 3) -> dict[str, torch.Tensor]:
@@ -87,6 +96,7 @@ def test_compiled_model_prefix_is_stripped(tmp_path: Path) -> None:
     assert set(load_state_dict_file(tmp_path / "w.pt").state_dict) == set(state)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("payload", ["system", "open"])
 @pytest.mark.parametrize("writer", ["torch", "pickle"])
 def test_malicious_pickle_is_refused_without_running_code(tmp_path: Path, payload: str, writer: str) -> None:

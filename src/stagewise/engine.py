@@ -107,7 +107,9 @@ def train_one_epoch(
     end = len(parts.train_loader) + skip_batches
     # Accumulation windows restart every epoch and the epoch's last batch closes its window, so no
     # gradient leaks into the next epoch and a resumed run groups batches exactly the same way.
+    # (A window left open because bad files emptied the last batch is dropped here.)
     acc.step = 0
+    model.zero_grad(set_to_none=True)
     for batch in parts.train_loader:
         bad.extend(batch.bad)
         n_images = batch.images.shape[0] if batch.images.numel() else 0

@@ -203,7 +203,7 @@ class DiskStore:
         data, items, offset = self.folder / f"{name}.u8", {}, 0
         tmp = data.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            for key, arr in zip(keys, _decode_all(paths, self.resize)):
+            for key, arr in zip(keys, _decode_all(paths, self.resize), strict=True):
                 if arr is None:
                     items[key] = (0, 0, 0)
                     continue
@@ -218,7 +218,7 @@ class DiskStore:
     def build(self, paths: Sequence[Path]) -> DecodedCache:
         keys = self.keys(paths)
         _, known = self._packs()
-        todo = {k: p for k, p in zip(keys, paths) if k is not None and k not in known}
+        todo = {k: p for k, p in zip(keys, paths, strict=True) if k is not None and k not in known}
         if todo:
             log.info("cache: decoding %d of %d images into %s", len(todo), len(paths), self.folder)
             self.add(list(todo.values()), list(todo))

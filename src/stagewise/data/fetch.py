@@ -10,6 +10,7 @@ The mirror can be replaced with --base-url or STAGEWISE_FETCH_BASE_URL (same fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -119,8 +120,14 @@ def _range_start(resp) -> int | None:
 
 def _stream(resp, part: Path, mode: str, have: int, total: int | None, url: str,
             progress: bool) -> None:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
@@ -187,10 +194,8 @@ def _check_member(name: str, archive: Path) -> None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # other downloads still there
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _say(progress: bool, text: str) -> None:

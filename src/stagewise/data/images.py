@@ -9,8 +9,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
-# What a bad image raises: not an image, truncated, a decompression bomb, an I/O error.
-BAD_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# What a bad image raises: not an image, truncated, a decompression bomb, an I/O error. The bomb
+# warning is listed too: the readers below turn it into an exception, which must not escape.
+BAD_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                    Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def is_image_file(path: Path) -> bool:

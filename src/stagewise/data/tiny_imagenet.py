@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from .folder import class_dirs, scan_folder
-from .images import header_ok
 from .imagenet import first_lemma, wnid_names
+from .images import header_ok
 from .index import DatasetIndex, Samples
 
 ANNOTATIONS = Path("val") / "val_annotations.txt"

@@ -100,14 +100,15 @@ class Classifier:
         return out[0] if _is_single(inputs) else out
 
     def logits(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        """Raw scores of a preprocessed batch (N, 3, H, W); with tta='flip', averaged with the mirror."""
+        """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
+        tta='flip', averaged with those of the mirrored batch."""
+        if tta not in (None, "flip"):
+            raise DataError(f"unknown tta '{tta}'; choose flip (or leave it out)")
         with torch.inference_mode():
             x = batch.to(self.device)
             out = self.model(x).float()
             if tta == "flip":
                 out = (out + self.model(x.flip(3)).float()) / 2
-            elif tta is not None:
-                raise DataError(f"unknown tta '{tta}'; choose flip (or leave it out)")
         return out
 
     def probabilities(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:

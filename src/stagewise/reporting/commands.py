@@ -98,7 +98,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
                      settings=settings, reporter=reporter, log_with=args.log_with)
-    if not args.quiet:
+    if args.quiet:
+        return 0
+    if args.log_format == "json":
+        import json
+
+        print(json.dumps({"event": "compare", "html": str(result.html), "trained": result.trained,
+                          "kept": result.skipped, "cells": result.rows}))
+    else:
         for row in result.rows:
             top1 = row.get("val_top1")
             shown = f"{top1:.4f}" if isinstance(top1, float) else "-"

@@ -242,7 +242,7 @@ def _test_top1(cell_dir: Path, info: dict[str, Any], cfg: dict[str, Any]) -> flo
         samples, _ = split_samples(cfg, cell_dir, "test")
     except ReportError:
         return None
-    model, pre = load_model(info, cell_dir / str(info.get("weights", "best.safetensors")))
+    model, pre = load_model(cell_dir / str(info.get("weights", "best.safetensors")))
     preds = predict(model, pre, samples, list(range(len(samples))), batch_size=int(cfg.get("batch_size", 32)))
     return sum(p.correct for p in preds) / len(preds) if preds else None
 

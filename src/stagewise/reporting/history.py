@@ -37,7 +37,8 @@ class StageRun:
     config: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     confusion: dict[str, Any] | None = None
-    baseline: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None  # the pipeline's baseline run of this stage
+    gain: dict[str, Any] | None = None  # the pipeline's transfer gain against that baseline
     head: dict[str, Any] | None = None
 
     @property
@@ -53,7 +54,8 @@ class StageRun:
     def best(self) -> dict[str, Any]:
         """The record the stage kept as best (by its monitor), or {} before any epoch."""
         monitor = self.config.get("monitor", "val_top1")
-        scored = [r for r in self.records if _finite(r.get(monitor))]
+        # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
+        scored = [r for r in (self.trained or self.records) if _finite(r.get(monitor))]
         if not scored:
             return {}
         # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
@@ -80,8 +82,14 @@ class StageRun:
                 if r.get("event") and int(r.get("epoch", 0)) >= 1]
 
     def global_records(self) -> list[dict[str, Any]]:
-        return [{**r, "global_epoch": self.offset + int(r.get("epoch", 0)), "stage": self.name}
-                for r in self.records]
+        """Records with `global_epoch` and `stage`; `x` is where a plot puts them: an epoch-0
+        record (the starting weights, before training) sits on the stage's start boundary."""
+        out = []
+        for r in self.records:
+            epoch = int(r.get("epoch", 0))
+            x = self.offset + epoch if epoch >= 1 else self.offset + 0.5
+            out.append({**r, "global_epoch": self.offset + epoch, "stage": self.name, "x": x})
+        return out
 
 
 @dataclass
@@ -149,8 +157,8 @@ def _read_pipeline(run_dir: Path) -> RunHistory:
         stage = read_stage(folder, str(entry["name"]), offset)
         if not stage.records:  # the stage folder is gone or unreadable: use the pipeline's copy
             stage.records = [_strip(r) for r in summary.get("epochs", []) if r.get("stage") == stage.name]
-        stage.baseline = entry.get("baseline") if isinstance(entry.get("baseline"), dict) else None
-        stage.head = entry.get("head") if isinstance(entry.get("head"), dict) else None
+        stage.baseline, stage.gain, stage.head = (
+            entry.get(k) if isinstance(entry.get(k), dict) else None for k in ("baseline", "gain", "head"))
         stage.config = stage.config or {"strategy": entry.get("strategy")}
         stages.append(stage)
         offset += stage.epochs_run

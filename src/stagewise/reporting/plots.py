@@ -68,12 +68,18 @@ def plot_curves(history: RunHistory) -> Figure:
     for ax_i, key, label, style in _CURVES:
         ax = axes[0][ax_i]
         for stage in history.stages:  # one segment per stage: classes may change between stages
-            pts = [(r["global_epoch"], r[key]) for r in stage.global_records()
-                   if _finite(r.get(key)) and (r.get("epoch", 0) >= 1 or key.startswith("val"))]
+            pts = [(r["x"], r[key]) for r in stage.global_records() if _finite(r.get(key))]
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, style, color=colors[key], marker="o", ms=3,
                         label="_" + label if _plotted(ax, label) else label)
+    for stage in history.stages:  # the pipeline's baseline run of a stage, where it made one
+        curve = (stage.baseline or {}).get("curve") or []
+        pts = [(stage.offset + i + 1, v) for i, v in enumerate(curve) if _finite(v)]
+        if pts:
+            label = f"baseline val top-1 ({stage.baseline.get('kind', 'baseline')})"
+            acc_ax.plot(*zip(*pts, strict=True), "-.", color="0.5", marker="x", ms=4, gid="baseline",
+                        label="_" + label if _plotted(acc_ax, label) else label)
     for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         mark_stages(ax, history)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -122,8 +122,7 @@ def _summary(history: RunHistory) -> list[Block]:
     rows = [_summary_row(s) for s in history.stages]
     blocks: list[Block] = [Table(columns, rows)]
     if any(s.baseline for s in history.stages):
-        blocks.append(Text("Transfer gain: best val top-1 of the stage minus that of its baseline "
-                           "run (same data and budget, other starting weights)."))
+        blocks.append(_transfer_table(history))
     if not any(s.records for s in history.stages):
         blocks.append(Text("No epoch has finished yet; this report shows what exists so far.", note=True))
     return blocks
@@ -148,6 +147,26 @@ def _summary_row(stage: StageRun) -> list[str]:
             fmt_pct(best.get("val_top5")), str(best.get("epoch", "-")),
             fmt_seconds(sum(r.get("epoch_seconds", 0.0) for r in trained)) if trained else "-",
             f"{sum(speeds) / len(speeds):.0f}" if speeds else "-", params, gain]
+
+
+def _transfer_table(history: RunHistory) -> Table:
+    """Each stage against its baseline run (same data and budget, other starting weights)."""
+    rows = []
+    for s in history.stages:
+        if not s.baseline:
+            continue
+        gain, base = s.gain or {}, baseline_top1(s.baseline)
+        best = s.best.get("val_top1")
+        reached = gain.get("epochs_to_baseline_best")
+        rows.append([s.name, str(s.baseline.get("kind", "-")), fmt_pct(base), fmt_pct(best),
+                     fmt_signed_pct(best - base) if base is not None and best is not None else "-",
+                     fmt_signed_pct(gain.get("first_epoch")),
+                     f"epoch {reached}" if reached else "-" if "epochs_to_baseline_best" not in gain
+                     else "not reached"])
+    return Table(["stage", "baseline", "baseline best top-1", "stage best top-1", "gain (best)",
+                  "gain (first epoch)", "baseline's best reached at"], rows,
+                 caption="Transfer gain: each stage against its baseline run (same data and budget, "
+                         "other starting weights)")
 
 
 def _curves(history: RunHistory, plot_dir: Path) -> list[Block]:
@@ -211,7 +230,7 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
     stage = next((s for s in reversed(history.stages) if s.weights is not None), None)
     if stage is None or history.final_weights is None:
         return [Text("No trained weights yet.", note=True)]
-    model, pre = load_model(history.final_info, history.final_weights)
+    model, pre = load_model(history.final_weights)
     samples, _ = split_samples(stage.config, stage.run_dir, "val")
     preds = predict(model, pre, samples, spread(len(samples), MAX_PREDICTED))
     names = [str(n) for n in history.final_info.get("class_names") or history.final_info["class_ids"]]

@@ -2,8 +2,8 @@
 training augmentation does to a few training images.
 
 The model is rebuilt from model.json (architecture, class list, preprocessing) and the run's
-safetensors weights, exactly as a user of the artifact would load it; nothing comes from the
-training process, so `stagewise report` works on a copied run folder.
+safetensors weights by `stagewise.load`, exactly as a user of the artifact would load it; nothing
+comes from the training process, so `stagewise report` works on a copied run folder.
 """
 
 from __future__ import annotations
@@ -39,20 +39,13 @@ class Predicted:
         return self.true == self.pred
 
 
-def load_model(info: dict[str, Any], weights: Path) -> tuple[nn.Module, Preprocess]:
-    """The model of a run (model.json as `info`) with its weights, in eval mode on the CPU."""
-    from safetensors.torch import load_file
+def load_model(weights: Path) -> tuple[nn.Module, Preprocess]:
+    """The model of a run (weights with model.json beside them) in eval mode on the CPU, loaded
+    as a user of the artifact would load it (`stagewise.load`)."""
+    from ..inference import load
 
-    from ..models import build_model
-
-    missing = [k for k in ("architecture", "class_ids", "preprocess") if k not in info]
-    if missing:
-        raise ReportError(f"model.json beside {weights} lacks {', '.join(missing)}")
-    pre = Preprocess.from_dict(info["preprocess"])
-    bundle = build_model(str(info["architecture"]), [str(c) for c in info["class_ids"]],
-                         image_size=pre.image_size)
-    bundle.model.load_state_dict(load_file(str(weights)))
-    return bundle.model.eval(), pre
+    clf = load(weights, device="cpu")
+    return clf.model, clf.preprocess
 
 
 def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Samples, list[str]]:
