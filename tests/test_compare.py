@@ -149,6 +149,9 @@ def test_tracker_asked_for_but_not_installed(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(ConfigError, match="choose one of none, tensorboard, mlflow"):
         trackers.open_tracker("wandb", tmp_path, "run")
     assert trackers.open_tracker(None, tmp_path, "run") is None
+    with pytest.raises(ConfigError, match="mlflow package is not installed"):  # before any training
+        compare(tmp_path, ["test_resnet"], ["probe"], epochs=1, out=tmp_path / "o", log_with="mlflow")
+    assert not (tmp_path / "o").exists()
 
 
 def test_epochs_logged_to_tensorboard(tmp_path: Path) -> None:

@@ -206,6 +206,12 @@ def test_partial_runs_still_get_a_report(single_run: Path, tmp_path: Path) -> No
     (empty / "stages" / "a").mkdir(parents=True)
     assert write_report(empty).is_file()
     assert "No epoch has finished yet" in (empty / "report.md").read_text()
+    torn = tmp_path / "torn"  # a pipeline whose history.json was cut off mid-write
+    shutil.copytree(single_run.parent, torn / "stages")
+    (torn / "history.json").write_text('{"stages": [{"name": "probe", "first_ep')
+    write_report(torn)
+    assert [s.name for s in read_run(torn).stages] == ["probe", "finetune", "gradual"]  # by age
+    assert "## Confusion matrix: gradual" in (torn / "report.md").read_text()
     with pytest.raises(ReportError, match="not a stagewise run folder"):
         write_report(tmp_path)
 

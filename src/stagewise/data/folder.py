@@ -140,7 +140,7 @@ def load_split(index: DatasetIndex, path: Path) -> DatasetIndex:
         )
     label_of: dict[str, tuple[Path, int]] = {}
     for s in index.splits.values():
-        for p, lab in zip(s.paths or [], s.labels):
+        for p, lab in zip(s.paths or [], s.labels, strict=False):  # array splits have no paths
             rel = str(p.relative_to(index.root)) if p.is_relative_to(index.root) else str(p)
             label_of[rel] = (p, lab)
     splits = {}

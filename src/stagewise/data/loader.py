@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
 from .index import Samples
@@ -59,21 +59,29 @@ class ImageDataset(Dataset):
 
 
 class _seeded:
-    """Seed python/numpy/torch for one transform call, then restore the caller's RNG streams."""
+    """Seed python/numpy/torch for one transform call, then restore the caller's RNG streams.
+
+    Inside a worker process nothing else draws from these streams, so saving and restoring them
+    (numpy's costs ~0.15 ms a sample) is skipped there; in the main process it keeps the training
+    loop's own random numbers (dropout, mixup) independent of the data.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.restore = get_worker_info() is None
 
     def __enter__(self) -> None:
-        self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        if self.restore:
+            self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.random.default_generator.manual_seed(self.seed)
 
     def __exit__(self, *exc: object) -> None:
-        random.setstate(self.state[0])
-        np.random.set_state(self.state[1])
-        torch.set_rng_state(self.state[2])
+        if self.restore:
+            random.setstate(self.state[0])
+            np.random.set_state(self.state[1])
+            torch.set_rng_state(self.state[2])
 
 
 class EpochSampler(Sampler[int]):
@@ -119,7 +127,7 @@ def collate_skip_bad(items: list) -> Batch:
     bad = [y for x, y in items if x is None]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
-    xs, ys = zip(*good)
+    xs, ys = zip(*good, strict=True)
     return Batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad)
 
 

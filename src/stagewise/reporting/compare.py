@@ -20,6 +20,7 @@ from ..config import build_config
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json
 from .history import read_json, read_jsonl
+from .trackers import require_tracker
 
 log = logging.getLogger("stagewise")
 
@@ -128,6 +129,7 @@ def compare(
             raise ConfigError(f"--weights names model(s) not in --models: {', '.join(unknown)}")
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
+    require_tracker(log_with)
     result = CompareResult(out=out, rows=[])
     for cell in cells:
         row, trained = run_cell(cell, configs[cell.name], reporter, log_with)

@@ -138,7 +138,8 @@ def read_run(run_dir: str | Path) -> RunHistory:
 def read_stage(run_dir: Path, name: str, offset: int = 0) -> StageRun:
     """One stage folder: config.yaml, history.jsonl, model.json, confusion.json."""
     config = _read_yaml(run_dir / "config.yaml")
-    return StageRun(name=name, run_dir=run_dir, records=read_jsonl(run_dir / "history.jsonl"),
+    return StageRun(name=name, run_dir=run_dir,
+                    records=_epoch_records(read_jsonl(run_dir / "history.jsonl")),
                     offset=offset, config=config if isinstance(config, dict) else {},
                     model_info=_as_dict(read_json(run_dir / "model.json")),
                     confusion=_valid_confusion(read_json(run_dir / "confusion.json")))
@@ -147,16 +148,17 @@ def read_stage(run_dir: Path, name: str, offset: int = 0) -> StageRun:
 def _read_pipeline(run_dir: Path) -> RunHistory:
     summary = _as_dict(read_json(run_dir / "history.json"))
     manifest = _as_dict(read_json(run_dir / "pipeline.json"))
-    listed = [s for s in summary.get("stages", []) if isinstance(s, dict) and s.get("name")]
+    listed = [s for s in _as_list(summary.get("stages")) if isinstance(s, dict) and s.get("name")]
     stages: list[StageRun] = []
     offset = 0
     for entry in listed:
         folder = _stage_dir(run_dir, str(entry["name"]), entry.get("run_dir"))
-        if entry.get("first_epoch") is not None:
-            offset = max(0, int(entry["first_epoch"]) - 1)
+        if isinstance(entry.get("first_epoch"), int):
+            offset = max(0, entry["first_epoch"] - 1)
         stage = read_stage(folder, str(entry["name"]), offset)
         if not stage.records:  # the stage folder is gone or unreadable: use the pipeline's copy
-            stage.records = [_strip(r) for r in summary.get("epochs", []) if r.get("stage") == stage.name]
+            stage.records = _epoch_records(_strip(r) for r in summary.get("epochs", [])
+                                           if isinstance(r, dict) and r.get("stage") == stage.name)
         stage.baseline, stage.gain, stage.head = (
             entry.get(k) if isinstance(entry.get(k), dict) else None for k in ("baseline", "gain", "head"))
         stage.config = stage.config or {"strategy": entry.get("strategy")}
@@ -194,7 +196,11 @@ def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str
         return []
     found = {p.name: p for p in root.iterdir() if p.is_dir() and p.name not in known
              and ((p / "config.yaml").is_file() or (p / "history.jsonl").is_file())}
-    planned = [s.get("name") if isinstance(s, dict) else s for s in manifest.get("stages", [])]
+    stages = manifest.get("stages")
+    # pipeline.json names the stage order, else its stages mapping or list gives it
+    planned = _as_list(manifest.get("order")) or (list(stages) if isinstance(stages, dict) else
+                                                  [s.get("name") if isinstance(s, dict) else s
+                                                   for s in _as_list(stages)])
     order = [n for n in planned if n in found]
     rest = sorted((n for n in found if n not in order), key=lambda n: _mtime(found[n]))
     return [found[n] for n in order + rest]
@@ -245,6 +251,16 @@ def _read_yaml(path: Path) -> Any:
 
 def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _epoch_records(items: Any) -> list[dict[str, Any]]:
+    """Epoch records only: dicts with an integer epoch (anything else is not ours to plot)."""
+    return [r for r in items if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+            and not isinstance(r.get("epoch"), bool)]
 
 
 def _valid_confusion(value: Any) -> dict[str, Any] | None:

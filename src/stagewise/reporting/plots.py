@@ -160,7 +160,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: list[str], title: str
     ax = axes[0][0]
     image = ax.imshow(normalise_rows(counts), cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    font = max(5.0, min(9.0, 200.0 / max(n, 1)))
+    font = max(6.0, min(9.0, 240.0 / max(n, 1)))
     labels = [_short(s) for s in names[:n]]
     ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
     ax.set_yticks(range(n), labels, fontsize=font)
@@ -204,11 +204,12 @@ def per_class_accuracy(matrix: Sequence[Sequence[int]]) -> np.ndarray:
 def plot_per_class(matrix: Sequence[Sequence[int]], names: list[str], title: str = "") -> Figure:
     """Horizontal bars, worst class at the top; beyond 50 classes the 25 worst and 25 best."""
     acc = per_class_accuracy(matrix)
-    order = [i for i in np.argsort(np.nan_to_num(acc, nan=-1.0)) if not math.isnan(acc[i])]
-    if len(order) > MAX_BAR_CLASSES:
-        half = MAX_BAR_CLASSES // 2
+    order = [i for i in np.argsort(np.nan_to_num(acc, nan=-1.0), kind="stable") if not math.isnan(acc[i])]
+    half = MAX_BAR_CLASSES // 2
+    cut = len(order) > MAX_BAR_CLASSES
+    if cut:
         order = order[:half] + order[-half:]
-        title = f"{title} (25 worst and 25 best of {len(acc)} classes)"
+        title = f"{title} ({half} worst and {half} best of {len(acc)} classes)"
     fig, axes = new_figure(7, 1.2 + 0.22 * max(len(order), 3))
     ax = axes[0][0]
     ys = np.arange(len(order))[::-1]
@@ -217,6 +218,8 @@ def plot_per_class(matrix: Sequence[Sequence[int]], names: list[str], title: str
     ax.set_yticks(ys, [_short(names[i]) for i in order], fontsize=8)
     for y, v in zip(ys, values, strict=True):
         ax.text(min(v + 0.01, 0.9), y, f"{100 * v:.0f}%", va="center", fontsize=7)
+    if cut:  # where the classes in the middle were left out
+        ax.axhline(len(order) - half - 0.5, color="0.4", ls="--", lw=1)
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("validation accuracy")
     ax.set_title(title.strip() or "per-class accuracy")

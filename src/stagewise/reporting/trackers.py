@@ -27,16 +27,8 @@ def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
     TensorBoard writes to `run_dir/tensorboard/<run_name>`; MLflow logs to the tracking URI of
     the environment (MLFLOW_TRACKING_URI, default ./mlruns) in experiment 'stagewise'.
     """
-    if log_with in (None, "", "none"):
+    if not require_tracker(log_with):
         return None
-    if log_with not in TRACKERS:
-        raise ConfigError(f"log_with: unknown tracker '{log_with}'; choose one of none, {', '.join(TRACKERS)}")
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available
-
-    available = is_tensorboard_available() if log_with == "tensorboard" else is_mlflow_available()
-    if not available:
-        raise ConfigError(f"--log-with {log_with}: the {log_with} package is not installed; "
-                          f"pip install 'stagewise[{log_with}]' (or drop --log-with)")
     from accelerate.tracking import MLflowTracker, TensorBoardTracker
 
     if log_with == "tensorboard":
@@ -47,6 +39,22 @@ def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
     if config:
         tracker.store_init_configuration(_hparams(config))
     return tracker
+
+
+def require_tracker(log_with: str | None) -> bool:
+    """False for no tracker; True when `log_with` can be used; else a ConfigError saying what to
+    install. Call it before training, so a missing package is found before the first epoch."""
+    if log_with in (None, "", "none"):
+        return False
+    if log_with not in TRACKERS:
+        raise ConfigError(f"log_with: unknown tracker '{log_with}'; choose one of none, {', '.join(TRACKERS)}")
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available
+
+    available = is_tensorboard_available() if log_with == "tensorboard" else is_mlflow_available()
+    if not available:
+        raise ConfigError(f"--log-with {log_with}: the {log_with} package is not installed; "
+                          f"pip install 'stagewise[{log_with}]' (or drop --log-with)")
+    return True
 
 
 def log_epoch(tracker: Any, record: dict[str, Any]) -> None:
