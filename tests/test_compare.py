@@ -19,7 +19,7 @@ from conftest import make_image_folder
 from stagewise.cli import main
 from stagewise.errors import ConfigError, StagewiseError
 from stagewise.reporting import trackers
-from stagewise.reporting.compare import compare, parse_weights, plan_cells
+from stagewise.reporting.compare import cell_config, compare, parse_weights, plan_cells
 from stagewise.reporting.compare_report import plot_compare
 
 SETTINGS = {"image_size": 32, "batch_size": 8, "num_workers": 0, "lr": 0.01}
@@ -138,6 +138,19 @@ def test_the_whole_grid_is_validated_before_training(tmp_path: Path) -> None:
         plan_cells(["a", "a"], ["probe"])
     assert parse_weights("a=x.safetensors, b=y.pth") == {"a": "x.safetensors", "b": "y.pth"}
     assert parse_weights("w.safetensors") == "w.safetensors"
+
+
+def test_settings_for_some_cells_only(tmp_path: Path) -> None:
+    base = {"lr": 0.001, "group_lrs": {"fc.*": 0.1}, "probe": {"lr": 0.02}, "resnet18": {"batch_size": 4}}
+    probe, scratch, other = (cell_config(c, base, "w.safetensors", tmp_path) for c in plan_cells(
+        ["test_resnet", "resnet18"], ["probe", "scratch"])[:3])
+    assert (probe["lr"], probe["weights"], "probe" not in probe) == (0.02, "w.safetensors", True)
+    assert (scratch["lr"], "weights" not in scratch) == (0.001, True)
+    assert scratch["group_lrs"] == {"fc.*": 0.1}  # a real mapping-valued key stays shared
+    assert (other["model"], other["batch_size"], other["lr"]) == ("resnet18", 4, 0.02)
+    with pytest.raises(ConfigError, match="'finetune' is not a model, strategy"):
+        compare(tmp_path, ["test_resnet"], ["probe"], epochs=1, out=tmp_path / "o",
+                settings={"finetune": {"lr": 0.1}})
 
 
 def test_tracker_asked_for_but_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_image_folder
 from safetensors.torch import load_file
 
 import stagewise
+from conftest import make_image_folder
 from stagewise.errors import ConfigError, StagewiseError
 
 FAST = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0, "seed": 0,

@@ -190,7 +190,8 @@ def _loop_parts(cfg: TrainConfig, index, model: nn.Module, pre, accelerator):
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
-    train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed)
+    train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
+                            seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
     from .data.cache import attach_cache
 

@@ -26,11 +26,13 @@ _EPOCH_STRIDE = 1 << 32
 class ImageDataset(Dataset):
     """Decodes one sample; a bad file yields None (dropped by `collate_skip_bad`)."""
 
-    def __init__(self, samples: Samples, transform: Callable, seed: int = 0, seeded: bool = True):
+    def __init__(self, samples: Samples, transform: Callable, seed: int = 0, seeded: bool = True,
+                 seed_numpy: bool = True):
         self.samples = samples
         self.transform = transform
         self.seed = seed
         self.seeded = seeded
+        self.seed_numpy = seed_numpy  # only timm's RandAugment draws from numpy's global RNG
         self.cache = None  # set by data.cache when a decoded-image cache is in use
 
     def __len__(self) -> int:
@@ -53,7 +55,7 @@ class ImageDataset(Dataset):
             return None, self.samples.describe(i)
         if not self.seeded:
             return self.transform(img), self.samples.labels[i]
-        with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF):
+        with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF, self.seed_numpy):
             x = self.transform(img)
         return x, self.samples.labels[i]
 
@@ -66,21 +68,25 @@ class _seeded:
     loop's own random numbers (dropout, mixup) independent of the data.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, numpy: bool = True) -> None:
         self.seed = seed
+        self.numpy = numpy
         self.restore = get_worker_info() is None
 
     def __enter__(self) -> None:
         if self.restore:
-            self.state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+            self.state = (random.getstate(), np.random.get_state() if self.numpy else None,
+                          torch.get_rng_state())
         random.seed(self.seed)
-        np.random.seed(self.seed)
+        if self.numpy:
+            np.random.seed(self.seed)
         torch.random.default_generator.manual_seed(self.seed)
 
     def __exit__(self, *exc: object) -> None:
         if self.restore:
             random.setstate(self.state[0])
-            np.random.set_state(self.state[1])
+            if self.state[1] is not None:
+                np.random.set_state(self.state[1])
             torch.set_rng_state(self.state[2])
 
 

@@ -159,7 +159,8 @@ def evaluate(
     """
     samples, notes = split_samples(Path(data), split, clf.class_ids)
     loader = make_loader(ImageDataset(samples, clf.transform, seeded=False), batch_size,
-                         shuffle=False, seed=0, num_workers=num_workers)
+                         shuffle=False, seed=0, num_workers=num_workers,
+                         pin_memory=clf.device.type == "cuda")
     metrics = _metrics(clf.num_classes)
     loss_sum, seen, bad = 0.0, 0, []
     for batch in loader:

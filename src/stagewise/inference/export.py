@@ -94,6 +94,11 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int,
         import onnx  # noqa: F401  (torch's exporter needs it; fail with the fix, not deep inside)
     except ImportError:
         raise ExportError("ONNX export needs the onnx package: pip install 'stagewise[onnx]'") from None
+    low, high = _opset_range()
+    if not low <= opset <= high:
+        # Checked here: past its range torch prints the whole IR graph before failing.
+        raise ExportError(f"--opset {opset}: this torch exports opsets {low} to {high}; "
+                          f"the default is {DEFAULT_OPSET}")
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles timm models;
     # torch warns that it is deprecated, which says nothing to our users.
@@ -108,6 +113,16 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int,
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export at opset {opset} failed: {first}; try another --opset "
                               "(e.g. 17 or 18) or --format torchscript") from None
+
+
+def _opset_range() -> tuple[int, int]:
+    """Opsets the TorchScript-based exporter writes (from 9: older ones need legacy graph forms)."""
+    try:
+        from torch.onnx import _constants  # private; its bounds follow the installed torch
+
+        return 9, int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 9, 20  # what torch 2.6 to 2.14 support
 
 
 def _onnx_parity(model: nn.Module, path: Path, samples: list[torch.Tensor]) -> tuple[float | None, str]:

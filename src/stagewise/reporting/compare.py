@@ -72,9 +72,18 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
                 out: Path) -> dict[str, Any]:
     """The training config of one cell: the shared settings plus the cell's own choices.
 
-    Scratch cells get no weights; `weights` is one file for every model or a model -> file map.
+    A mapping in `base` named after a model, strategy, optimizer or scheduler of the grid holds
+    settings for the cells with that value only (`--set probe.lr=0.02`: a head alone usually
+    wants a higher LR than a whole network). Scratch cells get no weights; `weights` is one file
+    for every model or a model -> file map.
     """
-    cfg = {**base, "model": cell.model, "strategy": cell.strategy, "out": str(out / "cells" / cell.name)}
+    axes = [v for v in (cell.model, cell.strategy, cell.optimizer, cell.scheduler) if v]
+    shared = {k: v for k, v in base.items() if not (isinstance(v, dict) and k in _axis_values(base))}
+    cfg = dict(shared)
+    for value in axes:
+        if isinstance(base.get(value), dict):
+            cfg.update(base[value])
+    cfg.update(model=cell.model, strategy=cell.strategy, out=str(out / "cells" / cell.name))
     if cell.optimizer:
         cfg["optimizer"] = cell.optimizer
     if cell.scheduler:
@@ -84,6 +93,13 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
     if chosen and cell.strategy != "scratch":
         cfg["weights"] = chosen
     return cfg
+
+
+def _axis_values(base: dict[str, Any]) -> set[str]:
+    """Keys of `base` that hold per-cell settings (mappings; real config keys are never these)."""
+    from ..config import TrainConfig
+
+    return {k for k, v in base.items() if isinstance(v, dict) and k not in TrainConfig.model_fields}
 
 
 def parse_weights(text: str | None) -> str | dict[str, str] | None:
@@ -123,6 +139,11 @@ def compare(
     out = Path(out)
     base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
     cells = plan_cells(models, strategies, optimizers, schedulers)
+    values = {v for c in cells for v in (c.model, c.strategy, c.optimizer, c.scheduler) if v}
+    stray = sorted(_axis_values(base) - values)
+    if stray:
+        raise ConfigError(f"--set {stray[0]}.KEY=...: '{stray[0]}' is not a model, strategy, "
+                          f"optimizer or scheduler of this grid ({', '.join(sorted(values))})")
     if isinstance(weights, dict):
         unknown = sorted(set(weights) - set(models))
         if unknown:

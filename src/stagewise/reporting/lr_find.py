@@ -132,14 +132,25 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Modu
 def steepest_lr(lrs: list[float], smoothed: list[float]) -> float | None:
     """The LR where the smoothed loss falls fastest per decade, before its minimum.
 
-    The first tenth of the sweep is skipped: there the smoothing has not settled yet.
+    The first tenth of the sweep is skipped: there the smoothing has not settled yet (and a
+    fresh head's first losses are noise), so the minimum is also looked for after it.
     """
-    lowest = int(np.argmin(smoothed)) if smoothed else 0
     start = max(1, len(smoothed) // 10)
+    if len(smoothed) - start < 3:
+        return None
+    lowest = start + int(np.argmin(smoothed[start:]))
     if lowest - start < 2:
         return None
-    slope = np.gradient(np.asarray(smoothed[: lowest + 1]), np.log10(lrs[: lowest + 1]))
-    return float(lrs[start + int(np.argmin(slope[start:]))])
+    # Slope over a window of ~1/10 of the sweep, not point to point: single-batch noise that the
+    # smoothing let through must not decide the answer.
+    w = max(1, len(smoothed) // 20)
+    y, x = np.asarray(smoothed), np.log10(lrs)
+    idx = np.arange(start, lowest + 1)
+    lo, hi = np.maximum(idx - w, 0), np.minimum(idx + w, lowest)
+    slope = (y[hi] - y[lo]) / np.maximum(x[hi] - x[lo], 1e-12)
+    if slope.min() >= 0:
+        return None
+    return float(lrs[int(idx[np.argmin(slope)])])
 
 
 def valley_lr(lrs: list[float], smoothed: list[float]) -> float | None:
@@ -168,8 +179,7 @@ def plot_lr_find(result: LRFindResult) -> Figure:
     if result.lrs:
         ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
         ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
-        low, first = min(result.smoothed), result.smoothed[0]
-        ax.set_ylim(low - 0.1 * abs(first - low) - 1e-3, max(first, low) + 0.6 * abs(first - low) + 1e-3)
+        ax.set_ylim(*_loss_range(result.smoothed))
     for value, name, colour in ((result.steepest, "steepest", "C3"), (result.valley, "valley", "C2")):
         if value is not None:
             y = float(np.interp(math.log10(value), np.log10(result.lrs), result.smoothed))
@@ -179,9 +189,19 @@ def plot_lr_find(result: LRFindResult) -> Figure:
     ax.set_xlabel("learning rate (largest param group)")
     ax.set_ylabel("training loss")
     ax.set_title(f"LR range test ({len(result.lrs)} steps, {result.stopped})")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _loss_range(smoothed: list[float]) -> tuple[float, float]:
+    """From the lowest smoothed loss to the highest before it (the divergence tail is cut off);
+    the whole curve when it never falls."""
+    lowest = int(np.argmin(smoothed))
+    low = smoothed[lowest]
+    high = max(smoothed[: lowest + 1]) if lowest > 0 else max(smoothed)
+    pad = 0.1 * (high - low) + 1e-3
+    return low - pad, high + pad
 
 
 def lr_find(

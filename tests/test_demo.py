@@ -1,0 +1,33 @@
+"""The default job: `stagewise run` with no arguments generates the curriculum and runs the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def test_demo_runs_within_budget_and_transfer_beats_scratch(tmp_path: Path) -> None:
+    env = {**os.environ, "STAGEWISE_CACHE": str(tmp_path / "cache")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "stagewise.cli", "run", "--out", str(tmp_path / "demo")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert seconds < 300, f"the demo took {seconds:.0f}s; its budget is 5 minutes on 2 cores"
+    assert "pipeline summary" in proc.stdout and "run folder" in proc.stdout
+    stages = json.loads((tmp_path / "demo" / "pipeline.json").read_text())["stages"]
+    assert list(stages) == ["shapes", "colours", "textures"]
+    for name in ("colours", "textures"):
+        s = stages[name]
+        assert s["status"] == "done"
+        assert s["best_val_top1"] > s["baseline"]["best_val_top1"], name
+        assert s["head"]["kept"] > 0
+    assert (tmp_path / "cache" / "curriculum-seed0" / ".complete").is_file()
+    # A second run finds the finished demo and only prints its summary.
+    again = subprocess.run([sys.executable, "-m", "stagewise.cli", "demo", "--out", str(tmp_path / "demo")],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "pipeline summary" in again.stdout
