@@ -20,7 +20,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # Per strategy: the LR that practice uses for it (a probe trains one layer; scratch needs more).
 RECIPES = {
     "probe": {"strategy": "probe", "lr": 3e-3},
-    "finetune": {"strategy": "finetune", "lr": 5e-4, "layer_decay": 0.7},
+    # fastai's fine_tune: one epoch on the head alone, then everything with discriminative LRs.
+    "finetune": {"strategy": "finetune", "lr": 2e-4, "layer_decay": 0.8, "freeze_epochs": 1,
+                 "group_lrs": {"classifier.*": 3e-3}},
     "gradual": {"strategy": "gradual", "lr": 1e-3, "unfreeze_every": 1},
     "scratch": {"strategy": "scratch", "lr": 3e-3, "weights": None},
 }

@@ -213,3 +213,11 @@ def test_gradual_run_with_explicit_schedule(data: Path, tmp_path: Path) -> None:
     result = stagewise.train(tiny_config(data, tmp_path / "run", strategy="gradual", epochs=3,
                                          unfreeze_at=[3]), reporter="quiet")
     assert [r["groups_unfrozen"] for r in _history(result.run_dir)] == [1, 1, 2]
+
+
+def test_finetune_with_freeze_epochs_trains_the_head_first(data: Path, tmp_path: Path) -> None:
+    result = stagewise.train(tiny_config(data, tmp_path / "run", strategy="finetune", epochs=3,
+                                         freeze_epochs=1), reporter="quiet")
+    history = _history(result.run_dir)
+    assert [r["groups_unfrozen"] for r in history] == [1, 6, 6]
+    assert history[0]["trainable_params"] < history[1]["trainable_params"] == history[1]["total_params"]

@@ -64,6 +64,9 @@ class TrainConfig(_Strict):
     group_lrs: dict[str, float] = Field(
         default_factory=dict, description="explicit LR per param glob pattern, e.g. {'fc.*': 1e-3}"
     )
+    freeze_epochs: int = Field(
+        0, ge=0, description="finetune: train only the head for this many epochs first (fastai's fine_tune)"
+    )
     unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing groups")
     unfreeze_at: list[int] | None = Field(
         None, description="gradual: epochs (1-based, as in history.jsonl) at which the next group down unfreezes"

@@ -295,7 +295,7 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
     with catch_signals(flag):
         for epoch in range(state.epoch, cfg.epochs):
             trainable = apply_strategy(model, cfg.strategy, epoch, cfg.freeze, cfg.train_bn,
-                                       cfg.unfreeze_every, cfg.unfreeze_at)
+                                       cfg.unfreeze_every, cfg.unfreeze_at, cfg.freeze_epochs)
             set_train_mode(parts.model, cfg.train_bn)
             skip = state.batches_done if epoch == state.epoch else 0
             sampler.set_epoch(epoch, skip * cfg.batch_size)

@@ -65,13 +65,15 @@ class Trainable:
     total_params: int
 
 
-def unfrozen_groups(strategy: str, epoch: int, n_groups: int, every: int, at: list[int] | None) -> int:
+def unfrozen_groups(
+    strategy: str, epoch: int, n_groups: int, every: int, at: list[int] | None, freeze_epochs: int = 0
+) -> int:
     """How many coarse groups, counted from the head, are trainable at `epoch` (0-based).
 
     `at` lists epochs as history.jsonl numbers them (1-based): `at=[3]` trains epoch 3 with one
     more group, like `every=2` does.
     """
-    if strategy == "probe":
+    if strategy == "probe" or (strategy == "finetune" and epoch < freeze_epochs):
         return 1
     if strategy != "gradual":
         return n_groups
@@ -87,10 +89,11 @@ def apply_strategy(
     train_bn: bool = False,
     unfreeze_every: int = 1,
     unfreeze_at: list[int] | None = None,
+    freeze_epochs: int = 0,
 ) -> Trainable:
     """Set `requires_grad` on every parameter for `epoch`; call `set_train_mode` after `.train()`."""
     groups = coarse_groups(model)
-    k = unfrozen_groups(strategy, epoch, len(groups), unfreeze_every, unfreeze_at)
+    k = unfrozen_groups(strategy, epoch, len(groups), unfreeze_every, unfreeze_at, freeze_epochs)
     trainable = {n for g in groups[len(groups) - k :] for n in g}
     bn_params = _bn_param_names(model) if train_bn else set()
     for name, p in model.named_parameters():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .head import HeadReport, adapt_head, classifier_keys
+from .head import HeadReport, adapt_head, classifier_keys, init_head
 from .weights import LoadedWeights, load_state_dict_file
 
 log = logging.getLogger("stagewise")
@@ -99,6 +99,7 @@ def build_model(
     if incoming is None and weights:
         incoming = _fetch_weights(name, weights)
     notes: list[str] = []
+    init_head(model)
     if incoming is None:
         head = HeadReport(mode="new", kept=0, total=len(class_ids))
     else:

@@ -47,6 +47,25 @@ def classifier_keys(model: nn.Module) -> list[str]:
     return [f"{n}.{p}" for n in names for p in ("weight", "bias") if f"{n}.{p}" in own]
 
 
+def init_head(model: nn.Module, std: float = 0.01) -> None:
+    """Fresh classifier rows: small normal weights, zero bias.
+
+    Some timm families scale their classifier init by the class count (EfficientNet draws from
+    U(+-1/sqrt(num_classes))), which for a 2-class head gives logits in the tens and a probe that
+    spends its first epochs undoing the init. A small init starts every new head near uniform.
+    """
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in classifier_keys(model):
+            p = own.get(key)
+            if p is None:
+                continue
+            if key.endswith(".bias"):
+                p.zero_()
+            else:
+                nn.init.normal_(p, std=std)
+
+
 def adapt_head(
     model: nn.Module,
     incoming: LoadedWeights,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..io import write_json, write_text
 from .document import (
@@ -65,7 +66,8 @@ def table(rows: list[dict[str, Any]]) -> Table:
 
 def plot_compare(rows: list[dict[str, Any]]) -> Figure:
     """Validation top-1 against training time (left) and against epochs (right), one line per
-    cell: colour per model, line style and marker per strategy."""
+    cell: colour per model, line style and marker per strategy (colour per strategy too when
+    there is a single model)."""
     fig, axes = new_figure(11, 4.2, 1, 2)
     by_time, by_epoch = axes[0]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -75,7 +77,8 @@ def plot_compare(rows: list[dict[str, Any]]) -> Figure:
         if not pts:
             continue
         mi, si = models.index(r["model"]), strategies.index(r["strategy"])
-        style = {"color": f"C{mi % 10}", "ls": _STYLES[si % 4], "marker": _MARKERS[si % 8], "ms": 4}
+        colour = f"C{(si if len(models) == 1 else mi) % 10}"
+        style = {"color": colour, "ls": _STYLES[si % 4], "marker": _MARKERS[si % 8], "ms": 4}
         by_time.plot([p[0] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
         by_epoch.plot([p[2] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
     for ax, xlabel in ((by_time, "training time (s)"), (by_epoch, "epoch")):
@@ -83,6 +86,7 @@ def plot_compare(rows: list[dict[str, Any]]) -> Figure:
         ax.set_ylabel("val top-1")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set_title("validation accuracy against training time")
     by_epoch.set_title("validation accuracy per epoch")
     if rows:
@@ -92,7 +96,7 @@ def plot_compare(rows: list[dict[str, Any]]) -> Figure:
 
 def compare_document(rows: list[dict[str, Any]], settings: dict[str, Any], planned: int,
                      plot: Path, same_split: bool = True) -> Document:
-    shared = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("data",))
+    shared = ", ".join(_flat(settings))
     doc = Document(title="stagewise compare",
                    subtitle=f"{settings.get('data')} · {len(rows)} of {planned} cell(s) · {shared}")
     blocks: list[Any] = [table(rows),
@@ -105,3 +109,16 @@ def compare_document(rows: list[dict[str, Any]], settings: dict[str, Any], plann
     doc.sections.append(Section("Results", blocks))
     doc.sections.append(Section("Validation accuracy over time", [Image(plot, "One line per cell.")]))
     return doc
+
+
+def _flat(settings: dict[str, Any]) -> list[str]:
+    """'key=value' for the shared settings, 'probe.lr=0.02' for per-cell ones."""
+    out = []
+    for key, value in settings.items():
+        if key == "data":
+            continue
+        if isinstance(value, dict):
+            out += [f"{key}.{k}={v}" for k, v in value.items()]
+        else:
+            out.append(f"{key}={value}")
+    return out

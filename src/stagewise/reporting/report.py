@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..data import Preprocess
 from ..io import write_text
 from . import plots
 from .document import (
@@ -30,7 +31,7 @@ from .document import (
     fmt_seconds,
     fmt_signed_pct,
 )
-from .history import RunHistory, StageRun, baseline_top1, read_run
+from .history import ReportError, RunHistory, StageRun, baseline_top1, read_run
 from .html import render_html
 from .markdown import render_markdown
 from .samples import (
@@ -231,7 +232,9 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
     if stage is None or history.final_weights is None:
         return [Text("No trained weights yet.", note=True)]
     model, pre = load_model(history.final_weights)
-    samples, _ = split_samples(stage.config, stage.run_dir, "val")
+    samples, data_ids = split_samples(stage.config, stage.run_dir, "val")
+    if data_ids != [str(c) for c in history.final_info.get("class_ids", [])]:
+        raise ReportError(f"the classes of {stage.config.get('data')} are not the model's any more")
     preds = predict(model, pre, samples, spread(len(samples), MAX_PREDICTED))
     names = [str(n) for n in history.final_info.get("class_names") or history.final_info["class_ids"]]
     tiles = [(thumbnail(samples, p.index),
@@ -256,8 +259,6 @@ def _augmentation(history: RunHistory, plot_dir: Path) -> list[Block]:
         if not info.get("preprocess") or not cfg.get("data") or key in seen:
             continue
         seen.add(key)
-        from ..data import Preprocess
-
         pre = Preprocess.from_dict(info["preprocess"])
         samples, _ = split_samples(cfg, stage.run_dir, "train")
         aug = str(cfg.get("augmentation", "standard"))
