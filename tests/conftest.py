@@ -73,6 +73,6 @@ def effnet_weights() -> Path:
 def tiny_config(data: Path, out: Path, **kw) -> dict:
     """A fast CPU config: test_resnet at 32 px, no workers."""
     cfg = {"data": str(data), "model": "test_resnet", "image_size": 32, "batch_size": 8,
-           "epochs": 2, "num_workers": 0, "out": str(out), "seed": 0, "lr": 1e-2}
+           "epochs": 2, "num_workers": 0, "out": str(out), "seed": 0, "lr": 1e-2, "report": False}
     cfg.update(kw)
     return cfg

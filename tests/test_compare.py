@@ -107,6 +107,13 @@ def test_finished_cells_are_not_trained_again(grid: tuple[Path, Path, Path],
                      weights=str(weights), settings=SETTINGS)
     assert result.trained == [] and result.skipped == ["test_resnet-scratch", "test_resnet-probe"]
     assert json.loads((out / "compare.json").read_text())["cells"] == json.loads(before)["cells"]
+    marker = out / "cells" / "test_resnet-probe" / "cell.json"
+    saved = json.loads(marker.read_text())
+    del saved["config"]["label_smoothing"]  # as if the cell ran before that key existed
+    marker.write_text(json.dumps(saved))
+    again = compare(data, ["test_resnet"], ["scratch", "probe"], epochs=1, out=out,
+                    weights=str(weights), settings=SETTINGS)
+    assert again.trained == []  # a key added later, at its default, is no difference
     with pytest.raises(StagewiseError, match="trained with other settings.*epochs: 1 -> 2"):
         compare(data, ["test_resnet"], ["scratch"], epochs=2, out=out, settings=SETTINGS)
 

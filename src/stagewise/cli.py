@@ -30,6 +30,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "num-workers": ("num_workers", int, "data loader workers"),
     "seed": ("seed", int, "random seed"),
     "out": ("out", str, "run folder to write"),
+    "log-with": ("log_with", str, "none | tensorboard | mlflow"),
 }
 
 

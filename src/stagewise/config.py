@@ -105,6 +105,8 @@ class TrainConfig(_Strict):
 
     # output
     out: Path = Path("runs/train")
+    report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
+    log_with: Literal["none", "tensorboard", "mlflow"] = "none"
 
     @field_validator("data", "out")
     @classmethod

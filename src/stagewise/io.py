@@ -24,6 +24,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result is a normal file
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
@@ -75,6 +76,12 @@ def existing_dir(target: Path) -> Path | None:
         return target
     old = target.with_name(f"{target.name}.old")
     return old if old.is_dir() else None
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _fsync_dir(folder: Path) -> None:

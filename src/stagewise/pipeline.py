@@ -89,7 +89,8 @@ def run(
         write_json(manifest_path, manifest)
         _write_history(out, plan, manifest)
         _write_final(out, plan, manifest)
-        _try_report(out)
+        if stage.config.report:
+            _try_report(out)
     write_json(manifest_path, manifest)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / "final.safetensors" if (out / "final.safetensors").exists() else None,
@@ -157,7 +158,8 @@ def _run_stage(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, 
     incoming, how = _incoming(plan, stage, out, manifest, rep)
     rep.message(how)
     stage_dir = out / "stages" / stage.name
-    cfg = stage.config.model_copy(update={"out": stage_dir})
+    # The pipeline writes one report for all stages (RUN/report.html), not one per stage.
+    cfg = stage.config.model_copy(update={"out": stage_dir, "report": False})
     entry.update(status="running", started=entry.get("started") or time.time(), how=how)
     write_json(out / MANIFEST, manifest)
     resume = (stage_dir / "config.yaml").exists()
@@ -190,7 +192,7 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
 def _run_baseline(stage: StagePlan, out: Path, rep: Reporter) -> dict[str, Any]:
     """The same stage, same budget and seed, without the handoff."""
     bdir = out / "baselines" / stage.name
-    cfg = stage.config.model_copy(update={"out": bdir})
+    cfg = stage.config.model_copy(update={"out": bdir, "report": False})
     if stage.baseline == "scratch":
         cfg = cfg.model_copy(update={"weights": None, "strategy": "scratch"})
     rep.message(f"baseline ({stage.baseline}) for stage '{stage.name}'")

@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,10 @@ def _run(cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights 
         save_weights(_eval_model(parts), best_path)
         meta.write(run_dir, history[-1] if history else {})
     best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
+    if cfg.report and accelerator.is_main_process:
+        from .reporting import write_report
+
+        rep.message(f"report: {write_report(run_dir)}")
     return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
                        weights=best_path, class_ids=index.class_ids, class_names=index.class_names,
                        head=bundle.head.as_dict())
@@ -292,7 +298,10 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
         return tracker["stopped"]
     previous_groups = history[-1].get("groups_unfrozen") if history else None
     started = time.perf_counter() - tracker.get("elapsed", 0.0)
-    with catch_signals(flag):
+    from .reporting.trackers import close_tracker, log_epoch, open_tracker
+
+    logger = open_tracker(cfg.log_with, run_dir, run_dir.name, cfg.resolved()) if acc.is_main_process else None
+    with catch_signals(flag), _closing(logger, close_tracker):
         for epoch in range(state.epoch, cfg.epochs):
             trainable = apply_strategy(model, cfg.strategy, epoch, cfg.freeze, cfg.train_bn,
                                        cfg.unfreeze_every, cfg.unfreeze_at, cfg.freeze_epochs)
@@ -326,6 +335,7 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
             previous_groups = trainable.groups_unfrozen
             history.append(record)
             rep.epoch_end(record)
+            log_epoch(logger, record)
             if acc.is_main_process:
                 write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 if _improved(cfg, tracker, record):
@@ -344,6 +354,14 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
                 rep.message(f"stopping after epoch {epoch + 1}: {reason}")
                 return reason
     return "completed"
+
+
+@contextmanager
+def _closing(obj: Any, close: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        close(obj)
 
 
 def _evaluate_start(cfg, parts: LoopParts, history, rep: Reporter, meta) -> None:

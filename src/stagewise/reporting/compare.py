@@ -8,6 +8,7 @@ finished cells are not trained again, an interrupted one resumes where it stoppe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -209,6 +210,10 @@ def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | N
         (cell_dir / MARKER).unlink()
         return None
     saved = marker.get("config", {})
+    # Keys added to the config since the cell ran take their defaults, as they did then; a key
+    # that no longer exists fails to build, and the saved config is compared as it is.
+    with contextlib.suppress(ConfigError):
+        saved = build_config(saved, source=str(cell_dir / MARKER)).resolved()
     diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in resolved.items()
              if k not in _FREE_KEYS and saved.get(k) != v]
     if diffs:
