@@ -46,7 +46,6 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
     p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
     p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
-    p.add_argument("--log-with", choices=["tensorboard", "mlflow"], help="also log every cell to a tracker")
     _settings_flags(p, _GRID_KEYS)
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("--log-format", choices=["rich", "json"], default="rich")
@@ -97,7 +96,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
-                     settings=settings, reporter=reporter, log_with=args.log_with)
+                     settings=settings, reporter=reporter)
     if args.quiet:
         return 0
     if args.log_format == "json":

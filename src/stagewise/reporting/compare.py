@@ -139,6 +139,9 @@ def compare(
 
     out = Path(out)
     base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
+    base.setdefault("report", False)  # the comparison has its own report; a cell's is on request
+    if log_with:  # every cell logs its epochs live, like any training run
+        base["log_with"] = log_with
     cells = plan_cells(models, strategies, optimizers, schedulers)
     values = {v for c in cells for v in (c.model, c.strategy, c.optimizer, c.scheduler) if v}
     stray = sorted(_axis_values(base) - values)
@@ -151,10 +154,10 @@ def compare(
             raise ConfigError(f"--weights names model(s) not in --models: {', '.join(unknown)}")
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
-    require_tracker(log_with)
+    require_tracker(base.get("log_with"))
     result = CompareResult(out=out, rows=[])
     for cell in cells:
-        row, trained = run_cell(cell, configs[cell.name], reporter, log_with)
+        row, trained = run_cell(cell, configs[cell.name], reporter)
         result.rows.append(row)
         (result.trained if trained else result.skipped).append(cell.name)
         write_compare(out, result.rows, base, cells)  # after every cell: a partial grid is readable
@@ -173,11 +176,9 @@ def _validate_all(configs: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str, log_with: str | None
-             ) -> tuple[dict[str, Any], bool]:
+def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[dict[str, Any], bool]:
     """Train (or resume) one cell unless it is finished; returns its table row and whether it ran."""
     from ..stage import train
-    from .trackers import close_tracker, log_epoch, open_tracker
 
     cell_dir = Path(cfg["out"])
     resolved = build_config(cfg).resolved()
@@ -190,11 +191,6 @@ def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str, log_with: str | Non
         result = train(cfg, reporter=reporter, stage_name=cell.name)
     row = cell_row(cell, cell_dir, resolved)
     write_json(cell_dir / MARKER, {"config": resolved, "stopped": result.stopped, "row": row})
-    if log_with:
-        tracker = open_tracker(log_with, cell_dir.parent.parent, cell.name, resolved)
-        for record in result.history:
-            log_epoch(tracker, record)
-        close_tracker(tracker)
     return row, True
 
 
