@@ -21,7 +21,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RECIPES = {
     "probe": {"strategy": "probe", "lr": 3e-3},
     # fastai's fine_tune: one epoch on the head alone, then everything with discriminative LRs.
-    "finetune": {"strategy": "finetune", "lr": 2e-4, "layer_decay": 0.8, "freeze_epochs": 1,
+    "finetune": {"strategy": "finetune", "lr": 1e-4, "layer_decay": 0.8, "freeze_epochs": 1,
+                 "freeze_bn_stats": True,
                  "group_lrs": {"classifier.*": 3e-3}},
     "gradual": {"strategy": "gradual", "lr": 1e-3, "unfreeze_every": 1},
     "scratch": {"strategy": "scratch", "lr": 3e-3, "weights": None},

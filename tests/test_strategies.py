@@ -221,3 +221,15 @@ def test_finetune_with_freeze_epochs_trains_the_head_first(data: Path, tmp_path:
     history = _history(result.run_dir)
     assert [r["groups_unfrozen"] for r in history] == [1, 6, 6]
     assert history[0]["trainable_params"] < history[1]["trainable_params"] == history[1]["total_params"]
+
+
+def test_freeze_bn_stats_trains_bn_weights_but_keeps_running_stats() -> None:
+    model = _model()
+    apply_strategy(model, "finetune", epoch=0)
+    set_train_mode(model, freeze_bn_stats=True)
+    assert all(not m.training for m in _bn_modules(model).values())
+    stats = {k: v.clone() for k, v in _bn_buffers(model.state_dict()).items()}
+    changed = _changed(model, _one_step(model))
+    assert any(".bn" in n or "conv1.1" in n for n in changed)  # BN affine weights still learn
+    after = _bn_buffers(model.state_dict())
+    assert all(torch.equal(stats[k], after[k]) for k in stats)

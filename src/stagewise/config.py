@@ -60,6 +60,9 @@ class TrainConfig(_Strict):
     strategy: Strategy = "finetune"
     freeze: list[str] = Field(default_factory=list, description="glob patterns of params to freeze")
     train_bn: bool = Field(False, description="keep BatchNorm of frozen parts training")
+    freeze_bn_stats: bool = Field(
+        False, description="all BatchNorm running statistics stay fixed, even where weights train"
+    )
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     group_lrs: dict[str, float] = Field(
         default_factory=dict, description="explicit LR per param glob pattern, e.g. {'fc.*': 1e-3}"

@@ -305,7 +305,7 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
         for epoch in range(state.epoch, cfg.epochs):
             trainable = apply_strategy(model, cfg.strategy, epoch, cfg.freeze, cfg.train_bn,
                                        cfg.unfreeze_every, cfg.unfreeze_at, cfg.freeze_epochs)
-            set_train_mode(parts.model, cfg.train_bn)
+            set_train_mode(parts.model, cfg.train_bn, cfg.freeze_bn_stats)
             skip = state.batches_done if epoch == state.epoch else 0
             sampler.set_epoch(epoch, skip * cfg.batch_size)
             rep.epoch_start(epoch + 1, cfg.epochs, len(parts.train_loader) + skip)

@@ -107,15 +107,21 @@ def apply_strategy(
                      total_params=total)
 
 
-def set_train_mode(model: nn.Module, train_bn: bool = False) -> None:
-    """`model.train()`, then BatchNorm layers whose parameters are all frozen go back to eval."""
+def set_train_mode(model: nn.Module, train_bn: bool = False, freeze_bn_stats: bool = False) -> None:
+    """`model.train()`, then BatchNorm layers whose parameters are all frozen go back to eval.
+
+    `freeze_bn_stats` puts every BatchNorm in eval mode, trainable or not: its weights still
+    learn, but its running statistics stay those of the pretrained data. Fine-tuning on a few
+    hundred heavily augmented images otherwise drags the statistics away from what the
+    validation images look like.
+    """
     model.train()
-    if train_bn:
+    if train_bn and not freeze_bn_stats:
         return
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if freeze_bn_stats or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 
