@@ -174,3 +174,19 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     s2_full = load_file(str(full / "stages/s2/last/model.safetensors"))
     s2_cut = load_file(str(cut / "stages/s2/last/model.safetensors"))
     assert all(torch.equal(s2_full[k], s2_cut[k]) for k in s2_full)
+
+
+def test_vit_position_embeddings_follow_the_image_size(tmp_path: Path) -> None:
+    import timm
+
+    a, b, _ = _folders(tmp_path)
+    spec = {"defaults": {**FAST, "model": "test_vit"}, "stages": [
+        {"name": "small", "data": str(a), "image_size": 32, "strategy": "scratch", "epochs": 1},
+        {"name": "large", "data": str(b), "image_size": 64, "strategy": "finetune", "epochs": 1}]}
+    result = stagewise.run(spec, tmp_path / "run", reporter="quiet")
+    assert result.stages["large"]["status"] == "done"
+    small = load_file(str(tmp_path / "run/stages/small/best.safetensors"))["pos_embed"]
+    large_start = timm.create_model("test_vit", img_size=64, num_classes=4).state_dict()["pos_embed"]
+    large = load_file(str(tmp_path / "run/stages/large/best.safetensors"))["pos_embed"]
+    assert small.shape[1] == 1 + (32 // 16) ** 2 and large.shape == large_start.shape
+    assert large.shape[1] == 1 + (64 // 16) ** 2 and torch.isfinite(large).all()

@@ -34,13 +34,15 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
 }
 
 
-def _add_output_flags(p: argparse.ArgumentParser) -> None:
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """--quiet and --log-format, shared by every command that trains."""
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("--log-format", choices=["rich", "json"], default="rich",
                    help="rich progress for people, JSON lines for scripts")
 
 
-def _reporter(args: argparse.Namespace) -> str:
+def reporter_kind(args: argparse.Namespace) -> str:
+    """The progress style `make_reporter` takes, from --quiet and --log-format."""
     return "quiet" if args.quiet else args.log_format
 
 
@@ -53,7 +55,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set layer_decay=0.7 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    _add_output_flags(p)
+    add_output_flags(p)
     p.set_defaults(handler=_cmd_train)
 
 
@@ -70,11 +72,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if "out" not in data:
             raise StagewiseError("--resume needs --out RUN_FOLDER (the run to continue)")
-        result = train(resume=True, reporter=_reporter(args), **data)
+        result = train(resume=True, reporter=reporter_kind(args), **data)
     else:
         if "data" not in data:
             raise StagewiseError("train needs --data DIR (or 'data:' in --config)")
-        result = train(data, reporter=_reporter(args))
+        result = train(data, reporter=reporter_kind(args))
     _print_summary(result, args)
     return 0
 
@@ -210,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A path that cannot be read or written (a file where a folder belongs, no permission,
+        # a full disk) is the user's to fix: say which path and why, without a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

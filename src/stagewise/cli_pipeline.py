@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .cli import add_output_flags, reporter_kind
 from .errors import StagewiseError
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineResult
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +44,7 @@ def _common(p: argparse.ArgumentParser, default_out: str | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="stages.NAME.KEY=V, defaults.KEY=V, or a variable NAME=V (repeatable)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--log-format", choices=["rich", "json"], default="rich")
-
-
-def _reporter(args: argparse.Namespace) -> str:
-    return "quiet" if args.quiet else args.log_format
+    add_output_flags(p)
 
 
 def _stages(args: argparse.Namespace) -> list[str] | None:
@@ -59,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise StagewiseError("run needs --out RUN_FOLDER for a pipeline file")
     result = run(args.pipeline, args.out, stages=_stages(args), resume=args.resume,
-                 overrides=args.set, reporter=_reporter(args))
+                 overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)
     return 0
 
@@ -68,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     out = args.out or Path("runs/demo")
-    result = run_demo(out, reporter=_reporter(args), overrides=args.set)
+    result = run_demo(out, reporter=reporter_kind(args), overrides=args.set, stages=_stages(args))
     print_summary(result, args)
     return 0
 
@@ -99,12 +99,12 @@ def _cmd_presets_run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / args.name
     result = run(load_preset(args.name), out, stages=_stages(args), resume=args.resume,
-                 overrides=args.set, reporter=_reporter(args))
+                 overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)
     return 0
 
 
-def print_summary(result, args: argparse.Namespace) -> None:
+def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     """A table of stages with best accuracy and the transfer gain against each baseline."""
     if args.quiet:
         return

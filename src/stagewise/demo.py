@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .pipeline import PipelineResult, run
@@ -30,9 +31,15 @@ def curriculum_data(seed: int = 0) -> Path:
     return target
 
 
-def run_demo(out: Path = Path("runs/demo"), reporter: str = "rich", overrides: list[str] = ()) -> PipelineResult:
-    """Run the demo pipeline into `out`, resuming if a previous demo run is there."""
+def run_demo(
+    out: Path = Path("runs/demo"),
+    reporter: str = "rich",
+    overrides: Sequence[str] = (),
+    stages: list[str] | None = None,
+) -> PipelineResult:
+    """Run the demo pipeline (or `stages` of it) into `out`, resuming a previous demo run there."""
     data = curriculum_data()
     pipeline = load_preset("demo")
     resume = (Path(out) / "pipeline.json").exists()
-    return run(pipeline, out, resume=resume, overrides=[f"data_root={data}", *overrides], reporter=reporter)
+    return run(pipeline, out, stages=stages, resume=resume, overrides=[f"data_root={data}", *overrides],
+               reporter=reporter)

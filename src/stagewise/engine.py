@@ -28,6 +28,8 @@ LOG_EVERY = 10
 
 @dataclass
 class LoopParts:
+    """Everything the loop touches, prepared by stage.py (model and optimizer through Accelerate)."""
+
     accelerator: Accelerator
     model: nn.Module
     optimizer: torch.optim.Optimizer

@@ -8,32 +8,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
+from .config import TrainConfig
 from .errors import ConfigError, StagewiseError
-from .io import write_json
+from .io import write_json, write_with
 from .models import LoadedWeights
 from .pipeline_config import PipelinePlan, StagePlan, load_pipeline
 from .progress import Reporter, make_reporter
-from .stage import TrainResult, train
+from .run_files import read_history
+from .stage import TrainResult, resume_config, train
 
 MANIFEST = "pipeline.json"
 
 
 @dataclass
 class PipelineResult:
+    """What `run` leaves behind: the manifest's stage entries, the final weights, the history."""
+
     run_dir: Path
     stages: dict[str, dict[str, Any]]
     final_weights: Path | None
     history: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> list[dict[str, Any]]:
+        """One row per stage: its status, best val top-1 and transfer gain (None without a baseline)."""
         return [{"stage": n, **{k: s.get(k) for k in ("status", "best_val_top1", "gain")}}
                 for n, s in self.stages.items()]
 
@@ -52,7 +59,7 @@ def run(
     *,
     stages: list[str] | None = None,
     resume: bool = False,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     reporter: str = "rich",
 ) -> PipelineResult:
     """Run a pipeline of stages into `out`.
@@ -73,25 +80,34 @@ def run(
     manifest = _load_manifest(manifest_path, plan) if resume else _new_manifest(plan)
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest_path, manifest)
+    trained = False
     for stage in plan.stages:
         if stages and stage.name not in stages:
             if manifest["stages"][stage.name]["status"] != "done":
                 manifest["stages"][stage.name]["status"] = "skipped"
             continue
         entry = manifest["stages"][stage.name]
-        if entry["status"] == "done" and _verified(out, stage.name, entry):
+        if entry["status"] == "done" and _verified(out, stage, entry):
             continue
         rep = make_reporter(reporter, stage.name)
         try:
-            _run_stage(plan, stage, out, manifest, rep)
+            _run_stage(plan, stage, out, manifest, rep, _resume_hint(pipeline, out, overrides))
         finally:
             rep.close()
         write_json(manifest_path, manifest)
         _write_history(out, plan, manifest)
         _write_final(out, plan, manifest)
+        trained = True
         if stage.config.report:
-            _try_report(out)
+            from .reporting import write_report
+
+            write_report(out)
     write_json(manifest_path, manifest)
+    if not trained:
+        # A kill after the manifest marked the last stage done but before the final files were
+        # written leaves nothing to train on --resume: write them now so they match the manifest.
+        _write_history(out, plan, manifest)
+        _write_final(out, plan, manifest)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / "final.safetensors" if (out / "final.safetensors").exists() else None,
                           history=_read_json(out / "history.json"))
@@ -111,17 +127,27 @@ def _new_manifest(plan: PipelinePlan) -> dict[str, Any]:
 def _load_manifest(path: Path, plan: PipelinePlan) -> dict[str, Any]:
     if not path.is_file():
         return _new_manifest(plan)
-    manifest = json.loads(path.read_text())
-    if manifest.get("order") != plan.order:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline manifest ({exc}); start a new run with "
+                          "another --out") from None
+    if not isinstance(manifest, dict) or manifest.get("order") != plan.order:
+        saved = manifest.get("order") if isinstance(manifest, dict) else None
         raise ConfigError(
-            f"{path}: the saved pipeline has stages {manifest.get('order')}, the file now has {plan.order}; "
+            f"{path}: the saved pipeline has stages {saved}, the file now has {plan.order}; "
             "resume with the original pipeline or start a new run"
         )
     return manifest
 
 
-def _verified(out: Path, name: str, entry: dict[str, Any]) -> bool:
-    """A finished stage is skipped only when its artifacts still hash as recorded."""
+def _verified(out: Path, stage: StagePlan, entry: dict[str, Any]) -> bool:
+    """A finished stage is skipped only when its artifacts still hash as recorded and the
+    pipeline still asks for the settings it was trained with (a change is an error, not ignored)."""
+    name = stage.name
+    stage_dir = out / "stages" / name
+    if (stage_dir / "config.yaml").is_file():
+        resume_config(stage_dir, _stage_config(stage, stage_dir).model_dump())
     for rel, digest in entry.get("artifacts", {}).items():
         path = out / rel
         if not path.is_file() or sha256(path) != digest:
@@ -133,7 +159,9 @@ def _verified(out: Path, name: str, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _incoming(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, rep: Reporter) -> tuple[LoadedWeights | None, str]:
+def _incoming(
+    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict[str, Any]
+) -> tuple[LoadedWeights | None, str]:
     """The weights a stage starts from, and a sentence saying where they came from."""
     parent = stage.parent(plan.order)
     if stage.init in ("pretrained", "scratch") or parent is None:
@@ -143,7 +171,10 @@ def _incoming(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, r
     meta = out / "stages" / parent / "model.json"
     if weights.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
-        loaded = LoadedWeights(state_dict=load_file(str(weights)), source=f"stage '{parent}'",
+        # The architecture in the source name makes a model change between stages plain to see
+        # when the weights do not fit.
+        loaded = LoadedWeights(state_dict=load_file(str(weights)),
+                               source=f"stage '{parent}' ({info.get('architecture', '?')})",
                                class_ids=info["class_ids"], class_names=info.get("class_names"),
                                class_list_name=f"stage '{parent}'")
         status = manifest["stages"][parent]["status"]
@@ -153,26 +184,42 @@ def _incoming(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, r
     return None, f"parent stage '{parent}' has no saved weights; starts from {fallback} instead"
 
 
-def _run_stage(plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict, rep: Reporter) -> None:
+def _resume_hint(pipeline: object, out: Path, overrides: Sequence[str]) -> str:
+    """The command that continues this pipeline (an interrupted stage prints it)."""
+    if not isinstance(pipeline, (str, Path)):
+        return f"the same pipeline with --resume (Python: stagewise.run(..., out='{out}', resume=True))"
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"stagewise run {shlex.quote(str(pipeline))} --out {shlex.quote(str(out))} --resume{sets}"
+
+
+def _run_stage(
+    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict[str, Any], rep: Reporter, hint: str
+) -> None:
     entry = manifest["stages"][stage.name]
-    incoming, how = _incoming(plan, stage, out, manifest, rep)
+    incoming, how = _incoming(plan, stage, out, manifest)
     rep.message(how)
     stage_dir = out / "stages" / stage.name
-    # The pipeline writes one report for all stages (RUN/report.html), not one per stage.
-    cfg = stage.config.model_copy(update={"out": stage_dir, "report": False})
+    cfg = _stage_config(stage, stage_dir)
     entry.update(status="running", started=entry.get("started") or time.time(), how=how)
     write_json(out / MANIFEST, manifest)
+    # A partly trained stage resumes; passing its config makes a changed setting an error instead
+    # of being silently replaced by the saved one.
     resume = (stage_dir / "config.yaml").exists()
-    result = train(cfg, resume=resume, reporter=rep, incoming=incoming, stage_name=stage.name) if not resume \
-        else train(resume=True, reporter=rep, incoming=incoming, stage_name=stage.name, out=str(stage_dir))
+    result = train(cfg, resume=resume, reporter=rep, incoming=incoming, stage_name=stage.name,
+                   resume_hint=hint)
     entry.update(_stage_summary(result))
     if stage.baseline != "none":
-        entry["baseline"] = _run_baseline(stage, out, rep)
+        entry["baseline"] = _run_baseline(stage, out, rep, hint)
         entry["gain"] = _gain(result, entry["baseline"])
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update(status="done", finished=time.time(),
                  artifacts={f"stages/{stage.name}/{f}": sha256(stage_dir / f)
                             for f in ("best.safetensors", "model.json")})
+
+
+def _stage_config(stage: StagePlan, stage_dir: Path) -> TrainConfig:
+    # The pipeline writes one report for all stages (RUN/report.html), not one per stage.
+    return stage.config.model_copy(update={"out": stage_dir, "report": False})
 
 
 def _stage_summary(result: TrainResult) -> dict[str, Any]:
@@ -189,17 +236,15 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _run_baseline(stage: StagePlan, out: Path, rep: Reporter) -> dict[str, Any]:
+def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> dict[str, Any]:
     """The same stage, same budget and seed, without the handoff."""
     bdir = out / "baselines" / stage.name
     cfg = stage.config.model_copy(update={"out": bdir, "report": False})
     if stage.baseline == "scratch":
         cfg = cfg.model_copy(update={"weights": None, "strategy": "scratch"})
     rep.message(f"baseline ({stage.baseline}) for stage '{stage.name}'")
-    if (bdir / "config.yaml").exists():
-        result = train(resume=True, reporter=rep, stage_name=f"{stage.name}/baseline", out=str(bdir))
-    else:
-        result = train(cfg, reporter=rep, stage_name=f"{stage.name}/baseline")
+    result = train(cfg, resume=(bdir / "config.yaml").exists(), reporter=rep,
+                   stage_name=f"{stage.name}/baseline", resume_hint=hint)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
             "curve": [r["val_top1"] for r in result.history if r.get("epoch", 0) > 0]}
 
@@ -233,11 +278,9 @@ def _describe_gain(name: str, gain: dict[str, Any]) -> str:
 def _write_history(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> None:
     stages, epochs, global_epoch = [], [], 0
     for name in plan.order:
-        path = out / "stages" / name / "history.jsonl"
-        if not path.is_file():
+        if not (out / "stages" / name / "history.jsonl").is_file():
             continue
-        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        records = [r for r in records if r.get("epoch", 0) > 0]
+        records = [r for r in read_history(out / "stages" / name) if r.get("epoch", 0) > 0]
         first = global_epoch + 1
         for r in records:
             global_epoch += 1
@@ -255,20 +298,10 @@ def _write_final(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> Non
     if not done:
         return
     src = out / "stages" / done[-1]
-    tmp = out / ".final.safetensors.tmp"
-    shutil.copyfile(src / "best.safetensors", tmp)
-    tmp.replace(out / "final.safetensors")
+    write_with(out / "final.safetensors", lambda tmp: shutil.copyfile(src / "best.safetensors", tmp))
     meta = json.loads((src / "model.json").read_text())
     meta.update(weights="final.safetensors", stage=done[-1])
     write_json(out / "model.json", meta)
-
-
-def _try_report(out: Path) -> None:
-    try:
-        from .reporting import write_report
-    except ImportError:
-        return
-    write_report(out)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,8 @@ class StagePlan:
 
 @dataclass
 class PipelinePlan:
+    """The validated pipeline: its stages in order, and the resolved file for the manifest."""
+
     name: str
     stages: list[StagePlan]
     source: dict[str, Any]  # the resolved file contents, stored in the manifest
@@ -83,7 +86,7 @@ def substitute(value: Any, variables: dict[str, Any], problems: list[str], where
 
 
 def load_pipeline(
-    source: str | Path | dict[str, Any], overrides: list[str] = (), out: Path | None = None,
+    source: str | Path | dict[str, Any], overrides: Sequence[str] = (), out: Path | None = None,
     check_data: bool = True,
 ) -> PipelinePlan:
     """Read, substitute, override and validate a pipeline; raise ConfigError listing every problem."""
@@ -115,33 +118,56 @@ def _apply_pipeline_overrides(raw: dict[str, Any], overrides: list[str]) -> tupl
     """`stages.<name>.<key>=v` targets one stage, `defaults.<key>=v` all, `<var>=v` a variable."""
     problems: list[str] = []
     raw = dict(raw)
-    stage_sets: list[tuple[str, str]] = []
+    stage_sets: list[str] = []
     plain: list[str] = []
     for item in overrides:
         key = item.split("=", 1)[0]
         if key.startswith("stages."):
-            stage_sets.append((key.split(".")[1], item.split(".", 2)[2] if key.count(".") >= 2 else ""))
+            stage_sets.append(item)
         elif key.startswith("defaults."):
             plain.append(item)
         elif "=" in item:
             plain.append(f"vars.{item}")
         else:
             problems.append(f"--set {item!r}: expected key=value")
+    declared, used = set(raw.get("vars") or {}), _referenced(raw)
+    for item in plain:
+        name = item.split("=", 1)[0].removeprefix("vars.")
+        if not item.startswith("defaults.") and name not in declared | used:
+            # Most likely a stage key meant for every stage, or a typo: never ignore it silently.
+            problems.append(f"--set {name}=...: the pipeline uses no variable ${{{name}}}; to change a "
+                            f"stage key use defaults.{name}=... (all stages) or stages.NAME.{name}=...")
     raw = apply_overrides(raw, plain)
     stages = [dict(s) if isinstance(s, dict) else s for s in raw.get("stages") or []]
-    names = [s.get("name") for s in stages if isinstance(s, dict)]
-    for name, rest in stage_sets:
-        if name not in names:
-            problems.append(f"--set stages.{name}...: no stage named '{name}'; stages: {', '.join(map(str, names))}")
+    # The same names _stage_plans gives; a name may contain dots, so match whole names.
+    names = [str(s.get("name") or f"stage{i + 1}") if isinstance(s, dict) else None
+             for i, s in enumerate(stages)]
+    for item in stage_sets:
+        key = item.split("=", 1)[0]
+        path = key.removeprefix("stages.")
+        name = max((n for n in names if n and (path == n or path.startswith(f"{n}."))), key=len, default=None)
+        if name is None:
+            problems.append(f"--set {key}: no stage named '{path.split('.')[0]}'; "
+                            f"stages: {', '.join(n for n in names if n)}")
             continue
-        if not rest or "=" not in rest:
-            problems.append(f"--set stages.{name}: expected stages.{name}.KEY=VALUE")
+        if path == name or "=" not in item:
+            problems.append(f"--set {key}: expected stages.{name}.KEY=VALUE")
             continue
+        rest = item[len(f"stages.{name}."):]
         i = names.index(name)
         stages[i] = apply_overrides(stages[i], [rest])
     if stages:
         raw["stages"] = stages
     return raw, problems
+
+
+def _referenced(value: Any) -> set[str]:
+    """The variable names `${name}` used anywhere in `value`."""
+    if isinstance(value, dict):
+        return set().union(*(_referenced(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_referenced(v) for v in value))
+    return {m.group(1) for m in _VAR.finditer(value)} if isinstance(value, str) else set()
 
 
 def _stage_plans(
@@ -172,7 +198,8 @@ def _stage_plans(
             baseline = "none"
         if init == "scratch":
             merged.pop("weights", None)
-        if check_data and merged.get("data") and not Path(str(merged["data"])).exists():
+        data = str(merged.get("data") or "")
+        if check_data and data and "${" not in data and not Path(data).exists():
             problems.append(f"{where}.data: folder not found: {merged['data']}")
         elif "data" not in merged:
             problems.append(f"{where}.data: missing; every stage needs data: (here or in defaults:)")
@@ -190,6 +217,8 @@ def _stage_plans(
 def _check_references(plans: list[StagePlan], problems: list[str]) -> None:
     order = [p.name for p in plans]
     for i, plan in enumerate(plans):
+        if plan.baseline == "pretrained" and not plan.config.weights:
+            problems.append(f"stage '{plan.name}': baseline 'pretrained' needs weights:")
         if plan.init in ("previous", "pretrained", "scratch"):
             if plan.init == "pretrained" and not plan.config.weights:
                 problems.append(f"stage '{plan.name}': init 'pretrained' needs weights: (a file, 'hub' or hf-hub:ID)")
@@ -202,5 +231,3 @@ def _check_references(plans: list[StagePlan], problems: list[str]) -> None:
         elif order.index(plan.init) >= i:
             kind = "itself (a cycle)" if plan.init == plan.name else f"a later stage '{plan.init}' (a cycle)"
             problems.append(f"stage '{plan.name}': init refers to {kind}; a stage can start only from an earlier one")
-        if plan.baseline == "pretrained" and not plan.config.weights:
-            problems.append(f"stage '{plan.name}': baseline 'pretrained' needs weights:")

@@ -6,7 +6,6 @@ folder holds config.yaml, split.json, history.jsonl, best.safetensors, model.jso
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,18 +19,27 @@ import torch
 import yaml
 from torch import nn
 
-from . import __version__
 from .checkpoint import Resumable, load_last, save_last, save_weights
-from .config import TrainConfig, build_config
-from .data import ImageDataset, build_transform, load_dataset, make_loader, resolve_preprocess
+from .config import TrainConfig, build_config, load_yaml
+from .data import (
+    DatasetIndex,
+    ImageDataset,
+    Preprocess,
+    build_transform,
+    load_dataset,
+    make_loader,
+    resolve_preprocess,
+)
 from .data.folder import load_split, save_split
 from .engine import LoopParts, StopFlag, catch_signals, evaluate, train_one_epoch
 from .errors import ConfigError, TrainingInterrupted
-from .io import write_json, write_text
+from .io import write_text
 from .models import LoadedWeights, build_model
 from .optim import Schedule, create_optimizer, group_lrs
 from .progress import Reporter, make_reporter
+from .run_files import ModelCard, read_history, write_history
 from .runtime import make_accelerator
+from .stopping import improved, new_tracker, stop_reason
 from .strategies import apply_strategy, set_train_mode
 
 log = logging.getLogger("stagewise")
@@ -60,8 +68,6 @@ class TrainResult:
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Accept a TrainConfig, a dict, a YAML path, or keyword arguments."""
-    from .config import load_yaml
-
     if isinstance(config, TrainConfig):
         data = config.model_dump()
     elif isinstance(config, (str, Path)):
@@ -77,7 +83,7 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {path} not found; is {run_dir} a stagewise run folder?")
-    saved = yaml.safe_load(path.read_text())
+    saved = load_yaml(path)
     saved_cfg = build_config(saved, source=str(path))
     asked = build_config({**saved, **given}, source="command line")
     before, after = saved_cfg.resolved(), asked.resolved()
@@ -99,9 +105,13 @@ def train(
     reporter: Reporter | str = "rich",
     incoming: LoadedWeights | None = None,
     stage_name: str | None = None,
+    resume_hint: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train one stage and write its run folder.
+
+    `incoming`, `stage_name` and `resume_hint` are for pipelines: the weights handed over, the
+    name shown in progress lines, and the command an interrupted stage tells the user to run.
 
     Example:
         >>> import stagewise
@@ -122,13 +132,16 @@ def train(
                 f"{cfg.out} already holds a run; pass --resume to continue it, or choose another --out"
             )
     rep = make_reporter(reporter, stage_name) if isinstance(reporter, str) else reporter
+    hint = resume_hint or f"stagewise train --resume --out {cfg.out}"
     try:
-        return _run(cfg, resume, rep, incoming)
+        return _run(cfg, resume, rep, incoming, hint)
     finally:
         rep.close()
 
 
-def _run(cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights | None) -> TrainResult:
+def _run(
+    cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights | None, hint: str
+) -> TrainResult:
     run_dir = cfg.out
     index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed)
     split_file = run_dir / "split.json"
@@ -139,7 +152,9 @@ def _run(cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights 
         shown = ", ".join(index.skipped[:3])
         rep.message(f"warning: skipped {len(index.skipped)} unreadable image(s): {shown}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if index.splits["train"].paths is not None and not split_file.is_file():
+    # A fresh run always records its own split: a split.json left by an attempt that failed
+    # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
+    if index.splits["train"].paths is not None and not (resume and split_file.is_file()):
         save_split(index, split_file)
 
     from accelerate.utils import set_seed
@@ -157,26 +172,27 @@ def _run(cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights 
     if cfg.strategy != "scratch" and not cfg.weights and incoming is None:
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
     accelerator = make_accelerator(cfg.precision, cfg.grad_accum)
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
                 f"{len(index.splits['train'])} train / {len(index.splits['val'])} val images, "
                 f"{index.num_classes} classes, {pre.image_size}px")
     parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator)
-    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0,
-                      tracker={"best": None, "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0})
+    # Written only once every setting has been checked against the data (class_weights, the
+    # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=new_tracker())
     history: list[dict[str, Any]] = []
     if resume:
         found = load_last(run_dir / "last", accelerator.unwrap_model(parts.model), parts.optimizer,
                           parts.schedule, accelerator.scaler, parts.ema.module if parts.ema else None)
         if found is not None:
             state = found
-            history = _read_history(run_dir)[: state.history_len]
+            history = read_history(run_dir)[: state.history_len]
             rep.message(f"resumed at epoch {state.epoch + 1}, batch {state.batches_done}")
 
-    meta = _ModelMeta(cfg, index, pre, bundle.head.as_dict())
-    stopped = _epochs(cfg, parts, sampler, state, history, rep, meta)
+    meta = ModelCard(cfg.model, cfg.strategy, index, pre, bundle.head.as_dict())
+    stopped = _epochs(cfg, parts, sampler, state, history, rep, meta, hint)
     best_path = run_dir / "best.safetensors"
     if not best_path.exists():  # epochs: 0, or nothing improved: the current weights are the best
         save_weights(_eval_model(parts), best_path)
@@ -191,7 +207,9 @@ def _run(cfg: TrainConfig, resume: bool, rep: Reporter, incoming: LoadedWeights 
                        head=bundle.head.as_dict())
 
 
-def _loop_parts(cfg: TrainConfig, index, model: nn.Module, pre, accelerator):
+def _loop_parts(
+    cfg: TrainConfig, index: DatasetIndex, model: nn.Module, pre: Preprocess, accelerator: Any
+) -> tuple[LoopParts, Any]:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
@@ -234,7 +252,7 @@ def _loop_parts(cfg: TrainConfig, index, model: nn.Module, pre, accelerator):
     return parts, train_loader.sampler
 
 
-def _class_weights(cfg: TrainConfig, index) -> torch.Tensor | None:
+def _class_weights(cfg: TrainConfig, index: DatasetIndex) -> torch.Tensor | None:
     if cfg.class_weights is None:
         return None
     if cfg.class_weights == "balanced":
@@ -252,32 +270,10 @@ def _eval_model(parts: LoopParts) -> nn.Module:
     return parts.ema.module if parts.ema is not None else parts.accelerator.unwrap_model(parts.model)
 
 
-class _ModelMeta:
-    """Writes model.json: everything needed to use the weights without the training config."""
-
-    def __init__(self, cfg: TrainConfig, index, pre, head: dict[str, Any]) -> None:
-        self.cfg, self.index, self.pre, self.head = cfg, index, pre, head
-
-    def write(self, run_dir: Path, metrics: dict[str, Any]) -> None:
-        keep = ("epoch", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss")
-        write_json(run_dir / "model.json", {
-            "format": "stagewise.model/1",
-            "architecture": self.cfg.model,
-            "num_classes": self.index.num_classes,
-            "class_ids": self.index.class_ids,
-            "class_names": self.index.class_names,
-            "preprocess": self.pre.as_dict(),
-            "weights": "best.safetensors",
-            "metrics": {k: metrics[k] for k in keep if k in metrics},
-            "strategy": self.cfg.strategy,
-            "head": self.head,
-            "data": str(self.index.root),
-            "layout": self.index.layout,
-            "stagewise_version": __version__,
-        })
-
-
-def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Reporter, meta) -> str:
+def _epochs(
+    cfg: TrainConfig, parts: LoopParts, sampler: Any, state: Resumable, history: list[dict[str, Any]],
+    rep: Reporter, meta: ModelCard, hint: str,
+) -> str:
     acc = parts.accelerator
     model = acc.unwrap_model(parts.model)
     run_dir = cfg.out
@@ -316,7 +312,6 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
                 tracker["elapsed"] = time.perf_counter() - started
                 where = Resumable(epoch, stats.batches_done, step_counter[0], tracker, len(history))
                 _save_last(parts, run_dir, where)
-                hint = f"stagewise train --resume --out {run_dir}"
                 rep.message(f"interrupted: saved {run_dir / 'last'}; resume with: {hint}")
                 raise TrainingInterrupted(stats.interrupted, hint)
             metrics = evaluate(_eval_model(parts), parts.val_loader, acc, parts.num_classes, cfg.channels_last)
@@ -337,15 +332,14 @@ def _epochs(cfg, parts: LoopParts, sampler, state: Resumable, history, rep: Repo
             rep.epoch_end(record)
             log_epoch(logger, record)
             if acc.is_main_process:
-                write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-                if _improved(cfg, tracker, record):
+                write_history(run_dir, history)
+                if improved(cfg, tracker, record):
                     save_weights(_eval_model(parts), run_dir / "best.safetensors")
-                    write_json(run_dir / "confusion.json", {"class_ids": meta.index.class_ids,
-                                                            "epoch": epoch + 1, "matrix": confusion})
+                    meta.write_confusion(run_dir, epoch + 1, confusion)
                     meta.write(run_dir, record)
             parts.schedule.epoch_end(record.get(cfg.monitor))
             tracker["elapsed"] = time.perf_counter() - started
-            reason = _stop_reason(cfg, tracker, record)
+            reason = stop_reason(cfg, tracker, record)
             if reason:
                 tracker["stopped"] = reason  # a resumed run must not train past its stop
             where = Resumable(epoch + 1, 0, step_counter[0], tracker, len(history))
@@ -364,7 +358,9 @@ def _closing(obj: Any, close: Any) -> Iterator[None]:
         close(obj)
 
 
-def _evaluate_start(cfg, parts: LoopParts, history, rep: Reporter, meta) -> None:
+def _evaluate_start(
+    cfg: TrainConfig, parts: LoopParts, history: list[dict[str, Any]], rep: Reporter, meta: ModelCard
+) -> None:
     """Record epoch 0: the starting weights on the validation set, before any training."""
     metrics = evaluate(_eval_model(parts), parts.val_loader, parts.accelerator, parts.num_classes,
                        cfg.channels_last)
@@ -376,9 +372,8 @@ def _evaluate_start(cfg, parts: LoopParts, history, rep: Reporter, meta) -> None
     rep.message(f"before training: val top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f} "
                 f"({record['event']})")
     if parts.accelerator.is_main_process:
-        write_text(cfg.out / "history.jsonl", json.dumps(record) + "\n")
-        write_json(cfg.out / "confusion.json", {"class_ids": meta.index.class_ids, "epoch": 0,
-                                                "matrix": confusion})
+        write_history(cfg.out, history)
+        meta.write_confusion(cfg.out, 0, confusion)
 
 
 def _save_last(parts: LoopParts, run_dir: Path, where: Resumable) -> None:
@@ -386,34 +381,3 @@ def _save_last(parts: LoopParts, run_dir: Path, where: Resumable) -> None:
         save_last(run_dir / "last", parts.accelerator.unwrap_model(parts.model), parts.optimizer,
                   parts.schedule, parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
     parts.accelerator.wait_for_everyone()
-
-
-def _improved(cfg: TrainConfig, tracker: dict[str, Any], record: dict[str, Any]) -> bool:
-    value = record.get(cfg.monitor)
-    if value is None or not math.isfinite(value):
-        return False
-    best = tracker.get("best")
-    better = best is None or (value < best if cfg.monitor == "val_loss" else value > best)
-    if better:
-        tracker.update(best=value, best_epoch=record["epoch"], bad_epochs=0,
-                       best_record={k: v for k, v in record.items() if not isinstance(v, dict)})
-    else:
-        tracker["bad_epochs"] = tracker.get("bad_epochs", 0) + 1
-    return better
-
-
-def _stop_reason(cfg: TrainConfig, tracker: dict[str, Any], record: dict[str, Any]) -> str | None:
-    if cfg.target is not None and record.get("val_top1", 0.0) >= cfg.target:
-        return f"target val_top1 {cfg.target} reached ({record['val_top1']:.4f})"
-    if cfg.early_stopping and tracker.get("bad_epochs", 0) >= cfg.early_stopping:
-        return f"early stopping: no {cfg.monitor} improvement in {cfg.early_stopping} epochs"
-    if cfg.max_minutes is not None and tracker.get("elapsed", 0.0) >= cfg.max_minutes * 60:
-        return f"time budget of {cfg.max_minutes} minutes used"
-    return None
-
-
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

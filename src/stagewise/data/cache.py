@@ -33,6 +33,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ..errors import DataError
+from ..io import write_with
 from .images import BAD_IMAGE_ERRORS, load_rgb
 from .transforms import Preprocess, build_transform
 
@@ -231,9 +232,7 @@ class DiskStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: tmp.write_bytes(data))  # a unique temp name: runs may share the folder
 
 
 def attach_cache(datasets: Iterable, mode: CacheMode, pre: Preprocess,

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..data.transforms import Preprocess
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
     from .classifier import Classifier
@@ -153,12 +154,27 @@ def load(path: str | Path, device: str | None = None) -> Classifier:
         >>> clf = stagewise.load("runs/pets")  # doctest: +SKIP
         >>> clf.predict(["a.jpg", "b.jpg"], top_k=3)  # doctest: +SKIP
     """
-    import torch
-
     from .classifier import Classifier
 
+    chosen = pick_device(device)
     artifact = find_artifact(path)
-    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return Classifier(build_network(artifact), artifact.class_ids, artifact.class_names,
                       artifact.preprocess, device=chosen, source=artifact.weights_path,
                       meta=artifact.meta)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`device` checked against this machine (None: CUDA when there is one, else the CPU)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this machine has no usable CUDA GPU; use cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here; use cpu")
+    return chosen

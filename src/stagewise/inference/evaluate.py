@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data import ImageDataset, Samples, load_dataset, make_loader
@@ -102,8 +103,10 @@ def split_samples(data: Path, split: str, model_ids: list[str]) -> tuple[Samples
                      "chosen by seed 0; use split 'all' to evaluate every image")
     if split == "all":
         parts = list(index.splits.values())
+        arrays = [s.arrays for s in parts if s.arrays is not None]  # CIFAR: decoded, no paths
         samples = Samples(labels=[lab for s in parts for lab in s.labels],
-                          paths=[p for s in parts for p in (s.paths or [])])
+                          paths=None if arrays else [p for s in parts for p in (s.paths or [])],
+                          arrays=np.concatenate(arrays) if arrays else None)
     elif split in index.splits:
         samples = index.splits[split]
     else:

@@ -33,8 +33,17 @@ TORCHVISION_ALIASES = {
     "regnet_y_400mf": "regnety_004",
     "regnet_y_800mf": "regnety_008",
     "regnet_x_400mf": "regnetx_004",
-    "efficientnet_v2_s": "efficientnetv2_rw_s",
-    "shufflenet_v2_x1_0": "ghostnet_100",
+    "regnet_x_800mf": "regnetx_008",
+    "regnet_y_1_6gf": "regnety_016",
+    "regnet_y_3_2gf": "regnety_032",
+    "regnet_y_16gf": "regnety_160",
+    # The paper's EfficientNetV2-S, as torchvision builds it (efficientnetv2_rw_s is timm's own variant).
+    "efficientnet_v2_s": "efficientnetv2_s",
+    "mnasnet1_0": "mnasnet_100",
+    "vit_l_32": "vit_large_patch32_224",
+    "vit_h_14": "vit_huge_patch14_224",
+    # No ShuffleNet or SqueezeNet in timm: those names fail with close matches rather than
+    # silently building a different network.
 }
 
 _IMAGENET_FILE = re.compile(r"(in1k|imagenet[-_]?1k|ilsvrc)", re.IGNORECASE)
@@ -103,7 +112,7 @@ def build_model(
     if incoming is None:
         head = HeadReport(mode="new", kept=0, total=len(class_ids))
     else:
-        notes = _load_backbone(model, incoming)
+        notes = _load_backbone(model, incoming, name)
         head = adapt_head(model, incoming, class_ids, head_mode, class_names)
     data_config = timm.data.resolve_data_config({}, model=model)
     return ModelBundle(model=model, data_config=data_config, head=head, load_notes=notes)
@@ -151,7 +160,7 @@ def _attach_imagenet(loaded: LoadedWeights, reason: str) -> None:
     loaded.class_list_name = f"ImageNet-1k ({reason})"
 
 
-def _load_backbone(model: nn.Module, incoming: LoadedWeights) -> list[str]:
+def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list[str]:
     """Copy every tensor whose name and shape match; report the rest. The head is left to head.py."""
     own = model.state_dict()
     head_keys = set(classifier_keys(model))
@@ -169,7 +178,7 @@ def _load_backbone(model: nn.Module, incoming: LoadedWeights) -> list[str]:
     unexpected = [k for k in incoming.state_dict if k not in own and k not in head_keys]
     if body and len(matched) < 0.5 * len(body):
         raise WeightsError(
-            f"{incoming.source}: weights do not fit this architecture: only {len(matched)} of "
+            f"{incoming.source}: weights do not fit this architecture ({name}): only {len(matched)} of "
             f"{len(body)} backbone tensors match by name and shape. Check --model; first missing: "
             f"{', '.join(missing[:3]) or '-'}; first unexpected: {', '.join(unexpected[:3]) or '-'}"
         )

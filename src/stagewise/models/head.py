@@ -127,20 +127,25 @@ def _match_rows(
     index = {cid: i for i, cid in enumerate(src_ids)}
     pairs = [(i, index[c]) for i, c in enumerate(ids) if c in index]
     matched = {i for i, _ in pairs}
+    used = {j for _, j in pairs}
     by_name = 0
     if src_names:
         counts: dict[str, list[int]] = {}
         for j, n in enumerate(src_names):
             counts.setdefault(_norm(n), []).append(j)
         candidates = names or ids
+        # Unambiguous on both sides: one old row carries the name, one unmatched new class asks
+        # for it, and no class already took that row by id.
+        wanted: dict[str, list[int]] = {}
         for i, n in enumerate(candidates):
-            if i in matched:
-                continue
-            hits = counts.get(_norm(n), [])
-            if len(hits) == 1:
-                pairs.append((i, hits[0]))
+            if i not in matched:
+                wanted.setdefault(_norm(n), []).append(i)
+        for key, new_rows in wanted.items():
+            hits = counts.get(key, [])
+            if len(hits) == 1 and len(new_rows) == 1 and hits[0] not in used:
+                pairs.append((new_rows[0], hits[0]))
                 by_name += 1
-    return pairs, by_name
+    return sorted(pairs), by_name
 
 
 def _norm(name: str) -> str:

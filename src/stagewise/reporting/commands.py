@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..cli import add_output_flags, reporter_kind
 from ..errors import StagewiseError
 
 # `train` flags that compare and lr-find take as shared settings (the grid's own axes excluded).
@@ -47,8 +48,7 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
     p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
     _settings_flags(p, _GRID_KEYS)
-    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
-    p.add_argument("--log-format", choices=["rich", "json"], default="rich")
+    add_output_flags(p)
     p.set_defaults(handler=_cmd_compare)
 
 
@@ -92,7 +92,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, parse_weights
 
     settings = _settings(args, _GRID_KEYS)
-    reporter = "quiet" if args.quiet else args.log_format
+    reporter = reporter_kind(args)
     result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),

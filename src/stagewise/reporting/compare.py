@@ -20,7 +20,7 @@ from typing import Any
 from ..config import build_config
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json
-from .history import read_json, read_jsonl
+from .history import best_record, read_json, read_jsonl
 from .trackers import require_tracker
 
 log = logging.getLogger("stagewise")
@@ -225,7 +225,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     history = read_jsonl(cell_dir / "history.jsonl")
     trained = [r for r in history if r.get("epoch", 0) >= 1]
     info = read_json(cell_dir / "model.json") or {}
-    best = _best(history, cfg.get("monitor", "val_top1"))
+    best = best_record(history, cfg.get("monitor", "val_top1"))
     last = trained[-1] if trained else {}
     elapsed, curve = 0.0, []
     for r in trained:
@@ -246,15 +246,6 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
         "epochs_run": len(history), "curve": curve,
         "split": _split_digest(cell_dir), "run_dir": f"cells/{cell.name}",
     }
-
-
-def _best(history: list[dict[str, Any]], monitor: str) -> dict[str, Any]:
-    scored = [r for r in history if isinstance(r.get(monitor), (int, float))]
-    if not scored:
-        return {}
-    if monitor == "val_loss":
-        return min(scored, key=lambda r: (r[monitor], r.get("epoch", 0)))
-    return max(scored, key=lambda r: (r[monitor], -r.get("epoch", 0)))
 
 
 def _test_top1(cell_dir: Path, info: dict[str, Any], cfg: dict[str, Any]) -> float | None:

@@ -53,15 +53,7 @@ class StageRun:
     @property
     def best(self) -> dict[str, Any]:
         """The record the stage kept as best (by its monitor), or {} before any epoch."""
-        monitor = self.config.get("monitor", "val_top1")
-        # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
-        scored = [r for r in (self.trained or self.records) if _finite(r.get(monitor))]
-        if not scored:
-            return {}
-        # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
-        if monitor == "val_loss":
-            return min(scored, key=lambda r: (r[monitor], int(r.get("epoch", 0))))
-        return max(scored, key=lambda r: (r[monitor], -int(r.get("epoch", 0))))
+        return best_record(self.records, self.config.get("monitor", "val_top1"))
 
     @property
     def class_names(self) -> list[str]:
@@ -111,6 +103,19 @@ class RunHistory:
     def boundaries(self) -> list[tuple[float, str]]:
         """(global x, name of the stage starting there) for every stage after the first."""
         return [(s.offset + 0.5, s.name) for s in self.stages[1:]]
+
+
+def best_record(records: list[dict[str, Any]], monitor: str = "val_top1") -> dict[str, Any]:
+    """The epoch whose weights a stage kept as best (by `monitor`), or {} before any epoch."""
+    trained = [r for r in records if int(r.get("epoch", 0)) >= 1]
+    # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
+    scored = [r for r in (trained or records) if _finite(r.get(monitor))]
+    if not scored:
+        return {}
+    # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
+    if monitor == "val_loss":
+        return min(scored, key=lambda r: (r[monitor], int(r.get("epoch", 0))))
+    return max(scored, key=lambda r: (r[monitor], -int(r.get("epoch", 0))))
 
 
 def read_run(run_dir: str | Path) -> RunHistory:
