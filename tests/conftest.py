@@ -13,6 +13,18 @@ from PIL import Image
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the tests: 2-thread CPU kernels spin-wait, and on a 2-core machine
+    shared with any other process they measured up to 100x slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HYMENOPTERA = SHARED / "data" / "hymenoptera"
 EFFNET_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import timm
-import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
@@ -24,16 +23,6 @@ from stagewise.reporting.compare import cell_config, compare, parse_weights, pla
 from stagewise.reporting.compare_report import plot_compare
 
 SETTINGS = {"image_size": 32, "batch_size": 8, "num_workers": 0, "lr": 0.01}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, two spinning OpenMP
-    threads per process measured up to 100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

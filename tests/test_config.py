@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import stagewise
@@ -16,15 +15,6 @@ from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
 from stagewise.config import apply_overrides, build_config, load_yaml
 from stagewise.errors import ConfigError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _error(data: dict) -> str:

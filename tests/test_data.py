@@ -22,15 +22,6 @@ from stagewise.data.index import Samples
 from stagewise.errors import DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Collect:
     """A reporter that keeps what a run says, for assertions."""
 

@@ -20,15 +20,6 @@ import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.errors import ConfigError, TrainingInterrupted, WeightsError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAST = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0, "seed": 0,
         "lr": 0.01, "augmentation": "none", "report": False}
 

@@ -30,16 +30,6 @@ from stagewise.reporting.lr_find import (
 TINY = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, two spinning OpenMP
-    threads per process measured up to 100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("lrfind") / "data")

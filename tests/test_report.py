@@ -31,16 +31,6 @@ from stagewise.reporting.samples import load_model, predict, split_samples
 STAGES = (("probe", "probe", 1), ("finetune", "finetune", 1), ("gradual", "gradual", 3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, two spinning OpenMP
-    threads per process measured up to 100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three real stage runs under RUN/stages/ and the pipeline's history.json written as the

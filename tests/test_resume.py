@@ -25,14 +25,6 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "
 TIMING_KEYS = {"epoch_seconds", "images_per_sec"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _history(run: Path) -> list[dict]:
     path = run / "history.jsonl"
     if not path.is_file():

@@ -19,15 +19,6 @@ from stagewise.strategies import apply_strategy, coarse_groups, set_train_mode, 
 HEAD = {"fc.weight", "fc.bias"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = timm.create_model("test_resnet", num_classes=3)

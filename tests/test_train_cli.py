@@ -20,15 +20,6 @@ from stagewise.cli import main
 from stagewise.errors import ConfigError, NonFiniteLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("train_cli") / "data", per_class=8)

@@ -21,15 +21,6 @@ from stagewise.models import build_model, load_state_dict_file
 CLASSES = ["alpha", "beta", "gamma"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-thread CPU kernels spin-wait and slow down badly when other processes share the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _state(name: str = "test_resnet", seed: int = 0, classes: int = 3) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = timm.create_model(name, num_classes=classes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ PRESETS = {"curriculum": CURRICULUM}
 def render(shape: str, level: Level, rng: np.random.Generator) -> np.ndarray:
     """One uint8 HxWx3 image of `shape` drawn under `level`'s variation."""
     n = level.size
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1) * 2 - 1
+    yy, xx = _grid(n)
     img = _background(level, rng, xx, yy)
     for _ in range(level.clutter):
         cx, cy = rng.uniform(-0.9, 0.9, size=2)
@@ -86,6 +87,13 @@ def render(shape: str, level: Level, rng: np.random.Generator) -> np.ndarray:
     if level.noise:
         img = img + rng.normal(0, level.noise, size=img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _grid(n: int) -> np.ndarray:
+    grid = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1) * 2 - 1
+    grid.flags.writeable = False  # shared between calls
+    return grid
 
 
 def _background(level: Level, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
