@@ -153,7 +153,9 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> N
 
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "stagewise.cli", "run", str(path), "--out", str(cut), "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Same thread count as this process (conftest): float sums must happen in the same order.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     history = cut / "stages" / "s2" / "history.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -166,7 +168,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     manifest = json.loads((cut / "pipeline.json").read_text())
     assert manifest["stages"]["s2"]["status"] == "running"
 
-    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_file(str(full / "final.safetensors")), load_file(str(cut / "final.safetensors"))
     assert a.keys() == b.keys()
