@@ -58,7 +58,9 @@ def run(samples: Samples, aug: str, size: int, epochs: int, workers: int, cache_
     pre = Preprocess(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     loaders, build = {}, {}
     for mode in MODES:
-        ds = ImageDataset(samples, build_transform(pre, aug, training=aug != "none"), seed=0)
+        # As stage.py builds it: no per-sample seeding without augmentation, numpy only for 'strong'.
+        ds = ImageDataset(samples, build_transform(pre, aug, training=aug != "none"), seed=0,
+                          seeded=aug != "none", seed_numpy=aug == "strong")
         start = time.perf_counter()
         attach_cache([ds], mode, pre, cache_dir=cache_dir / aug / str(size))
         build[mode] = time.perf_counter() - start
