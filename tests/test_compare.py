@@ -14,13 +14,13 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-import stagewise.stage
+import stagewise.runs.comparison
 from conftest import make_image_folder
 from stagewise.cli import main
 from stagewise.errors import ConfigError, StagewiseError
-from stagewise.reporting import trackers
-from stagewise.reporting.compare import cell_config, compare, parse_weights, plan_cells
 from stagewise.reporting.compare_report import plot_compare
+from stagewise.runs.comparison import cell_config, compare, parse_weights, plan_cells
+from stagewise.train import trackers
 
 SETTINGS = {"image_size": 32, "batch_size": 8, "num_workers": 0, "lr": 0.01}
 
@@ -91,7 +91,7 @@ def test_finished_cells_are_not_trained_again(grid: tuple[Path, Path, Path],
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(stagewise.stage, "train", no_training)
+    monkeypatch.setattr(stagewise.runs.comparison, "train_stage", no_training)
     result = compare(data, ["test_resnet"], ["scratch", "probe"], epochs=1, out=out,
                      weights=str(weights), settings=SETTINGS)
     assert result.trained == [] and result.skipped == ["test_resnet-scratch", "test_resnet-probe"]

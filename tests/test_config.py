@@ -128,7 +128,7 @@ def test_cli_config_errors_exit_2(tmp_path: Path, data: Path, capsys, extra, exp
 
 def test_cli_subprocess_config_error_has_no_traceback(tmp_path: Path, data: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "stagewise.cli",
+    proc = subprocess.run([sys.executable, "-m", "stagewise",
                            *_cli(tmp_path, data, "--optimizer", "adamx", "--set", "bogus=1")],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
@@ -157,7 +157,7 @@ def test_existing_run_folder_needs_resume(tmp_path: Path, data: Path, capsys) ->
 def test_resume_refuses_to_change_the_run(tmp_path: Path, data: Path, capsys) -> None:
     out = tmp_path / "run"
     stagewise.train(tiny_config(data, out, epochs=1), reporter="quiet")
-    with pytest.raises(ConfigError, match=r"--resume would change the run .*epochs: 1 -> 2"):
+    with pytest.raises(ConfigError, match=r"resuming would change the run .*epochs: 1 -> 2"):
         stagewise.train(resume=True, out=str(out), epochs=2, reporter="quiet")
     with pytest.raises(ConfigError, match=r"lr: 0.01 -> 0.5"):
         stagewise.train(resume=True, out=str(out), lr=0.5, reporter="quiet")

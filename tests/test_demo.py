@@ -13,7 +13,7 @@ from pathlib import Path
 def test_demo_runs_within_budget_and_transfer_beats_scratch(tmp_path: Path) -> None:
     env = {**os.environ, "STAGEWISE_CACHE": str(tmp_path / "cache")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "stagewise.cli", "run", "--out", str(tmp_path / "demo")],
+    proc = subprocess.run([sys.executable, "-m", "stagewise", "run", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -28,6 +28,6 @@ def test_demo_runs_within_budget_and_transfer_beats_scratch(tmp_path: Path) -> N
         assert s["head"]["kept"] > 0
     assert (tmp_path / "cache" / "curriculum-seed0" / ".complete").is_file()
     # A second run finds the finished demo and only prints its summary.
-    again = subprocess.run([sys.executable, "-m", "stagewise.cli", "demo", "--out", str(tmp_path / "demo")],
+    again = subprocess.run([sys.executable, "-m", "stagewise", "demo", "--out", str(tmp_path / "demo")],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert again.returncode == 0 and "pipeline summary" in again.stdout

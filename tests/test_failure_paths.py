@@ -61,7 +61,7 @@ def test_fresh_run_replaces_the_split_of_a_failed_attempt(tmp_path: Path) -> Non
 
 
 def test_nan_metric_counts_as_an_epoch_without_improvement() -> None:
-    from stagewise.stopping import improved, new_tracker, stop_reason
+    from stagewise.train.stopping import improved, new_tracker, stop_reason
 
     cfg = stagewise.TrainConfig(data="x", early_stopping=2)
     tracker = new_tracker()
@@ -108,7 +108,7 @@ def test_resumed_stage_refuses_changed_settings(tmp_path: Path) -> None:
 
 
 def test_interrupted_stage_prints_the_pipeline_resume_command(tmp_path: Path, monkeypatch) -> None:
-    from stagewise import progress
+    from stagewise.train import progress
 
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(_two_stages(tmp_path)))
@@ -124,7 +124,7 @@ def test_interrupted_stage_prints_the_pipeline_resume_command(tmp_path: Path, mo
 
 
 def _problems(spec: dict, overrides: list[str] = ()) -> str:
-    from stagewise.pipeline_config import load_pipeline
+    from stagewise.runs.plan import load_pipeline
 
     with pytest.raises(ConfigError) as err:
         load_pipeline(spec, list(overrides))
@@ -145,7 +145,7 @@ def test_pipeline_validation_gaps(tmp_path: Path) -> None:
 
 
 def test_set_reaches_stages_with_dots_or_default_names(tmp_path: Path) -> None:
-    from stagewise.pipeline_config import load_pipeline
+    from stagewise.runs.plan import load_pipeline
 
     data = str(make_image_folder(tmp_path / "d", per_class=2))
     spec = {"defaults": FAST, "stages": [{"name": "v1.0", "data": data}, {"data": data}]}
@@ -202,7 +202,7 @@ def test_evaluate_all_splits_of_an_array_dataset(tmp_path: Path) -> None:
 
 
 def test_compare_row_reports_the_kept_epoch_not_the_starting_weights(tmp_path: Path) -> None:
-    from stagewise.reporting.compare import Cell, cell_row
+    from stagewise.runs.comparison import Cell, cell_row
 
     data = make_image_folder(tmp_path / "d", per_class=2, splits=("train", "val"))
     cell_dir = tmp_path / "cell"

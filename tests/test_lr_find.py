@@ -18,14 +18,10 @@ from stagewise.config import build_config
 from stagewise.data import ImageDataset, build_transform, load_dataset, make_loader
 from stagewise.data.transforms import Preprocess
 from stagewise.errors import ConfigError
-from stagewise.optim import create_optimizer
-from stagewise.reporting.lr_find import (
-    LRFindResult,
-    lr_range_test,
-    plot_lr_find,
-    steepest_lr,
-    valley_lr,
-)
+from stagewise.reporting.lr_plot import plot_lr_find
+from stagewise.runfolder import LRFindResult
+from stagewise.runs.lr_range import lr_range_test, steepest_lr, valley_lr
+from stagewise.train.optim import create_optimizer
 
 TINY = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0}
 

@@ -59,7 +59,7 @@ def test_three_stage_pipeline_from_python(tmp_path: Path) -> None:
 def test_pipeline_cli_runs_and_lists_stages(tmp_path: Path) -> None:
     spec = tmp_path / "pipe.yaml"
     spec.write_text(yaml.safe_dump(_pipeline(tmp_path, epochs=(1, 1, 1))))
-    proc = subprocess.run([sys.executable, "-m", "stagewise.cli", "run", str(spec), "--out",
+    proc = subprocess.run([sys.executable, "-m", "stagewise", "run", str(spec), "--out",
                            str(tmp_path / "run"), "--stages", "s1,s2"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "run" / "pipeline.json").read_text())
@@ -117,13 +117,13 @@ def test_validation_lists_every_problem_at_once(tmp_path: Path) -> None:
                    "duplicate stage name 's1'", "undefined_root"):
         assert needle in text, needle
     assert not (tmp_path / "run").exists()
-    proc = subprocess.run([sys.executable, "-m", "stagewise.cli", "run", str(path), "--out",
+    proc = subprocess.run([sys.executable, "-m", "stagewise", "run", str(path), "--out",
                            str(tmp_path / "run")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "adamx" in proc.stderr
 
 
 def test_set_overrides_a_stage_key_and_variables(tmp_path: Path) -> None:
-    from stagewise.pipeline_config import load_pipeline
+    from stagewise.runs.plan import load_pipeline
 
     a, b, _ = _folders(tmp_path)
     spec = {"vars": {"root": str(tmp_path)}, "defaults": FAST, "stages": [
@@ -152,7 +152,7 @@ def test_sigkill_mid_stage_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     stagewise.run(path, full, reporter="quiet")
 
     cut = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "stagewise.cli", "run", str(path), "--out", str(cut), "--quiet"]
+    cmd = [sys.executable, "-m", "stagewise", "run", str(path), "--out", str(cut), "--quiet"]
     # Same thread count as this process (conftest): float sums must happen in the same order.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

@@ -44,7 +44,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # the next stage starts from this one's weights, its head matched by class id
         incoming = LoadedWeights(load_file(str(result.weights)), f"stage '{name}'",
                                  class_ids=result.class_ids, class_names=result.class_names)
-        baseline = {"kind": "scratch", "val_top1": 0.5} if name == "finetune" else None
+        baseline = {"kind": "scratch", "best_val_top1": 0.5} if name == "finetune" else None
         stages.append({"name": name, "run_dir": str(run / "stages" / name), "first_epoch": offset + 1,
                        "last_epoch": offset + n, "strategy": strategy, "baseline": baseline,
                        "head": result.head})

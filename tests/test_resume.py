@@ -64,7 +64,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 SIGKILL_CHILD = """
 import json, sys, time
 import stagewise
-from stagewise.progress import QuietReporter
+from stagewise.train.progress import QuietReporter
 
 class BlockInSecondEpoch(QuietReporter):
     epoch = 0
@@ -126,7 +126,7 @@ def test_sigkill_then_resume_equals_uninterrupted(small_data: Path, tmp_path: Pa
 # The real CLI; JSON lines gain a "batch" event so the parent can signal mid-epoch.
 SIGTERM_CHILD = """
 import json, sys
-from stagewise import progress
+from stagewise.train import progress
 from stagewise.cli import main
 
 def batch(self, done, loss, acc, lr):

@@ -36,7 +36,7 @@ def _history(run: Path) -> list[dict]:
 
 def test_json_lines_end_to_end(data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "stagewise.cli",
+    proc = subprocess.run([sys.executable, "-m", "stagewise",
                            *_args(data, tmp_path / "run", "--epochs", "2", "--log-format", "json")],
                           capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr

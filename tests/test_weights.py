@@ -160,7 +160,7 @@ def test_cli_refuses_malicious_weights(tmp_path: Path) -> None:
     torch.save({"state_dict": _state(), "hook": _SystemCall(marker)}, tmp_path / "evil.pth")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "stagewise.cli", "train", "--data", str(data), "--model", "test_resnet",
+        [sys.executable, "-m", "stagewise", "train", "--data", str(data), "--model", "test_resnet",
          "--weights", str(tmp_path / "evil.pth"), "--image-size", "32", "--epochs", "1",
          "--num-workers", "0", "--out", str(tmp_path / "run"), "--quiet"],
         capture_output=True, text=True, timeout=120, env=env,

@@ -5,12 +5,11 @@ The public API is what this module exports; everything else may change.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
-from .config import TrainConfig  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .config import TrainConfig
+from .errors import (
     ConfigError,
     DataError,
     NonFiniteLoss,
@@ -18,15 +17,12 @@ from .errors import (  # noqa: E402
     TrainingInterrupted,
     WeightsError,
 )
-from .inference import Classifier, Evaluation, Prediction, evaluate, export, load  # noqa: E402
-from .pipeline import PipelineResult, run  # noqa: E402
-from .stage import TrainResult, train  # noqa: E402
+from .inference import Classifier, Evaluation, Prediction, evaluate, export, load
+from .runs import PipelineResult, compare, lr_find, run, train
+from .train import TrainResult
 
 if TYPE_CHECKING:
-    from .reporting import compare, lr_find, write_report
-
-# Reporting draws with matplotlib; these names import it on first use, not with the package.
-_LAZY = {"compare": "compare", "lr_find": "lr_find", "write_report": "report"}
+    from .reporting import write_report
 
 __all__ = [
     "Classifier",
@@ -54,8 +50,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
+    # Reports draw with matplotlib: `write_report` imports it on first use, not with the package.
+    if name != "write_report":
         raise AttributeError(f"module 'stagewise' has no attribute '{name}'")
-    import importlib
+    from .reporting import write_report
 
-    return getattr(importlib.import_module(f".reporting.{_LAZY[name]}", __name__), name)
+    return write_report

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import defaults
 from .errors import ConfigError
 
 Strategy = Literal["scratch", "probe", "finetune", "gradual"]
@@ -39,7 +40,7 @@ class TrainConfig(_Strict):
     # data
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
     format: DataFormat = "auto"
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="used when there is no val/ split")
+    val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
     augmentation: Augmentation = "standard"
     num_workers: int | None = Field(None, ge=0, description="data loader workers; None: from cores")
     cache: Literal["none", "memory", "disk"] = "none"
@@ -103,11 +104,11 @@ class TrainConfig(_Strict):
     monitor: Monitor = "val_top1"
     target: float | None = Field(None, gt=0.0, le=1.0, description="stop at this val top-1")
     max_minutes: float | None = Field(None, gt=0.0)
-    seed: int = 0
+    seed: int = defaults.SEED
     channels_last: bool = False
 
     # output
-    out: Path = Path("runs/train")
+    out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
     log_with: Literal["none", "tensorboard", "mlflow"] = "none"
 
@@ -139,6 +140,10 @@ class TrainConfig(_Strict):
         if self.unfreeze_at is not None and sorted(self.unfreeze_at) != self.unfreeze_at:
             raise ValueError("unfreeze_at must list epochs in increasing order")
         return self
+
+    def as_scratch(self) -> TrainConfig:
+        """The same stage trained from random weights: what "scratch" means, in one place."""
+        return self.model_copy(update={"weights": None, "strategy": "scratch"})
 
     def resolved(self) -> dict[str, Any]:
         """Plain data for config.yaml (paths as strings)."""

@@ -24,10 +24,18 @@ class WeightsError(StagewiseError):
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
-    def __init__(self, signum: int, resume_hint: str) -> None:
-        super().__init__(f"interrupted by signal {signum}; resume with: {resume_hint}")
+    def __init__(self, signum: int, run_dir: object = None, resume_hint: str | None = None) -> None:
+        super().__init__(signum, run_dir)
         self.signum = signum
+        self.run_dir = run_dir
+        # The command that continues the run: set by whoever started it (runs/, cli/), since only
+        # they know how it was started.
         self.resume_hint = resume_hint
+
+    def __str__(self) -> str:
+        where = f"; saved {self.run_dir}" if self.run_dir is not None else ""
+        how = f"; resume with: {self.resume_hint}" if self.resume_hint else ""
+        return f"interrupted by signal {self.signum}{where}{how}"
 
     @property
     def exit_code(self) -> int:

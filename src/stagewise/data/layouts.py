@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..defaults import SEED, VAL_FRACTION
 from ..errors import DataError
 from .cifar import cifar_folder, read_cifar
 from .csv_manifest import find_manifest, read_csv_manifest
@@ -110,7 +111,8 @@ def _matches_quietly(folder: Path) -> bool:
         return False
 
 
-def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
+                 seed: int = SEED) -> DatasetIndex:
     """Index the dataset at `root` with the reader for `fmt` (or the detected layout)."""
     root = Path(root)
     if not root.exists():

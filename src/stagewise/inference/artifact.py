@@ -6,7 +6,6 @@ the weights file itself. Nothing here needs the training config: model.json is s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,13 +15,12 @@ from torch import nn
 
 from ..data.transforms import Preprocess
 from ..errors import ConfigError, WeightsError
+from ..runfolder import MANIFEST, MODEL_CARD, ModelCard, read_model_card
 
 if TYPE_CHECKING:
     from .classifier import Classifier
 
-MODEL_JSON = "model.json"
-FORMAT_PREFIX = "stagewise.model/"
-_REQUIRED = ("architecture", "num_classes", "class_ids", "preprocess")
+MODEL_JSON = MODEL_CARD
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,12 @@ class Artifact:
 
     meta_path: Path
     weights_path: Path
-    meta: dict[str, Any]
+    card: ModelCard
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """model.json as plain data."""
+        return self.card.as_dict()
 
     @property
     def folder(self) -> Path:
@@ -39,19 +42,19 @@ class Artifact:
 
     @property
     def architecture(self) -> str:
-        return str(self.meta["architecture"])
+        return self.card.architecture
 
     @property
     def class_ids(self) -> list[str]:
-        return [str(c) for c in self.meta["class_ids"]]
+        return self.card.class_ids
 
     @property
     def class_names(self) -> list[str]:
-        return [str(c) for c in self.meta.get("class_names") or self.meta["class_ids"]]
+        return self.card.names
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.meta["preprocess"])
+        return Preprocess.from_dict(self.card.preprocess)
 
 
 def find_artifact(path: str | Path) -> Artifact:
@@ -79,49 +82,24 @@ def find_artifact(path: str | Path) -> Artifact:
     else:
         raise WeightsError(f"model not found: {path}; pass a run folder, a pipeline run folder or a "
                            f".safetensors file with {MODEL_JSON} beside it")
-    meta = read_model_json(meta_path)
+    card = read_model_card(meta_path)
     if weights is None:
-        weights = meta_path.parent / str(meta.get("weights") or "best.safetensors")
+        weights = meta_path.parent / card.weights
     if not weights.is_file():
         raise WeightsError(f"{meta_path}: its weights file {weights} is missing; the run may not have "
                            "finished its first epoch")
-    return Artifact(meta_path=meta_path, weights_path=weights, meta=meta)
+    return Artifact(meta_path=meta_path, weights_path=weights, card=card)
 
 
 def _no_model_json(folder: Path) -> str:
     """Name the stage folders to use when a pipeline has not written its final model yet."""
     stages = sorted(p.parent for p in folder.glob(f"stages/*/{MODEL_JSON}"))
-    if (folder / "pipeline.json").is_file() or stages:
+    if (folder / MANIFEST).is_file() or stages:
         shown = ", ".join(str(s) for s in stages[:5]) or "none yet"
         return (f"{folder}: the pipeline has not written its final {MODEL_JSON} (not finished?); "
                 f"load one of its finished stages instead: {shown}")
     return (f"{folder}: no {MODEL_JSON} found; is it a stagewise run folder? It is written after "
             "the first epoch of `stagewise train`")
-
-
-def read_model_json(path: Path) -> dict[str, Any]:
-    """model.json as a dict, with every required key present and consistent."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(meta, dict):
-        raise WeightsError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    fmt = str(meta.get("format", ""))
-    if fmt and not fmt.startswith(FORMAT_PREFIX):
-        raise WeightsError(f"{path}: format '{fmt}' is not a stagewise model ({FORMAT_PREFIX}N)")
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise WeightsError(f"{path}: missing key(s) {', '.join(missing)}; re-export the model "
-                           "with a current stagewise")
-    if len(meta["class_ids"]) != int(meta["num_classes"]):
-        raise WeightsError(f"{path}: num_classes is {meta['num_classes']} but class_ids lists "
-                           f"{len(meta['class_ids'])} classes")
-    names = meta.get("class_names")
-    if names is not None and len(names) != len(meta["class_ids"]):
-        raise WeightsError(f"{path}: class_names has {len(names)} entries, class_ids "
-                           f"{len(meta['class_ids'])}")
-    return meta
 
 
 def build_network(artifact: Artifact) -> nn.Module:

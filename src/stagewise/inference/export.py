@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import StagewiseError
 from ..io import write_json, write_with
 from .classifier import Classifier

@@ -8,16 +8,27 @@ Files may be missing or half written (an interrupted run): whatever can be read 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ..errors import StagewiseError
+from ..runfolder import (
+    CONFIG,
+    HISTORY,
+    MANIFEST,
+    PIPELINE_HISTORY,
+    best_record,
+    is_finite,
+    read_config,
+    read_confusion,
+    read_history,
+    read_json,
+    stage_dir,
+    trained_epochs,
+    try_read_model_card,
+)
 
 log = logging.getLogger("stagewise")
 
@@ -48,7 +59,7 @@ class StageRun:
     @property
     def trained(self) -> list[dict[str, Any]]:
         """Records of trained epochs (an `epochs: 0` stage has only an evaluation record)."""
-        return [r for r in self.records if int(r.get("epoch", 0)) >= 1]
+        return trained_epochs(self.records)  # type: ignore[arg-type]
 
     @property
     def best(self) -> dict[str, Any]:
@@ -105,19 +116,6 @@ class RunHistory:
         return [(s.offset + 0.5, s.name) for s in self.stages[1:]]
 
 
-def best_record(records: list[dict[str, Any]], monitor: str = "val_top1") -> dict[str, Any]:
-    """The epoch whose weights a stage kept as best (by `monitor`), or {} before any epoch."""
-    trained = [r for r in records if int(r.get("epoch", 0)) >= 1]
-    # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
-    scored = [r for r in (trained or records) if _finite(r.get(monitor))]
-    if not scored:
-        return {}
-    # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
-    if monitor == "val_loss":
-        return min(scored, key=lambda r: (r[monitor], int(r.get("epoch", 0))))
-    return max(scored, key=lambda r: (r[monitor], -int(r.get("epoch", 0))))
-
-
 def read_run(run_dir: str | Path) -> RunHistory:
     """Read a single-stage run folder or a pipeline run folder.
 
@@ -127,10 +125,10 @@ def read_run(run_dir: str | Path) -> RunHistory:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run folder not found: {run_dir}")
-    if (run_dir / "history.json").is_file() or (run_dir / "pipeline.json").is_file() \
+    if (run_dir / PIPELINE_HISTORY).is_file() or (run_dir / MANIFEST).is_file() \
             or (run_dir / "stages").is_dir():
         return _read_pipeline(run_dir)
-    if (run_dir / "config.yaml").is_file() or (run_dir / "history.jsonl").is_file():
+    if (run_dir / CONFIG).is_file() or (run_dir / HISTORY).is_file():
         stage = read_stage(run_dir, run_dir.name)
         return RunHistory(run_dir=run_dir, kind="stage", name=run_dir.name, stages=[stage],
                           final_info=stage.model_info, final_weights=stage.weights)
@@ -142,17 +140,17 @@ def read_run(run_dir: str | Path) -> RunHistory:
 
 def read_stage(run_dir: Path, name: str, offset: int = 0) -> StageRun:
     """One stage folder: config.yaml, history.jsonl, model.json, confusion.json."""
-    config = _read_yaml(run_dir / "config.yaml")
-    return StageRun(name=name, run_dir=run_dir,
-                    records=_epoch_records(read_jsonl(run_dir / "history.jsonl")),
-                    offset=offset, config=config if isinstance(config, dict) else {},
-                    model_info=_as_dict(read_json(run_dir / "model.json")),
-                    confusion=_valid_confusion(read_json(run_dir / "confusion.json")))
+    card = try_read_model_card(run_dir)
+    confusion = read_confusion(run_dir)
+    return StageRun(name=name, run_dir=run_dir, records=list(read_history(run_dir)),  # type: ignore[arg-type]
+                    offset=offset, config=read_config(run_dir),
+                    model_info=card.as_dict() if card else {},
+                    confusion=asdict(confusion) if confusion else None)
 
 
 def _read_pipeline(run_dir: Path) -> RunHistory:
-    summary = _as_dict(read_json(run_dir / "history.json"))
-    manifest = _as_dict(read_json(run_dir / "pipeline.json"))
+    summary = _as_dict(read_json(run_dir / PIPELINE_HISTORY))
+    manifest = _as_dict(read_json(run_dir / MANIFEST))
     listed = [s for s in _as_list(summary.get("stages")) if isinstance(s, dict) and s.get("name")]
     stages: list[StageRun] = []
     offset = 0
@@ -162,8 +160,8 @@ def _read_pipeline(run_dir: Path) -> RunHistory:
             offset = max(0, entry["first_epoch"] - 1)
         stage = read_stage(folder, str(entry["name"]), offset)
         if not stage.records:  # the stage folder is gone or unreadable: use the pipeline's copy
-            stage.records = _epoch_records(_strip(r) for r in summary.get("epochs", [])
-                                           if isinstance(r, dict) and r.get("stage") == stage.name)
+            stage.records = [_strip(r) for r in summary.get("epochs", []) if isinstance(r, dict)
+                             and r.get("stage") == stage.name and isinstance(r.get("epoch"), int)]
         stage.baseline, stage.gain, stage.head = (
             entry.get(k) if isinstance(entry.get(k), dict) else None for k in ("baseline", "gain", "head"))
         stage.config = stage.config or {"strategy": entry.get("strategy")}
@@ -174,7 +172,8 @@ def _read_pipeline(run_dir: Path) -> RunHistory:
         stage = read_stage(folder, folder.name, offset)
         stages.append(stage)
         offset += stage.epochs_run
-    final_info = _as_dict(read_json(run_dir / "model.json"))
+    card = try_read_model_card(run_dir)
+    final_info = card.as_dict() if card else {}
     final_weights = run_dir / str(final_info.get("weights", "final.safetensors"))
     if not final_weights.is_file():  # not finished yet: the last stage with weights stands in
         last = next((s for s in reversed(stages) if s.weights is not None), None)
@@ -191,7 +190,7 @@ def _stage_dir(run_dir: Path, name: str, given: Any) -> Path:
         for candidate in (p, run_dir / p):
             if candidate.is_dir():
                 return candidate
-    return run_dir / "stages" / name
+    return stage_dir(run_dir, name)
 
 
 def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str]) -> list[Path]:
@@ -200,7 +199,7 @@ def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str
     if not root.is_dir():
         return []
     found = {p.name: p for p in root.iterdir() if p.is_dir() and p.name not in known
-             and ((p / "config.yaml").is_file() or (p / "history.jsonl").is_file())}
+             and ((p / CONFIG).is_file() or (p / HISTORY).is_file())}
     stages = manifest.get("stages")
     # pipeline.json names the stage order, else its stages mapping or list gives it
     planned = _as_list(manifest.get("order")) or (list(stages) if isinstance(stages, dict) else
@@ -212,46 +211,12 @@ def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str
 
 
 def _mtime(folder: Path) -> float:
-    cfg = folder / "config.yaml"
+    cfg = folder / CONFIG
     return cfg.stat().st_mtime if cfg.is_file() else folder.stat().st_mtime
 
 
 def _strip(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("global_epoch", "stage")}
-
-
-def read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing or torn (a report never fails on it)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        if path.exists():
-            log.warning("report: could not read %s (%s)", path, exc)
-        return None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON lines; a torn last line (a crash while writing) is skipped."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
-            out.append(item)
-    return out
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -262,39 +227,7 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _epoch_records(items: Any) -> list[dict[str, Any]]:
-    """Epoch records only: dicts with an integer epoch (anything else is not ours to plot)."""
-    return [r for r in items if isinstance(r, dict) and isinstance(r.get("epoch"), int)
-            and not isinstance(r.get("epoch"), bool)]
-
-
-def _valid_confusion(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict) or not isinstance(value.get("matrix"), list):
-        return None
-    m = value["matrix"]
-    if not m or any(not isinstance(row, list) or len(row) != len(m) for row in m):
-        return None
-    return value
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def baseline_top1(baseline: dict[str, Any] | None) -> float | None:
-    """The val top-1 a stage's baseline reached, from the pipeline's record or its run folder."""
-    if not baseline:
-        return None
-    for key in ("val_top1", "best_val_top1"):
-        if _finite(baseline.get(key)):
-            return float(baseline[key])
-    for nested in ("best", "metrics"):
-        inner = baseline.get(nested)
-        if isinstance(inner, dict) and _finite(inner.get("val_top1")):
-            return float(inner["val_top1"])
-    if baseline.get("run_dir"):
-        info = _as_dict(read_json(Path(str(baseline["run_dir"])) / "model.json"))
-        value = info.get("metrics", {}).get("val_top1")
-        if _finite(value):
-            return float(value)
-    return None
+    """The best val top-1 of a stage's baseline, as the pipeline manifest records it."""
+    value = (baseline or {}).get("best_val_top1")
+    return float(value) if is_finite(value) else None

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import defaults
 from ..data import Preprocess, Samples, build_transform, load_dataset
 from ..data.folder import load_split
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb
+from ..runfolder import SPLIT
 from .history import ReportError
 
 
@@ -53,9 +55,10 @@ def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Sa
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")
     index = load_dataset(Path(config["data"]), config.get("format", "auto"),
-                         float(config.get("val_fraction", 0.2)), int(config.get("seed", 0)))
-    if (run_dir / "split.json").is_file():
-        index = load_split(index, run_dir / "split.json")
+                         float(config.get("val_fraction", defaults.VAL_FRACTION)),
+                         int(config.get("seed", defaults.SEED)))
+    if (run_dir / SPLIT).is_file():
+        index = load_split(index, run_dir / SPLIT)
     if split not in index.splits or len(index.splits[split]) == 0:
         raise ReportError(f"{config['data']}: no '{split}' images")
     return index.splits[split], index.class_ids

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 def new_tracker() -> dict[str, Any]:

@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
-    from .output import FORMATS
+    from ..inference.output import FORMATS
 
     p = sub.add_parser("predict", help="classify images with a trained model",
                        description="Classify image files, folders (searched recursively) and globs. "
@@ -44,8 +44,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from . import expand_inputs, load, predict_files
-    from .output import failures, print_table, progress_bar, to_csv, to_json
+    from ..inference import expand_inputs, load, predict_files
+    from ..inference.output import failures, print_table, progress_bar, to_csv, to_json
 
     if args.top_k < 1 or args.batch_size < 1:
         raise StagewiseError("--top-k and --batch-size must be at least 1")
@@ -74,7 +74,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from .evaluate import SPLITS
+    from ..inference.evaluate import SPLITS
 
     p = sub.add_parser("evaluate", help="score a trained model on a labelled image folder",
                        description="Top-1/top-5, per-class precision/recall/F1, confusion matrix and "
@@ -88,8 +88,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import evaluate, load
-    from .output import progress_bar
+    from ..inference import evaluate, load
+    from ..inference.output import progress_bar
 
     clf = load(args.model, device=args.device)
     show = not args.quiet and sys.stderr.isatty()
@@ -108,7 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    from .export import DEFAULT_OPSET, FORMATS
+    from ..inference.export import DEFAULT_OPSET, FORMATS
 
     p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript",
                        description="Writes the model file and a .preprocess.json beside it, then "
@@ -122,7 +122,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from . import export, load
+    from ..inference import export, load
 
     result = export(load(args.model, device="cpu"), args.format, args.out, args.dynamic_batch,
                     args.opset)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from .config import TrainConfig
-from .errors import ConfigError
+from ..config import TrainConfig
+from ..errors import ConfigError
 from .strategies import fine_layer_ids
 
 

@@ -19,15 +19,20 @@ def auto_precision() -> str:
     return "fp32"
 
 
-def make_accelerator(precision: str, grad_accum: int = 1) -> Accelerator:
-    """A fresh Accelerator per stage (stages may differ in precision and accumulation)."""
+def make_accelerator(precision: str) -> Accelerator:
+    """A fresh Accelerator per stage (stages may differ in precision).
+
+    Gradient accumulation is done by the loop (loop.py), not by Accelerate, so no window counter
+    of Accelerate's is part of the resumable state.
+    """
     from accelerate.state import AcceleratorState, GradientState
 
     chosen = auto_precision() if precision == "auto" else precision
     if chosen == "fp16" and not torch.cuda.is_available():
         chosen = "fp32"  # fp16 autocast with a grad scaler needs a GPU; the CPU path is fp32
-    # Accelerate keeps process-wide singletons; a new stage with other settings must reset them.
+    # Accelerate keeps process-wide singletons and refuses a second Accelerator with another
+    # precision; the reset is private API, so tests/test_runtime.py pins that it still works
+    # (two stages of one process with different precisions each get their own).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=_PRECISION[chosen], gradient_accumulation_steps=grad_accum,
-                       step_scheduler_with_optimizer=False)
+    return Accelerator(mixed_precision=_PRECISION[chosen], step_scheduler_with_optimizer=False)

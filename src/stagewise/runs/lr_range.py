@@ -11,35 +11,23 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import write_json
-from .plots import new_figure, save_figure
+from ..reporting.lr_plot import plot_lr_find
+from ..reporting.plots import save_figure
+from ..runfolder import LRFindResult, write_lr_find
+from ..train import coerce_config, prepare_stage, start_epoch
+from ..train.progress import QuietReporter
 
 MAX_STEPS = 1000
-
-
-@dataclass
-class LRFindResult:
-    lrs: list[float]
-    losses: list[float]
-    smoothed: list[float]
-    steepest: float | None
-    valley: float | None
-    stopped: str  # "completed" | "diverged" | "non-finite loss"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def lr_range_test(
@@ -54,6 +42,7 @@ def lr_range_test(
     beta: float = 0.98,
     diverge: float = 4.0,
     accelerator: Any = None,
+    mixup: Callable | None = None,
 ) -> LRFindResult:
     """Sweep the LR from `start_lr` to `end_lr` over `steps` optimizer steps.
 
@@ -79,7 +68,7 @@ def lr_range_test(
             lr = start_lr * gamma**i
             for g, r in zip(optimizer.param_groups, ratios, strict=True):
                 g["lr"] = lr * r
-            loss = _step(model, optimizer, criterion, x, y, accelerator)
+            loss = _step(model, optimizer, criterion, x, y, accelerator, mixup)
             if not math.isfinite(loss):
                 stopped = "non-finite loss"
                 break
@@ -115,9 +104,13 @@ def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-          x: torch.Tensor, y: torch.Tensor, accelerator: Any) -> float:
+          x: torch.Tensor, y: torch.Tensor, accelerator: Any, mixup: Callable | None = None) -> float:
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     x, y = x.to(device), y.to(device)
+    if mixup is not None:  # the stage's loss takes mixed (soft) targets
+        if x.shape[0] % 2:
+            x, y = x[:-1], y[:-1]
+        x, y = mixup(x, y)
     with accelerator.autocast() if accelerator is not None else nullcontext():
         loss = criterion(model(x), y)
     optimizer.zero_grad(set_to_none=True)
@@ -172,38 +165,6 @@ def valley_lr(lrs: list[float], smoothed: list[float]) -> float | None:
     return float(lrs[max(0, start + int(third) + int(third / 2))])
 
 
-def plot_lr_find(result: LRFindResult) -> Figure:
-    """Loss against LR (log scale): raw and smoothed, the suggestions marked."""
-    fig, axes = new_figure(7.5, 4.2)
-    ax = axes[0][0]
-    if result.lrs:
-        ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
-        ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
-        ax.set_ylim(*_loss_range(result.smoothed))
-    for value, name, colour in ((result.steepest, "steepest", "C3"), (result.valley, "valley", "C2")):
-        if value is not None:
-            y = float(np.interp(math.log10(value), np.log10(result.lrs), result.smoothed))
-            ax.plot([value], [y], "o", color=colour, ms=7, gid=f"suggestion-{name}",
-                    label=f"{name}: {value:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (largest param group)")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test ({len(result.lrs)} steps, {result.stopped})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _loss_range(smoothed: list[float]) -> tuple[float, float]:
-    """From the lowest smoothed loss to the highest before it (the divergence tail is cut off);
-    the whole curve when it never falls."""
-    lowest = int(np.argmin(smoothed))
-    low = smoothed[lowest]
-    high = max(smoothed[: lowest + 1]) if lowest > 0 else max(smoothed)
-    pad = 0.1 * (high - low) + 1e-3
-    return low - pad, high + pad
-
-
 def lr_find(
     config: Any = None,
     /,
@@ -216,50 +177,25 @@ def lr_find(
 ) -> LRFindResult:
     """Run the range test for a training config (model, weights, data, strategy, optimizer).
 
-    With `out`, writes lr_find.json and lr_find.png there.
+    The model, data, loss and optimizer are set up exactly as the stage's first epoch would be
+    (`train.prepare_stage` + `start_epoch(0)`): with `freeze_epochs: 1` a finetune sweeps the
+    head only, as its first epoch trains it. With `out`, writes lr_find.json and lr_find.png there.
 
     Example:
         >>> r = lr_find(data="data/pets", model="resnet18", weights="r18.safetensors",
         ...             strategy="probe")  # doctest: +SKIP
         >>> r.valley  # doctest: +SKIP
     """
-    model, loader, optimizer, criterion, accelerator = _build_parts(config, overrides)
-    result = lr_range_test(model, loader, optimizer, criterion, start_lr=start_lr, end_lr=end_lr,
-                           steps=steps, accelerator=accelerator)
+    cfg = coerce_config(config, overrides)
+    setup = prepare_stage(cfg, QuietReporter())
+    trainable = start_epoch(setup, 0)
+    parts = setup.parts
+    result = lr_range_test(parts.model, parts.train_loader, parts.optimizer, parts.criterion,
+                           start_lr=start_lr, end_lr=end_lr, steps=steps,
+                           accelerator=parts.accelerator, mixup=parts.mixup)
+    result.trainable_params = trainable.trainable_params
     if out is not None:
         out = Path(out)
-        write_json(out / "lr_find.json", result.as_dict())
+        write_lr_find(out, result)
         save_figure(plot_lr_find(result), out / "lr_find.png")
     return result
-
-
-def _build_parts(config: Any, overrides: dict[str, Any]) -> tuple[Any, ...]:
-    """Model, training loader, optimizer and loss as a stage of this config would start with
-    (strategy applied at its first epoch, so a probe sweeps the head's LR only)."""
-    from accelerate.utils import set_seed
-
-    from ..data import ImageDataset, build_transform, load_dataset, make_loader, resolve_preprocess
-    from ..models import build_model
-    from ..optim import create_optimizer
-    from ..runtime import make_accelerator
-    from ..stage import coerce_config
-    from ..strategies import apply_strategy, set_train_mode
-
-    cfg = coerce_config(config, overrides)
-    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed)
-    index.check()
-    set_seed(cfg.seed)
-    bundle = build_model(cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head,
-                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
-                         image_size=cfg.image_size, class_names=index.class_names)
-    pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
-    dataset = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed)
-    loader = make_loader(dataset, cfg.batch_size, True, cfg.seed, cfg.num_workers)
-    model = bundle.model
-    apply_strategy(model, cfg.strategy, 0, cfg.freeze, cfg.train_bn, cfg.unfreeze_every, cfg.unfreeze_at)
-    accelerator = make_accelerator(cfg.precision, 1)
-    optimizer = create_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    set_train_mode(model, cfg.train_bn)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(accelerator.device)
-    return model, loader, optimizer, criterion, accelerator

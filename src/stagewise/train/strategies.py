@@ -13,7 +13,7 @@ from fnmatch import fnmatch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .models.head import classifier_keys
+from ..models.head import classifier_keys
 
 
 def coarse_groups(model: nn.Module) -> list[list[str]]:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .io import existing_dir, replace_dir, write_with
+from ..io import existing_dir, replace_dir, write_with
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .config import TrainConfig, apply_overrides, format_validation_error, load_yaml
-from .errors import ConfigError
+from ..config import TrainConfig, apply_overrides, format_validation_error, load_yaml
+from ..errors import ConfigError
 
 InitSource = str  # "previous" | "pretrained" | "scratch" | the name of an earlier stage
 Baseline = Literal["scratch", "pretrained", "none"]

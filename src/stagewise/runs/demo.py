@@ -17,7 +17,7 @@ def cache_dir() -> Path:
 
 def curriculum_data(seed: int = 0) -> Path:
     """The generated curriculum, made on first use (into a temp folder, then renamed into place)."""
-    from .data.synth import generate
+    from ..data.synth import generate
 
     target = cache_dir() / f"curriculum-seed{seed}"
     if (target / ".complete").is_file():

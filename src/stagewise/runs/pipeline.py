@@ -18,16 +18,37 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from .config import TrainConfig
-from .errors import ConfigError, StagewiseError
-from .io import write_json, write_with
-from .models import LoadedWeights
-from .pipeline_config import PipelinePlan, StagePlan, load_pipeline
-from .progress import Reporter, make_reporter
-from .run_files import read_history
-from .stage import TrainResult, resume_config, train
-
-MANIFEST = "pipeline.json"
+from ..config import TrainConfig
+from ..errors import ConfigError, StagewiseError
+from ..io import write_json, write_with
+from ..models import LoadedWeights
+from ..runfolder import (
+    BEST,
+    FINAL,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MODEL_CARD,
+    PIPELINE_HISTORY,
+    BaselineEntry,
+    Gain,
+    Manifest,
+    StageEntry,
+    StageSummary,
+    baseline_dir,
+    holds_run,
+    read_history,
+    read_json,
+    read_manifest,
+    read_model_card,
+    stage_dir,
+    trained_epochs,
+    write_manifest,
+    write_model_card,
+)
+from ..train import TrainResult, resume_config
+from ..train.progress import Reporter, make_reporter
+from .plan import PipelinePlan, StagePlan, load_pipeline
+from .single import train_stage
 
 
 @dataclass
@@ -35,7 +56,7 @@ class PipelineResult:
     """What `run` leaves behind: the manifest's stage entries, the final weights, the history."""
 
     run_dir: Path
-    stages: dict[str, dict[str, Any]]
+    stages: dict[str, StageEntry]
     final_weights: Path | None
     history: dict[str, Any] = field(default_factory=dict)
 
@@ -79,7 +100,7 @@ def run(
             raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
     manifest = _load_manifest(manifest_path, plan) if resume else _new_manifest(plan)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(manifest_path, manifest)
+    write_manifest(out, manifest)
     trained = False
     for stage in plan.stages:
         if stages and stage.name not in stages:
@@ -94,28 +115,28 @@ def run(
             _run_stage(plan, stage, out, manifest, rep, _resume_hint(pipeline, out, overrides))
         finally:
             rep.close()
-        write_json(manifest_path, manifest)
+        write_manifest(out, manifest)
         _write_history(out, plan, manifest)
         _write_final(out, plan, manifest)
         trained = True
         if stage.config.report:
-            from .reporting import write_report
+            from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 
             write_report(out)
-    write_json(manifest_path, manifest)
+    write_manifest(out, manifest)
     if not trained:
         # A kill after the manifest marked the last stage done but before the final files were
         # written leaves nothing to train on --resume: write them now so they match the manifest.
         _write_history(out, plan, manifest)
         _write_final(out, plan, manifest)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
-                          final_weights=out / "final.safetensors" if (out / "final.safetensors").exists() else None,
-                          history=_read_json(out / "history.json"))
+                          final_weights=out / FINAL if (out / FINAL).exists() else None,
+                          history=read_json(out / PIPELINE_HISTORY) or {})
 
 
-def _new_manifest(plan: PipelinePlan) -> dict[str, Any]:
+def _new_manifest(plan: PipelinePlan) -> Manifest:
     return {
-        "format": "stagewise.pipeline/1",
+        "format": MANIFEST_FORMAT,
         "name": plan.name,
         "pipeline": plan.source,
         "order": plan.order,
@@ -124,16 +145,16 @@ def _new_manifest(plan: PipelinePlan) -> dict[str, Any]:
     }
 
 
-def _load_manifest(path: Path, plan: PipelinePlan) -> dict[str, Any]:
-    if not path.is_file():
-        return _new_manifest(plan)
+def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = read_manifest(path.parent)
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the pipeline manifest ({exc}); start a new run with "
                           "another --out") from None
-    if not isinstance(manifest, dict) or manifest.get("order") != plan.order:
-        saved = manifest.get("order") if isinstance(manifest, dict) else None
+    if manifest is None:
+        return _new_manifest(plan)
+    if manifest.get("order") != plan.order:
+        saved = manifest.get("order")
         raise ConfigError(
             f"{path}: the saved pipeline has stages {saved}, the file now has {plan.order}; "
             "resume with the original pipeline or start a new run"
@@ -141,41 +162,40 @@ def _load_manifest(path: Path, plan: PipelinePlan) -> dict[str, Any]:
     return manifest
 
 
-def _verified(out: Path, stage: StagePlan, entry: dict[str, Any]) -> bool:
+def _verified(out: Path, stage: StagePlan, entry: StageEntry) -> bool:
     """A finished stage is skipped only when its artifacts still hash as recorded and the
     pipeline still asks for the settings it was trained with (a change is an error, not ignored)."""
     name = stage.name
-    stage_dir = out / "stages" / name
-    if (stage_dir / "config.yaml").is_file():
-        resume_config(stage_dir, _stage_config(stage, stage_dir).model_dump())
+    folder = stage_dir(out, name)
+    if holds_run(folder):
+        resume_config(folder, _stage_config(stage, folder).model_dump())
     for rel, digest in entry.get("artifacts", {}).items():
         path = out / rel
         if not path.is_file() or sha256(path) != digest:
             raise StagewiseError(
                 f"stage '{name}': {path} changed or vanished since the stage finished (hash mismatch). "
-                f"Restore it, or delete {out / 'stages' / name} and set its status to pending in "
+                f"Restore it, or delete {folder} and set its status to pending in "
                 f"{out / MANIFEST} to train it again"
             )
     return True
 
 
 def _incoming(
-    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict[str, Any]
+    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: Manifest
 ) -> tuple[LoadedWeights | None, str]:
     """The weights a stage starts from, and a sentence saying where they came from."""
     parent = stage.parent(plan.order)
     if stage.init in ("pretrained", "scratch") or parent is None:
         source = "its own weights" if stage.config.weights else "random init"
         return None, f"starts from {source} (init: {stage.init})"
-    weights = out / "stages" / parent / "best.safetensors"
-    meta = out / "stages" / parent / "model.json"
-    if weights.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
+    weights = stage_dir(out, parent) / BEST
+    if weights.is_file() and (stage_dir(out, parent) / MODEL_CARD).is_file():
+        card = read_model_card(stage_dir(out, parent))
         # The architecture in the source name makes a model change between stages plain to see
         # when the weights do not fit.
         loaded = LoadedWeights(state_dict=load_file(str(weights)),
-                               source=f"stage '{parent}' ({info.get('architecture', '?')})",
-                               class_ids=info["class_ids"], class_names=info.get("class_names"),
+                               source=f"stage '{parent}' ({card.architecture})",
+                               class_ids=card.class_ids, class_names=card.class_names,
                                class_list_name=f"stage '{parent}'")
         status = manifest["stages"][parent]["status"]
         note = "" if status == "done" else f" (stage '{parent}' is {status}; using its saved weights)"
@@ -193,37 +213,37 @@ def _resume_hint(pipeline: object, out: Path, overrides: Sequence[str]) -> str:
 
 
 def _run_stage(
-    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: dict[str, Any], rep: Reporter, hint: str
+    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: Manifest, rep: Reporter, hint: str
 ) -> None:
     entry = manifest["stages"][stage.name]
     incoming, how = _incoming(plan, stage, out, manifest)
     rep.message(how)
-    stage_dir = out / "stages" / stage.name
-    cfg = _stage_config(stage, stage_dir)
+    folder = stage_dir(out, stage.name)
+    cfg = _stage_config(stage, folder)
     entry.update(status="running", started=entry.get("started") or time.time(), how=how)
-    write_json(out / MANIFEST, manifest)
-    # A partly trained stage resumes; passing its config makes a changed setting an error instead
-    # of being silently replaced by the saved one.
-    resume = (stage_dir / "config.yaml").exists()
-    result = train(cfg, resume=resume, reporter=rep, incoming=incoming, stage_name=stage.name,
-                   resume_hint=hint)
+    write_manifest(out, manifest)
+    # A partly trained stage resumes; its config is checked against the saved one, so a changed
+    # setting is an error instead of being silently replaced by the saved one.
+    resume = holds_run(folder)
+    if resume:
+        cfg = resume_config(folder, cfg.model_dump())
+    result = train_stage(cfg, rep, resume, hint, incoming)
     entry.update(_stage_summary(result))
     if stage.baseline != "none":
         entry["baseline"] = _run_baseline(stage, out, rep, hint)
         entry["gain"] = _gain(result, entry["baseline"])
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update(status="done", finished=time.time(),
-                 artifacts={f"stages/{stage.name}/{f}": sha256(stage_dir / f)
-                            for f in ("best.safetensors", "model.json")})
+                 artifacts={f"stages/{stage.name}/{f}": sha256(folder / f) for f in (BEST, MODEL_CARD)})
 
 
-def _stage_config(stage: StagePlan, stage_dir: Path) -> TrainConfig:
+def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
     # The pipeline writes one report for all stages (RUN/report.html), not one per stage.
-    return stage.config.model_copy(update={"out": stage_dir, "report": False})
+    return stage.config.model_copy(update={"out": folder, "report": False})
 
 
-def _stage_summary(result: TrainResult) -> dict[str, Any]:
-    hist = [r for r in result.history if r.get("epoch", 0) > 0]
+def _stage_summary(result: TrainResult) -> StageSummary:
+    hist = trained_epochs(result.history)
     return {
         "best_val_top1": result.best.get("val_top1"),
         "best_epoch": result.best.get("epoch"),
@@ -236,21 +256,23 @@ def _stage_summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> dict[str, Any]:
+def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> BaselineEntry:
     """The same stage, same budget and seed, without the handoff."""
-    bdir = out / "baselines" / stage.name
+    bdir = baseline_dir(out, stage.name)
     cfg = stage.config.model_copy(update={"out": bdir, "report": False})
     if stage.baseline == "scratch":
-        cfg = cfg.model_copy(update={"weights": None, "strategy": "scratch"})
+        cfg = cfg.as_scratch()
     rep.message(f"baseline ({stage.baseline}) for stage '{stage.name}'")
-    result = train(cfg, resume=(bdir / "config.yaml").exists(), reporter=rep,
-                   stage_name=f"{stage.name}/baseline", resume_hint=hint)
+    resume = holds_run(bdir)
+    if resume:
+        cfg = resume_config(bdir, cfg.model_dump())
+    result = train_stage(cfg, rep, resume, hint)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
-            "curve": [r["val_top1"] for r in result.history if r.get("epoch", 0) > 0]}
+            "curve": [r["val_top1"] for r in trained_epochs(result.history)]}
 
 
-def _gain(result: TrainResult, base: dict[str, Any]) -> dict[str, Any]:
-    hist = [r for r in result.history if r.get("epoch", 0) > 0]
+def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
+    hist = trained_epochs(result.history)
     target = base.get("best_val_top1") or 0.0
     elapsed, reached_s, reached_e = 0.0, None, None
     for r in hist:
@@ -268,19 +290,20 @@ def _gain(result: TrainResult, base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _describe_gain(name: str, gain: dict[str, Any]) -> str:
+def _describe_gain(name: str, gain: Gain) -> str:
     first = f"{gain['first_epoch']:+.3f}" if gain.get("first_epoch") is not None else "-"
     reached = (f"reached the baseline's best at epoch {gain['epochs_to_baseline_best']}"
                if gain.get("epochs_to_baseline_best") else "did not reach the baseline's best")
     return f"transfer gain for '{name}': first-epoch val top1 {first}, best {gain['best']:+.3f}; {reached}"
 
 
-def _write_history(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> None:
+def _write_history(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:
+    """history.json: every stage's trained epochs on one global epoch axis."""
     stages, epochs, global_epoch = [], [], 0
     for name in plan.order:
-        if not (out / "stages" / name / "history.jsonl").is_file():
+        records = trained_epochs(read_history(stage_dir(out, name)))
+        if not records and not holds_run(stage_dir(out, name)):
             continue
-        records = [r for r in read_history(out / "stages" / name) if r.get("epoch", 0) > 0]
         first = global_epoch + 1
         for r in records:
             global_epoch += 1
@@ -289,20 +312,16 @@ def _write_history(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> N
         stages.append({"name": name, "run_dir": f"stages/{name}", "first_epoch": first,
                        "last_epoch": global_epoch, "strategy": plan.stage(name).config.strategy,
                        "baseline": entry.get("baseline"), "gain": entry.get("gain"), "head": entry.get("head")})
-    write_json(out / "history.json", {"stages": stages, "epochs": epochs})
+    write_json(out / PIPELINE_HISTORY, {"stages": stages, "epochs": epochs})
 
 
-def _write_final(out: Path, plan: PipelinePlan, manifest: dict[str, Any]) -> None:
+def _write_final(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:
     """final.safetensors + model.json: the last stage of the plan that has finished."""
     done = [n for n in plan.order if manifest["stages"][n]["status"] == "done"]
     if not done:
         return
-    src = out / "stages" / done[-1]
-    write_with(out / "final.safetensors", lambda tmp: shutil.copyfile(src / "best.safetensors", tmp))
-    meta = json.loads((src / "model.json").read_text())
-    meta.update(weights="final.safetensors", stage=done[-1])
-    write_json(out / "model.json", meta)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    src = stage_dir(out, done[-1])
+    write_with(out / FINAL, lambda tmp: shutil.copyfile(src / BEST, tmp))
+    card = read_model_card(src)
+    card.weights, card.stage = FINAL, done[-1]
+    write_model_card(out, card)

@@ -17,15 +17,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import build_config
+from ..config import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
-from ..io import write_json
-from .history import best_record, read_json, read_jsonl
-from .trackers import require_tracker
+from ..reporting.compare_report import write_compare
+from ..reporting.history import ReportError
+from ..reporting.samples import load_model, predict, split_samples
+from ..runfolder import (
+    BEST,
+    CELL_MARKER,
+    SPLIT,
+    CompareRow,
+    best_record,
+    holds_run,
+    read_cell_marker,
+    read_history,
+    trained_epochs,
+    try_read_model_card,
+    write_cell_marker,
+)
+from ..train.progress import make_reporter
+from ..train.trackers import require_tracker
+from .single import stage_config, train_stage
 
 log = logging.getLogger("stagewise")
 
-MARKER = "cell.json"
 # Keys a finished cell may differ in without its result being different.
 _FREE_KEYS = {"num_workers", "out"}
 
@@ -98,8 +113,6 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
 
 def _axis_values(base: dict[str, Any]) -> set[str]:
     """Keys of `base` that hold per-cell settings (mappings; real config keys are never these)."""
-    from ..config import TrainConfig
-
     return {k for k, v in base.items() if isinstance(v, dict) and k not in TrainConfig.model_fields}
 
 
@@ -135,8 +148,6 @@ def compare(
         >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
         ...         out="runs/cmp", weights="resnet18.a1_in1k.safetensors")  # doctest: +SKIP
     """
-    from .compare_report import write_compare
-
     out = Path(out)
     base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
     base.setdefault("report", False)  # the comparison has its own report; a cell's is on request
@@ -178,38 +189,40 @@ def _validate_all(configs: dict[str, dict[str, Any]]) -> None:
 
 def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[dict[str, Any], bool]:
     """Train (or resume) one cell unless it is finished; returns its table row and whether it ran."""
-    from ..stage import train
-
     cell_dir = Path(cfg["out"])
-    resolved = build_config(cfg).resolved()
+    config = build_config(cfg, source=f"cell {cell.name}")
+    resolved = config.resolved()
     done = finished_row(cell_dir, resolved)
     if done is not None:
         return done, False
-    if (cell_dir / "config.yaml").is_file():
-        result = train(resume=True, reporter=reporter, stage_name=cell.name, **cfg)
-    else:
-        result = train(cfg, reporter=reporter, stage_name=cell.name)
+    resume = holds_run(cell_dir)  # an interrupted cell resumes when the command runs again
+    config = stage_config(cfg, {}, resume)
+    rep = make_reporter(reporter, cell.name)
+    try:
+        result = train_stage(config, rep, resume, "the same stagewise compare command")
+    finally:
+        rep.close()
     row = cell_row(cell, cell_dir, resolved)
-    write_json(cell_dir / MARKER, {"config": resolved, "stopped": result.stopped, "row": row})
+    write_cell_marker(cell_dir, {"config": resolved, "stopped": result.stopped, "row": row})
     return row, True
 
 
 def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded row of a finished cell, None if it must (re)train; an error if the finished
     cell was trained with other settings than the grid now asks for."""
-    marker = read_json(cell_dir / MARKER)
-    if not isinstance(marker, dict) or "row" not in marker:
+    marker = read_cell_marker(cell_dir)
+    if marker is None:
         return None
-    history = read_jsonl(cell_dir / "history.jsonl")
-    if len(history) != marker["row"].get("epochs_run") or not (cell_dir / "best.safetensors").is_file():
-        log.warning("compare: %s no longer matches its %s; training it again", cell_dir, MARKER)
-        (cell_dir / MARKER).unlink()
+    history = read_history(cell_dir)
+    if len(history) != marker["row"].get("epochs_run") or not (cell_dir / BEST).is_file():
+        log.warning("compare: %s no longer matches its %s; training it again", cell_dir, CELL_MARKER)
+        (cell_dir / CELL_MARKER).unlink()
         return None
     saved = marker.get("config", {})
     # Keys added to the config since the cell ran take their defaults, as they did then; a key
     # that no longer exists fails to build, and the saved config is compared as it is.
     with contextlib.suppress(ConfigError):
-        saved = build_config(saved, source=str(cell_dir / MARKER)).resolved()
+        saved = build_config(saved, source=str(cell_dir / CELL_MARKER)).resolved()
     diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in resolved.items()
              if k not in _FREE_KEYS and saved.get(k) != v]
     if diffs:
@@ -220,25 +233,26 @@ def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | N
     return marker["row"]
 
 
-def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
     """One line of the comparison table, from the cell's run folder and resolved config."""
-    history = read_jsonl(cell_dir / "history.jsonl")
-    trained = [r for r in history if r.get("epoch", 0) >= 1]
-    info = read_json(cell_dir / "model.json") or {}
+    history = read_history(cell_dir)
+    trained = trained_epochs(history)
+    card = try_read_model_card(cell_dir)
     best = best_record(history, cfg.get("monitor", "val_top1"))
     last = trained[-1] if trained else {}
     elapsed, curve = 0.0, []
     for r in trained:
         elapsed += r.get("epoch_seconds", 0.0)
         curve.append([round(elapsed, 3), r.get("val_top1"), r.get("epoch")])
-    weights = cell_dir / "best.safetensors"
+    weights = cell_dir / BEST
     total = last.get("total_params") or 0
     return {
         "cell": cell.name, "model": cell.model, "strategy": cell.strategy,
         "optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler"),
         "train_top1": best.get("train_top1"), "val_top1": best.get("val_top1"),
         "val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
-        "test_top1": _test_top1(cell_dir, info, cfg), "seconds": round(elapsed, 3),
+        "test_top1": _test_top1(cell_dir, card.weights if card else BEST, cfg),
+        "seconds": round(elapsed, 3),
         "trainable_params": last.get("trainable_params"), "total_params": total or None,
         "trainable_pct": (100.0 * last.get("trainable_params", 0) / total) if total else None,
         "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
@@ -248,16 +262,13 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _test_top1(cell_dir: Path, info: dict[str, Any], cfg: dict[str, Any]) -> float | None:
+def _test_top1(cell_dir: Path, weights: str, cfg: dict[str, Any]) -> float | None:
     """Top-1 of the best weights on the dataset's test split, when it has one."""
-    from .history import ReportError
-    from .samples import load_model, predict, split_samples
-
     try:
         samples, _ = split_samples(cfg, cell_dir, "test")
     except ReportError:
         return None
-    model, pre = load_model(cell_dir / str(info.get("weights", "best.safetensors")))
+    model, pre = load_model(cell_dir / weights)
     preds = predict(model, pre, samples, list(range(len(samples))), batch_size=int(cfg.get("batch_size", 32)))
     return sum(p.correct for p in preds) / len(preds) if preds else None
 
@@ -266,7 +277,7 @@ def _split_digest(cell_dir: Path) -> str | None:
     """A short fingerprint of the cell's train/val split, to show every cell used the same one."""
     import hashlib
 
-    path = cell_dir / "split.json"
+    path = cell_dir / SPLIT
     if not path.is_file():
         return None
     splits = json.loads(path.read_text()).get("splits", {})

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Any
 
-from ..cli import add_output_flags, reporter_kind
-from ..errors import StagewiseError
+from .common import add_output_flags, add_settings_flags, reporter_kind, require, settings
 
 # `train` flags that compare and lr-find take as shared settings (the grid's own axes excluded).
 _GRID_KEYS = {"data", "model", "strategy", "optimizer", "scheduler", "weights", "out", "epochs"}
@@ -24,17 +23,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _lr_find_parser(sub)
 
 
-def _settings_flags(p: argparse.ArgumentParser, skip: set[str]) -> None:
-    from ..cli import TRAIN_FLAGS
-
-    for flag, (key, typ, text) in TRAIN_FLAGS.items():
-        if key not in skip:
-            p.add_argument(f"--{flag}", type=typ, default=None, help=text)
-    p.add_argument("--config", type=Path, help="YAML file with shared config keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set lr=0.01 (repeatable)")
-
-
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train a grid of models x strategies and compare them",
                        description="Every cell trains with the same budget, seed and data split; "
@@ -47,7 +35,7 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
     p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
     p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
-    _settings_flags(p, _GRID_KEYS)
+    add_settings_flags(p, _GRID_KEYS)
     add_output_flags(p)
     p.set_defaults(handler=_cmd_compare)
 
@@ -56,7 +44,7 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="learning-rate range test: suggests an LR, plots the loss",
                        description="Exponential LR sweep over a few hundred steps at most; the "
                                    "model and data are set up as `train` would.")
-    _settings_flags(p, {"out"})
+    add_settings_flags(p, {"out"})
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (max 1000)")
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
@@ -65,64 +53,48 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_lr_find)
 
 
-def _settings(args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
-    from ..cli import TRAIN_FLAGS
-    from ..config import apply_overrides, load_yaml
-
-    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for flag, (key, _t, _h) in TRAIN_FLAGS.items():
-        value = getattr(args, flag.replace("-", "_"), None)
-        if key not in skip and value is not None:
-            data[key] = value
-    return apply_overrides(data, args.set)
-
-
 def _split(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..reporting import write_report
 
     print(write_report(args.run, predictions=not args.no_predictions))
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, parse_weights
+    from ..runs.comparison import compare, parse_weights
 
-    settings = _settings(args, _GRID_KEYS)
-    reporter = reporter_kind(args)
     result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
-                     settings=settings, reporter=reporter)
+                     settings=settings(args, _GRID_KEYS), reporter=reporter_kind(args))
     if args.quiet:
         return 0
     if args.log_format == "json":
-        import json
-
         print(json.dumps({"event": "compare", "html": str(result.html), "trained": result.trained,
                           "kept": result.skipped, "cells": result.rows}))
-    else:
-        for row in result.rows:
-            top1 = row.get("val_top1")
-            shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
-            print(f"{row['cell']}: val top1 {shown}, {row.get('seconds', 0):.1f}s")
-        kept = f" ({len(result.skipped)} finished cell(s) kept)" if result.skipped else ""
-        print(f"comparison: {result.html}{kept}")
+        return 0
+    for row in result.rows:
+        top1 = row.get("val_top1")
+        shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
+        print(f"{row['cell']}: val top1 {shown}, {row.get('seconds', 0):.1f}s")
+    kept = f" ({len(result.skipped)} finished cell(s) kept)" if result.skipped else ""
+    print(f"comparison: {result.html}{kept}")
     return 0
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
-    from .lr_find import lr_find
+    from ..runs.lr_range import lr_find
 
-    settings = _settings(args, {"out"})
-    if "data" not in settings:
-        raise StagewiseError("lr-find needs --data DIR (or 'data:' in --config)")
-    result = lr_find(settings, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out)
+    data = settings(args, {"out"})
+    require(data, "data", "lr-find", "--data DIR")
+    result = lr_find(data, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out)
     print(f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
-          f"({len(result.lrs)} steps, {result.stopped}); plot: {args.out / 'lr_find.png'}")
+          f"({len(result.lrs)} steps over {result.trainable_params:,} trainable parameters, "
+          f"{result.stopped}); plot: {args.out / 'lr_find.png'}")
     return 0
 
 

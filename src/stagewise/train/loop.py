@@ -1,7 +1,8 @@
 """The train/eval loop of one stage on Accelerate. It knows nothing about other stages.
 
-Read top to bottom: `train_one_epoch` runs the optimizer steps of one epoch, `evaluate` measures
-the model on a loader. Set-up, checkpoints and stopping rules live in `stage.py`.
+Read top to bottom: `train_one_epoch` runs the optimizer steps of one epoch (`_micro_step` per
+batch, `_optimizer_step` per accumulation window), `evaluate` measures the model on a loader.
+Set-up lives in `setup.py`; the epoch sequence, checkpoints and stopping in `stage.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .errors import NonFiniteLoss
+from ..errors import NonFiniteLoss
 from .progress import Reporter
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
@@ -28,7 +29,7 @@ LOG_EVERY = 10
 
 @dataclass
 class LoopParts:
-    """Everything the loop touches, prepared by stage.py (model and optimizer through Accelerate)."""
+    """Everything the loop touches, prepared by setup.py (model and optimizer through Accelerate)."""
 
     accelerator: Accelerator
     model: nn.Module
@@ -41,6 +42,7 @@ class LoopParts:
     mixup: Callable | None = None
     ema: Any = None
     grad_clip: float | None = None
+    grad_accum: int = 1
     channels_last: bool = False
 
 
@@ -91,6 +93,68 @@ def _to_device(parts: LoopParts, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if parts.channels_last else x
 
 
+class _Tally:
+    """Loss and accuracy sums kept on the device: pulling them (.item()) is a sync on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.shape[0]
+        self.seen += n
+        self.loss += loss.detach().float() * n
+        self.correct += (logits.detach().argmax(1) == y).sum()
+
+    def means(self) -> tuple[float, float]:
+        return self.loss.item() / max(1, self.seen), self.correct.item() / max(1, self.seen)
+
+
+def _usable(batch: Any, loader: DataLoader) -> bool:
+    """Bad files can leave a batch empty, or with one image, which BatchNorm cannot train on
+    (a batch_size of 1 is the user's choice and is kept)."""
+    n_images = batch.images.shape[0] if batch.images.numel() else 0
+    return n_images > 1 or (n_images == 1 and (loader.batch_size or 1) == 1)
+
+
+def _micro_step(parts: LoopParts, batch: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch; gradients are all-reduced only when `sync`.
+
+    Accumulation is done here rather than with `Accelerator.accumulate`, whose window counter
+    is private state: windows restart every epoch and the epoch's last batch closes its window,
+    so no gradient leaks into the next epoch and a resumed run groups batches the same way.
+    """
+    acc, model = parts.accelerator, parts.model
+    x, y = _to_device(parts, batch.images), batch.labels.to(acc.device, non_blocking=True)
+    target = y
+    if parts.mixup is not None:
+        if x.shape[0] % 2:  # timm's Mixup pairs samples; a bad image can leave one over
+            x, y = x[:-1], y[:-1]
+        x, target = parts.mixup(x, y)
+    with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+        logits = model(x)
+        loss = parts.criterion(logits, target)
+    with nullcontext() if sync else acc.no_sync(model):
+        acc.backward(loss / parts.grad_accum)
+    return loss, logits, y
+
+
+def _optimizer_step(parts: LoopParts) -> bool:
+    """Clip, step, zero the gradients; False when the grad scaler skipped a non-finite step."""
+    acc = parts.accelerator
+    if parts.grad_clip:
+        acc.clip_grad_norm_(parts.model.parameters(), parts.grad_clip)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    if acc.optimizer_step_was_skipped:
+        return False
+    parts.schedule.step()
+    if parts.ema is not None:
+        parts.ema.update(acc.unwrap_model(parts.model))
+    return True
+
+
 def train_one_epoch(
     parts: LoopParts,
     reporter: Reporter,
@@ -99,71 +163,40 @@ def train_one_epoch(
     skip_batches: int = 0,
 ) -> EpochStats:
     """One pass over the training loader; `on_step` runs after each optimizer step."""
-    acc, model = parts.accelerator, parts.model
     start = time.perf_counter()
-    loss_sum = torch.zeros((), device=acc.device)
-    correct = torch.zeros((), device=acc.device)
-    seen, batches, skipped = 0, skip_batches, 0
+    tally = _Tally(parts.accelerator.device)
+    batches, skipped, pending = skip_batches, 0, 0
     bad: list[str] = []
-    live_loss = live_acc = float("nan")
     end = len(parts.train_loader) + skip_batches
-    # Accumulation windows restart every epoch and the epoch's last batch closes its window, so no
-    # gradient leaks into the next epoch and a resumed run groups batches exactly the same way.
-    # (A window left open because bad files emptied the last batch is dropped here.)
-    acc.step = 0
-    model.zero_grad(set_to_none=True)
+    parts.model.zero_grad(set_to_none=True)
     for batch in parts.train_loader:
         bad.extend(batch.bad)
-        n_images = batch.images.shape[0] if batch.images.numel() else 0
-        # Bad files can leave a batch empty, or with one image, which BatchNorm cannot train on
-        # (a batch_size of 1 is the user's choice and is kept).
-        if n_images == 0 or (n_images == 1 and (parts.train_loader.batch_size or 1) > 1):
-            batches += 1
-            continue
-        x, y = _to_device(parts, batch.images), batch.labels.to(acc.device, non_blocking=True)
-        target = y
-        if parts.mixup is not None:
-            if x.shape[0] % 2:  # timm's Mixup pairs samples; a bad image can leave one over
-                x, y = x[:-1], y[:-1]
-            x, target = parts.mixup(x, y)
-        if batches + 1 == end:
-            acc.step = acc.gradient_accumulation_steps - 1  # accumulate() counts this one as last
-        with acc.accumulate(model):
-            with acc.autocast():
-                logits = model(x)
-                loss = parts.criterion(logits, target)
-            acc.backward(loss)
-            if acc.sync_gradients and parts.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), parts.grad_clip)
-            parts.optimizer.step()
-            parts.optimizer.zero_grad(set_to_none=True)
         batches += 1
-        n = y.shape[0]
-        seen += n
-        loss_sum += loss.detach().float() * n
-        correct += (logits.detach().argmax(1) == y).sum()
-        if acc.sync_gradients:
-            if acc.optimizer_step_was_skipped:
-                skipped += 1
+        window_end = batches % parts.grad_accum == 0 or batches == end
+        if _usable(batch, parts.train_loader):
+            loss, logits, y = _micro_step(parts, batch, sync=window_end)
+            tally.add(loss, logits, y)
+            pending += 1
+        if window_end and pending:
+            pending = 0
+            if _optimizer_step(parts):
+                on_step()
             else:
-                parts.schedule.step()
-                if parts.ema is not None:
-                    parts.ema.update(acc.unwrap_model(model))
-            on_step()
+                skipped += 1
         if batches % LOG_EVERY == 0 or batches == end:
-            live_loss, live_acc = loss_sum.item() / max(1, seen), correct.item() / max(1, seen)
-            _check_finite(live_loss, acc, skipped)
+            live_loss, live_acc = tally.means()
+            _check_finite(live_loss, parts.accelerator)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])
-        if flag.signum is not None and acc.sync_gradients:
+        if flag.signum is not None and pending == 0:
             break
-    total_loss = loss_sum.item() / max(1, seen)
-    _check_finite(total_loss, acc, skipped)
-    return EpochStats(loss=total_loss, top1=correct.item() / max(1, seen), images=seen,
+    total_loss, top1 = tally.means()
+    _check_finite(total_loss, parts.accelerator)
+    return EpochStats(loss=total_loss, top1=top1, images=tally.seen,
                       seconds=time.perf_counter() - start, batches_done=batches, bad=bad,
                       skipped_steps=skipped, interrupted=flag.signum)
 
 
-def _check_finite(loss: float, acc: Accelerator, skipped: int) -> None:
+def _check_finite(loss: float, acc: Accelerator) -> None:
     # With a grad scaler (fp16) inf/NaN steps are skipped and counted instead.
     if math.isfinite(loss) or acc.scaler is not None:
         return

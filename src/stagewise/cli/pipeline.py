@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import add_output_flags, reporter_kind
-from .errors import StagewiseError
+from ..errors import StagewiseError
+from .common import add_output_flags, pct, print_done, reporter_kind, signed
 
 if TYPE_CHECKING:
-    from .pipeline import PipelineResult
+    from ..runs import PipelineResult
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def _stages(args: argparse.Namespace) -> list[str] | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.pipeline is None:
         return _cmd_demo(args)
-    from .pipeline import run
+    from ..runs.pipeline import run
 
     if args.out is None:
         raise StagewiseError("run needs --out RUN_FOLDER for a pipeline file")
@@ -65,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..runs.demo import run_demo
 
     out = args.out or Path("runs/demo")
     result = run_demo(out, reporter=reporter_kind(args), overrides=args.set, stages=_stages(args))
@@ -77,7 +77,7 @@ def _cmd_presets_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .presets import list_presets
+    from ..runs.presets import list_presets
 
     table = Table("preset", "description")
     for name, text in list_presets().items():
@@ -87,15 +87,15 @@ def _cmd_presets_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets_show(args: argparse.Namespace) -> int:
-    from .presets import preset_path
+    from ..runs.presets import preset_path
 
     print(preset_path(args.name).read_text(), end="")
     return 0
 
 
 def _cmd_presets_run(args: argparse.Namespace) -> int:
-    from .pipeline import run
-    from .presets import load_preset
+    from ..runs.pipeline import run
+    from ..runs.presets import load_preset
 
     out = args.out or Path("runs") / args.name
     result = run(load_preset(args.name), out, stages=_stages(args), resume=args.resume,
@@ -106,12 +106,8 @@ def _cmd_presets_run(args: argparse.Namespace) -> int:
 
 def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     """A table of stages with best accuracy and the transfer gain against each baseline."""
-    if args.quiet:
-        return
-    if args.log_format == "json":
-        import json
-
-        print(json.dumps({"event": "done", "run_dir": str(result.run_dir), "stages": result.stages}))
+    if not print_done(args, {"run_dir": str(result.run_dir), "stages": result.stages},
+                      f"pipeline finished: {len(result.stages)} stage(s)"):
         return
     from rich.console import Console
     from rich.table import Table
@@ -125,9 +121,9 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
         status = "" if s.get("status") == "done" else f" ({s.get('status')})"
         table.add_row(
             name + status, str(s.get("classes", "-")), str(s.get("epochs_run", "-")),
-            _pct(s.get("first_epoch_val_top1")), _pct(s.get("best_val_top1")),
+            pct(s.get("first_epoch_val_top1")), pct(s.get("best_val_top1")),
             f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
-            _pct(base.get("best_val_top1")), _signed(gain.get("best")),
+            pct(base.get("best_val_top1")), signed(gain.get("best")),
         )
     console = Console()
     console.print(table)
@@ -135,11 +131,3 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     report = Path(result.run_dir) / "report.html"
     if report.exists():
         console.print(f"report: {report}")
-
-
-def _pct(v: float | None) -> str:
-    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "-"
-
-
-def _signed(v: float | None) -> str:
-    return f"{100 * v:+.1f}" if isinstance(v, (int, float)) else "-"

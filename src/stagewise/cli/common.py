@@ -1,0 +1,91 @@
+"""What several commands share: the training flags, output flags, and the end-of-run summary.
+
+Commands import the library inside their handlers: `stagewise --help` should not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import apply_overrides, load_yaml
+from ..errors import StagewiseError
+
+# CLI flag -> config key, for the flags of `train` that map one to one.
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "data": ("data", str, "image folder (train/ and val/, or class folders)"),
+    "model": ("model", str, "timm (or torchvision) model name, e.g. resnet18"),
+    "weights": ("weights", str, "pretrained weights: a .safetensors/.pth file, 'hub' or hf-hub:ID"),
+    "strategy": ("strategy", str, "scratch | probe | finetune | gradual"),
+    "epochs": ("epochs", int, "epochs to train"),
+    "lr": ("lr", float, "base learning rate"),
+    "batch-size": ("batch_size", int, "images per batch"),
+    "image-size": ("image_size", int, "input size in pixels (default: the model's)"),
+    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit"),
+    "scheduler": ("scheduler", str, "constant | one_cycle | cosine | polynomial | exponential | step | multistep | plateau"),
+    "precision": ("precision", str, "auto | fp32 | bf16 | fp16"),
+    "augmentation": ("augmentation", str, "none | light | standard | strong"),
+    "num-workers": ("num_workers", int, "data loader workers"),
+    "seed": ("seed", int, "random seed"),
+    "out": ("out", str, "run folder to write"),
+    "log-with": ("log_with", str, "none | tensorboard | mlflow"),
+}
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """--quiet and --log-format, shared by every command that trains."""
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("--log-format", choices=["rich", "json"], default="rich",
+                   help="rich progress for people, JSON lines for scripts")
+
+
+def reporter_kind(args: argparse.Namespace) -> str:
+    """The progress style `make_reporter` takes, from --quiet and --log-format."""
+    return "quiet" if args.quiet else args.log_format
+
+
+def add_settings_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """The `train` flags (minus `skip`), --config and --set: any config key, three ways."""
+    for flag, (key, typ, text) in TRAIN_FLAGS.items():
+        if key not in skip:
+            p.add_argument(f"--{flag}", type=typ, default=None, help=text)
+    p.add_argument("--config", type=Path, help="YAML file with any config keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set layer_decay=0.7 (repeatable)")
+
+
+def settings(args: argparse.Namespace, skip: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Config keys from --config, then the flags, then --set (later ones win)."""
+    data: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for flag, (key, _t, _h) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"), None)
+        if key not in skip and value is not None:
+            data[key] = value
+    return apply_overrides(data, args.set)
+
+
+def require(data: dict[str, Any], key: str, command: str, flag: str) -> None:
+    if key not in data:
+        raise StagewiseError(f"{command} needs {flag} (or '{key}:' in --config)")
+
+
+def print_done(args: argparse.Namespace, payload: dict[str, Any], line: str) -> bool:
+    """The end of a command for scripts (one JSON object) or people (`line`); nothing if --quiet.
+    Returns whether a person is reading (so a caller may add a table)."""
+    if args.quiet:
+        return False
+    if args.log_format == "json":
+        print(json.dumps({"event": "done", **payload}, default=str))
+        return False
+    print(line)
+    return True
+
+
+def pct(v: float | None) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "-"
+
+
+def signed(v: float | None) -> str:
+    return f"{100 * v:+.1f}" if isinstance(v, (int, float)) else "-"

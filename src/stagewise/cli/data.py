@@ -1,0 +1,77 @@
+"""`stagewise data synth|inspect|fetch`: dataset tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import defaults
+from ..errors import StagewiseError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="generate the built-in synthetic curriculum")
+    s.add_argument("out", type=Path)
+    s.add_argument("--preset", default="curriculum")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, default=1.0, help="images per class multiplier")
+    s.set_defaults(handler=_cmd_synth)
+    _inspect_parser(dsub)
+    _fetch_parser(dsub)
+
+
+def _inspect_parser(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser("inspect", help="classes, counts, sizes, bad files and leakage of a dataset")
+    p.add_argument("dir", type=Path, help="dataset folder (or CSV manifest)")
+    p.add_argument("--format", default="auto", help="layout (default: detected)")
+    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                   help="used when there is no val split")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ..data.inspect import inspect_dataset, render
+
+    report = inspect_dataset(args.dir, args.format, args.val_fraction)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        render(report)
+    return 0
+
+
+def _fetch_parser(dsub: argparse._SubParsersAction) -> None:
+    from ..data.sources import GATED, SOURCES  # the registry, for the valid names in --help
+
+    p = dsub.add_parser("fetch", help="download a public dataset (checksum-verified, resumable)")
+    p.add_argument("name", choices=[*SOURCES, *GATED], help="dataset to download")
+    p.add_argument("--root", type=Path, required=True, help="folder to put the dataset in")
+    p.add_argument("--base-url", help="mirror serving the same file names (or $STAGEWISE_FETCH_BASE_URL)")
+    p.add_argument("--checksum", help="expected md5:<hex> or sha256:<hex>, overriding the registry")
+    p.add_argument("--keep-archive", action="store_true", help="keep the archive in ROOT/.downloads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_fetch)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from ..data.fetch import fetch
+    from ..data.sources import get_source
+
+    folder = fetch(args.name, args.root, base_url=args.base_url, checksum=args.checksum,
+                   keep_archive=args.keep_archive, progress=not args.quiet)
+    print(f"{folder}  (data: {folder}, format: {get_source(args.name).layout})")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from ..data.synth import PRESETS, generate
+
+    if args.preset not in PRESETS:
+        raise StagewiseError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
+    for folder in generate(args.out, args.preset, args.seed, args.scale):
+        print(folder)
+    return 0

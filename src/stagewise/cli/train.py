@@ -1,0 +1,42 @@
+"""`stagewise train`: one stage."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (
+    add_output_flags,
+    add_settings_flags,
+    print_done,
+    reporter_kind,
+    require,
+    settings,
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one stage on an image folder",
+                       description="Train one stage. Flags override --config; --set overrides both.")
+    add_settings_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_output_flags(p)
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..runs import train
+
+    data = settings(args)
+    if args.resume:
+        require(data, "out", "--resume", "--out RUN_FOLDER (the run to continue)")
+        result = train(resume=True, reporter=reporter_kind(args), **data)
+    else:
+        require(data, "data", "train", "--data DIR")
+        result = train(data, reporter=reporter_kind(args))
+    best = result.best
+    top1 = best.get("val_top1")
+    shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
+    print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best},
+               f"done ({result.stopped}): best val top1 {shown} at epoch {best.get('epoch', '-')}; "
+               f"run folder {result.run_dir}")
+    return 0

@@ -1,0 +1,211 @@
+"""Stage set-up, shared by everything that trains (a stage, lr_find, compare's cells):
+config -> dataset -> model -> loaders, optimizer, schedule, loss on Accelerate.
+
+It writes nothing: the run folder is the stage's business (stage.py). Anything that must see the
+same network, data and trainable parameters as a stage's first epoch builds them here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig, build_config, load_yaml
+from ..data import (
+    DatasetIndex,
+    ImageDataset,
+    Preprocess,
+    build_transform,
+    load_dataset,
+    make_loader,
+    resolve_preprocess,
+)
+from ..data.cache import attach_cache
+from ..data.folder import load_split
+from ..errors import ConfigError
+from ..models import LoadedWeights, ModelBundle, build_model
+from ..runfolder import CONFIG, SPLIT
+from .loop import LoopParts
+from .optim import Schedule, create_optimizer
+from .progress import Reporter
+from .runtime import make_accelerator
+from .strategies import Trainable, apply_strategy, set_train_mode
+
+# Keys a resumed run may change without changing its result.
+RESUME_FREE = {"num_workers", "out"}
+
+
+def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Accept a TrainConfig, a dict, a YAML path, or keyword arguments."""
+    if isinstance(config, TrainConfig):
+        data = config.model_dump()
+    elif isinstance(config, (str, Path)):
+        data = load_yaml(Path(config))
+    else:
+        data = dict(config or {})
+    data.update(overrides)
+    return build_config(data, source=str(config) if isinstance(config, (str, Path)) else "config")
+
+
+def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
+    """The saved config of `run_dir`; explicitly given keys must agree with it."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} not found; is {run_dir} a stagewise run folder?")
+    saved = load_yaml(path)
+    saved_cfg = build_config(saved, source=str(path))
+    asked = build_config({**saved, **given}, source="command line")
+    before, after = saved_cfg.resolved(), asked.resolved()
+    diffs = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in given
+             if k not in RESUME_FREE and before.get(k) != after.get(k)]
+    if diffs:
+        raise ConfigError(
+            f"resuming would change the run in {run_dir}: " + "; ".join(diffs)
+            + ". Resume with the saved settings, or start a new run in another folder"
+        )
+    return asked
+
+
+@dataclass
+class StageSetup:
+    """A stage ready for its first step: what it reads, what it trains, how."""
+
+    cfg: TrainConfig
+    index: DatasetIndex
+    bundle: ModelBundle
+    pre: Preprocess
+    parts: LoopParts
+    sampler: Any  # the training loader's EpochSampler (set per epoch, skips on resume)
+
+    @property
+    def model(self) -> nn.Module:
+        """The bare network (unwrapped from Accelerate's DDP wrapper)."""
+        return self.parts.accelerator.unwrap_model(self.parts.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved: the EMA copy when there is one."""
+        return self.parts.ema.module if self.parts.ema is not None else self.model
+
+
+def load_index(cfg: TrainConfig, split_file: Path | None = None) -> DatasetIndex:
+    """The dataset of `cfg`, with the train/val split of `split_file` when given (a resume)."""
+    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed)
+    if split_file is not None and split_file.is_file():
+        index = load_split(index, split_file)
+    index.check()
+    return index
+
+
+def prepare_stage(
+    cfg: TrainConfig, rep: Reporter, incoming: LoadedWeights | None = None,
+    split_from: Path | None = None,
+) -> StageSetup:
+    """Data, model and loop parts for `cfg`, seeded; the strategy is applied per epoch by
+    `start_epoch`. `split_from` is a run folder whose saved split is reused."""
+    from accelerate.utils import set_seed
+
+    index = load_index(cfg, split_from / SPLIT if split_from is not None else None)
+    if index.skipped:
+        shown = ", ".join(index.skipped[:3])
+        rep.message(f"warning: skipped {len(index.skipped)} unreadable image(s): {shown}")
+    set_seed(cfg.seed)
+    bundle = build_model(
+        cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
+        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
+        class_names=index.class_names,
+    )
+    for note in bundle.load_notes:
+        rep.message(note)
+    rep.message(bundle.head.describe())
+    if cfg.strategy != "scratch" and not cfg.weights and incoming is None:
+        rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
+    pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
+    accelerator = make_accelerator(cfg.precision)
+    rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
+                f"{len(index.splits['train'])} train / {len(index.splits['val'])} val images, "
+                f"{index.num_classes} classes, {pre.image_size}px")
+    parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator)
+    return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler)
+
+
+def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
+    """Freeze/unfreeze by the strategy for `epoch` (0-based) and set train/eval modes.
+
+    The one place that decides what an epoch trains: a stage calls it before each epoch and
+    lr_find before its sweep, so a sweep covers exactly the first epoch's parameters.
+    """
+    cfg = setup.cfg
+    trainable = apply_strategy(setup.model, cfg.strategy, epoch, cfg.freeze, cfg.train_bn,
+                               cfg.unfreeze_every, cfg.unfreeze_at, cfg.freeze_epochs)
+    set_train_mode(setup.parts.model, cfg.train_bn, cfg.freeze_bn_stats)
+    return trainable
+
+
+def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess) -> tuple[ImageDataset, ImageDataset]:
+    train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
+                            seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
+    val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
+    attach_cache([train_ds, val_ds], cfg.cache, pre)
+    return train_ds, val_ds
+
+
+def _loop_parts(
+    cfg: TrainConfig, index: DatasetIndex, model: nn.Module, pre: Preprocess, accelerator: Any
+) -> tuple[LoopParts, Any]:
+    from timm.utils import ModelEmaV3
+
+    train_ds, val_ds = _datasets(cfg, index, pre)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    pin = accelerator.device.type == "cuda"
+    # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.
+    small_tail = bool(cfg.mixup or cfg.cutmix) or len(train_ds) % cfg.batch_size == 1
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
+                               drop_last=small_tail and len(train_ds) > cfg.batch_size,
+                               rank=rank, world=world, pin_memory=pin)
+    val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
+                             rank=rank, world=world, pin_memory=pin)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, cfg)
+    schedule = Schedule(optimizer, cfg, math.ceil(len(train_loader) / cfg.grad_accum))
+    mixup, criterion = _loss(cfg, index)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema) if cfg.ema else None
+    parts = LoopParts(accelerator=accelerator, model=model, optimizer=optimizer, schedule=schedule,
+                      criterion=criterion.to(accelerator.device), train_loader=train_loader,
+                      val_loader=val_loader, num_classes=index.num_classes, mixup=mixup, ema=ema,
+                      grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum,
+                      channels_last=cfg.channels_last)
+    return parts, train_loader.sampler
+
+
+def _loss(cfg: TrainConfig, index: DatasetIndex) -> tuple[Any, nn.Module]:
+    """(mixup or None, criterion): mixed targets are soft, so they need a soft-target loss."""
+    if cfg.mixup or cfg.cutmix:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                      label_smoothing=cfg.label_smoothing, num_classes=index.num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    return None, nn.CrossEntropyLoss(weight=_class_weights(cfg, index), label_smoothing=cfg.label_smoothing)
+
+
+def _class_weights(cfg: TrainConfig, index: DatasetIndex) -> torch.Tensor | None:
+    if cfg.class_weights is None:
+        return None
+    if cfg.class_weights == "balanced":
+        counts = torch.tensor(index.splits["train"].counts(index.num_classes), dtype=torch.float)
+        return counts.sum() / (len(counts) * counts.clamp(min=1))
+    if len(cfg.class_weights) != index.num_classes:
+        raise ConfigError(
+            f"class_weights: {len(cfg.class_weights)} values for {index.num_classes} classes "
+            f"({', '.join(index.class_ids[:10])})"
+        )
+    return torch.tensor(cfg.class_weights, dtype=torch.float)

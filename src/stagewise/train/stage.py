@@ -1,0 +1,263 @@
+"""One training stage, end to end: resolved config (+ incoming weights) -> run folder.
+
+A stage is a pure function of (resolved config, incoming weights, seed) -> artifacts: config.yaml,
+split.json, history.jsonl, best.safetensors, model.json, confusion.json and last/ (runfolder.py
+names them). It decides nothing about reports or command lines: that is the caller's (runs/).
+
+The epoch loop reads top to bottom: `_run_epoch` trains, `_make_record` measures, `_persist`
+writes, `_decide_stop` applies the stop rules, and `_checkpoint` saves where the stage stands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..data.folder import save_split
+from ..errors import TrainingInterrupted
+from ..models import LoadedWeights
+from ..runfolder import (
+    BEST,
+    LAST,
+    SPLIT,
+    Confusion,
+    EpochRecord,
+    ModelCard,
+    read_history,
+    write_config,
+    write_confusion,
+    write_history,
+    write_model_card,
+)
+from .checkpoint import Resumable, load_last, save_last, save_weights
+from .loop import EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
+from .optim import group_lrs
+from .progress import Reporter
+from .setup import StageSetup, prepare_stage, start_epoch
+from .stopping import improved, new_tracker, stop_reason
+from .strategies import Trainable
+from .trackers import close_tracker, log_epoch, open_tracker
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) stage produced."""
+
+    run_dir: Path
+    best: dict[str, Any]
+    history: list[EpochRecord]
+    stopped: str
+    weights: Path
+    class_ids: list[str]
+    class_names: list[str]
+    head: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_top1(self) -> float:
+        return float(self.best.get("val_top1", float("nan")))
+
+
+def run_stage(
+    cfg: TrainConfig, rep: Reporter, *, resume: bool = False, incoming: LoadedWeights | None = None,
+) -> TrainResult:
+    """Train the stage `cfg` describes into `cfg.out`; with `resume`, continue from its last/."""
+    run_dir = cfg.out
+    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh run always records its own split: a split.json left by an attempt that failed
+    # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
+    if setup.index.splits["train"].paths is not None and not (resume and (run_dir / SPLIT).is_file()):
+        save_split(setup.index, run_dir / SPLIT)
+    # Written only once every setting has been checked against the data (class_weights, the
+    # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
+    write_config(run_dir, cfg.resolved())
+    state, history = _restore(setup, resume, rep)
+    card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
+                     class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
+                     strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
+                     data=str(setup.index.root), layout=setup.index.layout)
+    stopped = _epochs(setup, state, history, rep, card)
+    if not (run_dir / BEST).exists():  # epochs: 0, or nothing improved: the current weights are the best
+        _save_best(setup, card, history[-1] if history else {})
+    best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
+    return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
+                       weights=run_dir / BEST, class_ids=setup.index.class_ids,
+                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict())
+
+
+def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
+    """Where the stage starts: from scratch, or from its last/ checkpoint on a resume."""
+    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=new_tracker())
+    if not resume:
+        return state, []
+    parts, run_dir = setup.parts, setup.cfg.out
+    found = load_last(run_dir / LAST, setup.model, parts.optimizer, parts.schedule,
+                      parts.accelerator.scaler, parts.ema.module if parts.ema else None)
+    if found is None:
+        return state, []
+    rep.message(f"resumed at epoch {found.epoch + 1}, batch {found.batches_done}")
+    return found, read_history(run_dir)[: found.history_len]
+
+
+def _epochs(
+    setup: StageSetup, state: Resumable, history: list[EpochRecord], rep: Reporter, card: ModelCard,
+) -> str:
+    """Train the remaining epochs; returns why the stage ended."""
+    cfg, tracker = setup.cfg, state.tracker
+    fresh = not history and state.epoch == 0 and state.batches_done == 0
+    # A matched head already knows some classes: measure that before training changes it.
+    if cfg.epochs == 0 or (fresh and card.head.get("kept", 0) > 0):
+        _evaluate_start(setup, history, rep, card)
+    if cfg.epochs == 0:
+        return "evaluated"
+    if tracker.get("stopped"):
+        return tracker["stopped"]
+    clock = _Clock(tracker)
+    logger = open_tracker(cfg.log_with, cfg.out, cfg.out.name, cfg.resolved()) \
+        if setup.parts.accelerator.is_main_process else None
+    flag = StopFlag()
+    with catch_signals(flag), _closing(logger):
+        for epoch in range(state.epoch, cfg.epochs):
+            trainable = start_epoch(setup, epoch)
+            stats = _run_epoch(setup, state, epoch, rep, flag)
+            if stats.interrupted is not None:
+                _interrupt(setup, state, epoch, stats, len(history), clock, rep)
+            record, confusion = _make_record(setup, state, epoch, stats, trainable, history)
+            history.append(record)
+            rep.epoch_end(record)
+            log_epoch(logger, record)
+            _persist(setup, tracker, history, card, confusion)
+            reason = _decide_stop(setup, tracker, record, clock)
+            _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history)))
+            if reason:
+                rep.message(f"stopping after epoch {epoch + 1}: {reason}")
+                return reason
+    return "completed"
+
+
+class _Clock:
+    """The stage's training time, carried across resumes in the tracker (for max_minutes)."""
+
+    def __init__(self, tracker: dict[str, Any]) -> None:
+        self.tracker = tracker
+        self.started = time.perf_counter() - tracker.get("elapsed", 0.0)
+
+    def update(self) -> None:
+        self.tracker["elapsed"] = time.perf_counter() - self.started
+
+
+def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, flag: StopFlag) -> EpochStats:
+    """Train one epoch, skipping the batches a resumed epoch has already done."""
+    skip = state.batches_done if epoch == state.epoch else 0
+    setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
+    rep.epoch_start(epoch + 1, setup.cfg.epochs, len(setup.parts.train_loader) + skip)
+
+    def on_step() -> None:
+        state.global_step += 1
+
+    stats = train_one_epoch(setup.parts, rep, flag, on_step, skip_batches=skip)
+    if stats.bad:
+        rep.message(f"warning: skipped {len(stats.bad)} undecodable image(s): {', '.join(stats.bad[:3])}")
+    return stats
+
+
+def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, done: int,
+               clock: _Clock, rep: Reporter) -> None:
+    """Save mid-epoch and stop: a resume continues at the next batch."""
+    clock.update()
+    _checkpoint(setup, Resumable(epoch, stats.batches_done, state.global_step, state.tracker, done))
+    rep.message(f"interrupted: saved {setup.cfg.out / LAST}")
+    raise TrainingInterrupted(int(stats.interrupted or 0), run_dir=setup.cfg.out)
+
+
+def _make_record(
+    setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, trainable: Trainable,
+    history: list[EpochRecord],
+) -> tuple[EpochRecord, list[list[int]]]:
+    """The epoch's record (train stats, validation metrics, LRs, what trained) and confusion."""
+    parts = setup.parts
+    metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
+                       setup.cfg.channels_last)
+    confusion = metrics.pop("confusion")
+    record: EpochRecord = {
+        "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.pre.image_size,
+        "train_loss": stats.loss, "train_top1": stats.top1, **metrics,  # type: ignore[typeddict-item]
+        "lr": group_lrs(parts.optimizer),
+        "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
+        "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
+        "epoch_seconds": stats.seconds, "images_per_sec": stats.images / max(stats.seconds, 1e-9),
+        "bad_images": len(stats.bad), "skipped_steps": stats.skipped_steps,
+    }
+    previous = history[-1].get("groups_unfrozen") if history else None
+    if previous is not None and trainable.groups_unfrozen != previous:
+        record["event"] = f"unfreeze: {trainable.groups_unfrozen}/{trainable.groups_total} groups"
+    return record, confusion
+
+
+def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochRecord], card: ModelCard,
+             confusion: list[list[int]]) -> None:
+    """history.jsonl after every epoch; best weights, model.json and confusion on improvement."""
+    record = history[-1]
+    better = improved(setup.cfg, tracker, record)  # on every process: the tracker is shared state
+    if not setup.parts.accelerator.is_main_process:
+        return
+    write_history(setup.cfg.out, history)
+    if better:
+        _save_best(setup, card, record)
+        write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, record["epoch"], confusion))
+
+
+def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord, clock: _Clock) -> str | None:
+    """Step a plateau schedule, then the stop rules; a stop is remembered so that a resumed
+    run does not train past it."""
+    setup.parts.schedule.epoch_end(record.get(setup.cfg.monitor))
+    clock.update()
+    reason = stop_reason(setup.cfg, tracker, record)
+    if reason:
+        tracker["stopped"] = reason
+    return reason
+
+
+def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
+    save_weights(setup.eval_model, setup.cfg.out / BEST)
+    write_model_card(setup.cfg.out, card.with_metrics(record))
+
+
+@contextmanager
+def _closing(logger: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        close_tracker(logger)
+
+
+def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter, card: ModelCard) -> None:
+    """Record epoch 0: the starting weights on the validation set, before any training."""
+    parts = setup.parts
+    metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
+                       setup.cfg.channels_last)
+    confusion = metrics.pop("confusion")
+    head = card.head
+    record: EpochRecord = {"epoch": 0, "image_size": setup.pre.image_size, **metrics,  # type: ignore[typeddict-item]
+                           "event": f"start: head {head.get('mode')}, kept "
+                                    f"{head.get('kept', 0)}/{head.get('total')} rows"}
+    history.append(record)
+    rep.message(f"before training: val top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f} "
+                f"({record['event']})")
+    if parts.accelerator.is_main_process:
+        write_history(setup.cfg.out, history)
+        write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, 0, confusion))
+
+
+def _checkpoint(setup: StageSetup, where: Resumable) -> None:
+    """last/ from the main process; every process waits until it is on disk."""
+    parts = setup.parts
+    if parts.accelerator.is_main_process:
+        save_last(setup.cfg.out / LAST, setup.model, parts.optimizer, parts.schedule,
+                  parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
+    parts.accelerator.wait_for_everyone()
