@@ -110,3 +110,20 @@ def test_lr_find_writes_plot_and_suggestion(data: Path, tmp_path: Path,
     marked = {line.get_gid() for line in fig.axes[0].get_lines() if line.get_gid()}
     expected = {f"suggestion-{n}" for n in ("steepest", "valley") if getattr(result, n) is not None}
     assert marked == expected
+
+
+def test_lr_find_sweeps_what_the_first_epoch_trains(data: Path, tmp_path: Path) -> None:
+    """With freeze_epochs: 1 a finetune's first epoch trains the head only, and so does the
+    sweep (both come from the same stage set-up); without it both train everything."""
+    import stagewise
+
+    for freeze_epochs in (1, 0):
+        cfg = {**TINY, "data": str(data), "strategy": "finetune", "freeze_epochs": freeze_epochs,
+               "epochs": 1, "report": False, "out": str(tmp_path / f"run{freeze_epochs}")}
+        swept = stagewise.lr_find(cfg, steps=5).trainable_params
+        first = stagewise.train(cfg, reporter="quiet").history[-1]
+        assert swept == first["trainable_params"]
+        if freeze_epochs:
+            assert swept < first["total_params"]
+        else:
+            assert swept == first["total_params"]
