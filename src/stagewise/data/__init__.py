@@ -5,6 +5,7 @@ from .index import DatasetIndex, Samples
 from .layouts import load_dataset
 from .loader import ImageDataset, make_loader
 from .transforms import Preprocess, build_transform, resolve_preprocess
+from .verify import check_decodable, undecodable
 
 __all__ = [
     "DatasetIndex",
@@ -12,8 +13,10 @@ __all__ = [
     "Preprocess",
     "Samples",
     "build_transform",
+    "check_decodable",
     "load_dataset",
     "make_loader",
     "read_folder",
     "resolve_preprocess",
+    "undecodable",
 ]

@@ -18,7 +18,6 @@ cached (already shrunk) image.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,9 @@ from torchvision import transforms as T
 
 from ..errors import DataError
 from ..io import write_with
+from .hashing import content_hash
 from .images import BAD_IMAGE_ERRORS, load_rgb
+from .progress import Advance, Progress, task
 from .transforms import Preprocess, build_transform
 
 log = logging.getLogger("stagewise")
@@ -121,19 +122,21 @@ def _decode_all(paths: Sequence[Path], resize: T.Resize | None) -> Iterable[np.n
 
 
 def build_memory(paths: Sequence[Path], resize: T.Resize | None,
-                 limit_bytes: int | None = None) -> DecodedCache:
+                 limit_bytes: int | None = None, progress: Progress = False) -> DecodedCache:
     """Decode every image into one in-memory buffer."""
     limit = limit_bytes if limit_bytes is not None else _memory_budget()
     arrays, table, total = [], np.zeros((len(paths), 4), dtype=np.int64), 0
-    for i, arr in enumerate(_decode_all(paths, resize)):
-        if arr is None:
-            continue
-        table[i] = (0, total, arr.shape[0], arr.shape[1])
-        arrays.append(arr.reshape(-1))
-        total += arr.size
-        if total > limit:
-            raise DataError(f"cache: memory would need more than {limit / 2**30:.1f} GiB for "
-                            f"{len(paths)} images; use cache: disk (or none)")
+    with task(progress, "caching decoded images", len(paths)) as advance:
+        for i, arr in enumerate(_decode_all(paths, resize)):
+            advance(1)
+            if arr is None:
+                continue
+            table[i] = (0, total, arr.shape[0], arr.shape[1])
+            arrays.append(arr.reshape(-1))
+            total += arr.size
+            if total > limit:
+                raise DataError(f"cache: memory would need more than {limit / 2**30:.1f} GiB for "
+                                f"{len(paths)} images; use cache: disk (or none)")
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint8)
     return DecodedCache([flat], table, [str(p) for p in paths])
 
@@ -176,7 +179,7 @@ class DiskStore:
                 entries[key] = (len(packs) - 1, offset, h, w)
         return packs, entries
 
-    def keys(self, paths: Sequence[Path]) -> list[str | None]:
+    def keys(self, paths: Sequence[Path], advance: Advance | None = None) -> list[str | None]:
         """'<blake2b>-<bytes>' per file (None if unreadable); hashes memoised by path and mtime."""
         memo_file = self.folder / "stat.json"
         try:
@@ -185,12 +188,14 @@ class DiskStore:
             memo = {}
         keys: list[str | None] = []
         for p in paths:
+            if advance is not None:
+                advance(1)
             try:
                 st = p.stat()
                 stamp = [st.st_size, st.st_mtime_ns]
                 seen = memo.get(str(p))
                 if seen is None or seen[:2] != stamp:
-                    digest = hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
+                    digest = content_hash(p)
                     memo[str(p)] = seen = [*stamp, f"{digest}-{st.st_size}"]
                 keys.append(seen[2])
             except OSError:
@@ -198,13 +203,15 @@ class DiskStore:
         _write_atomic(memo_file, json.dumps(memo).encode())
         return keys
 
-    def add(self, paths: Sequence[Path], keys: Sequence[str]) -> None:
+    def add(self, paths: Sequence[Path], keys: Sequence[str], advance: Advance | None = None) -> None:
         """Decode `paths` and write them as one new pack (data first, then its index)."""
         name = f"pack-{uuid.uuid4().hex}"
         data, items, offset = self.folder / f"{name}.u8", {}, 0
         tmp = data.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for key, arr in zip(keys, _decode_all(paths, self.resize), strict=True):
+                if advance is not None:
+                    advance(1)
                 if arr is None:
                     items[key] = (0, 0, 0)
                     continue
@@ -216,13 +223,16 @@ class DiskStore:
         os.replace(tmp, data)
         _write_atomic(data.with_suffix(".json"), json.dumps({"entries": items}).encode())
 
-    def build(self, paths: Sequence[Path]) -> DecodedCache:
-        keys = self.keys(paths)
+    def build(self, paths: Sequence[Path], progress: Progress = False) -> DecodedCache:
+        """The cache of `paths`, decoding only the images no pack holds yet."""
+        with task(progress, "cache: checking files", len(paths)) as advance:
+            keys = self.keys(paths, advance)
         _, known = self._packs()
         todo = {k: p for k, p in zip(keys, paths, strict=True) if k is not None and k not in known}
         if todo:
             log.info("cache: decoding %d of %d images into %s", len(todo), len(paths), self.folder)
-            self.add(list(todo.values()), list(todo))
+            with task(progress, "cache: decoding images", len(todo)) as advance:
+                self.add(list(todo.values()), list(todo), advance)
         packs, entries = self._packs()
         table = np.zeros((len(paths), 4), dtype=np.int64)
         for i, key in enumerate(keys):
@@ -236,8 +246,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def attach_cache(datasets: Iterable, mode: CacheMode, pre: Preprocess,
-                 cache_dir: Path | None = None) -> None:
-    """Give each ImageDataset over image files a decoded cache (`dataset.cache`)."""
+                 cache_dir: Path | None = None, progress: Progress = False) -> None:
+    """Give each ImageDataset over image files a decoded cache (`dataset.cache`).
+
+    Building it decodes every image once (`progress`: see `data.progress`; off by default).
+    """
     if mode == "none":
         return
     if mode not in ("memory", "disk"):
@@ -248,6 +261,6 @@ def attach_cache(datasets: Iterable, mode: CacheMode, pre: Preprocess,
         if paths is None:  # already decoded arrays (CIFAR): nothing to gain
             continue
         if mode == "memory":
-            ds.cache = build_memory(paths, resize)
+            ds.cache = build_memory(paths, resize, progress=progress)
         else:
-            ds.cache = DiskStore(cache_dir or default_cache_dir(), resize).build(paths)
+            ds.cache = DiskStore(cache_dir or default_cache_dir(), resize).build(paths, progress)

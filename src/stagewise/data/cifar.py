@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import DataError
 from .index import DatasetIndex, Samples
+from .progress import Advance
 
 FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 _CIFAR10 = ("batches.meta", "data_batch_1", "test_batch")
@@ -67,8 +68,10 @@ def cifar_folder(root: Path) -> Path | None:
     return None
 
 
-def read_cifar(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
-    """Index CIFAR-10 or -100; `val_fraction` and `seed` are unused (the test batch is val)."""
+def read_cifar(root: Path, val_fraction: float = 0.2, seed: int = 0,
+               advance: Advance | None = None) -> DatasetIndex:
+    """Index CIFAR-10 or -100; `val_fraction`, `seed` and `advance` are unused (no image files:
+    the test batch is val)."""
     folder = cifar_folder(Path(root))
     if folder is None:
         raise DataError(f"{root}: not a CIFAR folder; expected {FOLDERS[0]}/ ({', '.join(_CIFAR10)}) "

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .folder import stratified_split
-from .images import header_ok
+from .images import HeaderCheck
 from .index import DatasetIndex, Samples
+from .progress import Advance
 
 REQUIRED = ("path", "label")
 _SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -41,7 +42,8 @@ def find_manifest(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_csv_manifest(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+def read_csv_manifest(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                      advance: Advance | None = None) -> DatasetIndex:
     """Index the images a manifest lists (see the module docstring)."""
     manifest = find_manifest(Path(root))
     if manifest is None:
@@ -52,17 +54,15 @@ def read_csv_manifest(root: Path, val_fraction: float = 0.2, seed: int = 0) -> D
     base = manifest.parent
     by_split: dict[str, tuple[list[Path], list[int]]] = {}
     missing: list[str] = []
-    skipped: list[str] = []
+    readable = HeaderCheck(advance)
     for rel, label, split in rows:
         f = Path(rel) if Path(rel).is_absolute() else base / rel
         if not f.is_file():
             missing.append(rel)
-        elif header_ok(f):
+        elif readable(f):
             paths, labels = by_split.setdefault(split, ([], []))
             paths.append(f)
             labels.append(label_of[label])
-        else:
-            skipped.append(str(f))
     if missing:
         raise DataError(f"{manifest}: {len(missing)} listed file(s) not found (paths are relative "
                         f"to {base}), e.g. {', '.join(missing[:3])}")
@@ -72,7 +72,7 @@ def read_csv_manifest(root: Path, val_fraction: float = 0.2, seed: int = 0) -> D
     if "val" not in splits:
         splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
     return DatasetIndex(root=base, layout="csv", class_ids=ids, class_names=list(ids),
-                        splits=splits, skipped=skipped)
+                        splits=splits, skipped=readable.skipped)
 
 
 def _rows(manifest: Path) -> list[tuple[str, str, str]]:

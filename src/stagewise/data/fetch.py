@@ -11,7 +11,6 @@ The mirror can be replaced with --base-url or STAGEWISE_FETCH_BASE_URL (same fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -21,9 +20,11 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
+from .hashing import file_digest
 from .sources import Source, check_checksum, get_source
 
 BASE_URL_ENV = "STAGEWISE_FETCH_BASE_URL"
@@ -143,11 +144,6 @@ def _stream(resp, part: Path, mode: str, have: int, total: int | None, url: str,
                             f"command again to resume from {part}") from None
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
-
-
 def unpack(archive: Path, root: Path, src: Source) -> None:
     """Unpack into a temporary folder in `root`, then rename the dataset folder into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{src.name}-", dir=root))
@@ -158,7 +154,8 @@ def unpack(archive: Path, root: Path, src: Source) -> None:
             raise DataError(f"{archive}: cannot unpack ({exc}); nothing was installed, the "
                             "verified archive is kept for another try") from None
         produced = tmp / src.folder
-        if not produced.is_dir():
+        # A link would be moved as a link: dangling, or aiming at ROOT itself, once tmp is gone.
+        if produced.is_symlink() or not produced.is_dir():
             found = ", ".join(sorted(p.name for p in tmp.iterdir())[:10]) or "nothing"
             raise DataError(f"{archive}: expected a top-level folder {src.folder}/, found {found}")
         (produced / MARKER).write_text(json.dumps({"name": src.name, "checksum": src.checksum,
@@ -169,22 +166,43 @@ def unpack(archive: Path, root: Path, src: Source) -> None:
 
 
 def extract(archive: Path, dest: Path) -> None:
-    """Unpack a .tar[.gz] or .zip, refusing members that would land outside `dest`."""
+    """Unpack a .tar[.gz] or .zip, refusing members that would land outside `dest` and symlinks.
+
+    Python's `data` tar filter already refuses absolute paths, '..', devices and links pointing
+    outside `dest`, but it judges a symlink where it points at extraction time, inside the
+    temporary folder; once the dataset folder is renamed into place a relative link dangles or
+    points elsewhere (a top-level `toyset -> .` became a link to ROOT). Dataset archives need no
+    symlinks, so every symlink is refused. Hard links stay allowed: the filter keeps them inside
+    `dest` and they unpack as ordinary files, so nothing aliased survives the rename.
+    """
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for name in z.namelist():
                 _check_member(name, archive)
-            z.extractall(dest)
+            z.extractall(dest)  # zipfile writes a symlink entry as a small file, never a link
         return
     with tarfile.open(archive) as t:
         if hasattr(tarfile, "data_filter"):
-            t.extractall(dest, filter="data")  # refuses absolute paths, '..', device files, links out
-        else:
+            t.extractall(dest, filter=_dataset_filter(archive))
+        else:  # Python before 3.10.12 / 3.11.4: no filters, so no links at all
             for m in t.getmembers():
                 _check_member(m.name, archive)
                 if m.issym() or m.islnk() or m.isdev():
-                    raise DataError(f"{archive}: member {m.name} is a link or device; refused")
+                    raise DataError(f"{archive}: member {m.name} is a link or device; refused, "
+                                    "nothing was installed")
             t.extractall(dest)
+
+
+def _dataset_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    def accept(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if member.issym():
+            raise DataError(f"{archive}: member {member.name!r} is a symbolic link (to "
+                            f"{member.linkname!r}); dataset archives must hold plain files and "
+                            "folders, so nothing was installed. Re-create the archive without "
+                            "links (tar --dereference) or unpack it yourself and use data: DIR")
+        return tarfile.data_filter(member, dest)
+
+    return accept
 
 
 def _check_member(name: str, archive: Path) -> None:

@@ -7,31 +7,49 @@ import random
 from pathlib import Path
 
 from ..errors import DataError
-from .images import header_ok, is_image_file
+from .images import HeaderCheck, is_image_file
 from .index import DatasetIndex, Samples
+from .progress import Advance
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"valid": "val", "validation": "val"}
 
 
 def split_dirs(root: Path) -> dict[str, Path]:
-    """train/val/test sub-folders of `root` (with common aliases), if it has that layout."""
+    """train/val/test sub-folders of `root` (with common aliases), if it has that layout.
+
+    Without train/ the layout counts only when every sub-folder is a split (say val/ alone, which
+    `evaluate` can use and training refuses with the layout it expects). A split folder beside
+    class folders is refused: read as classes, val/ would silently become a class named "val".
+    """
     found: dict[str, Path] = {}
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+    others: list[Path] = []
+    for child in class_dirs(root):
         name = _SPLIT_ALIASES.get(child.name.lower(), child.name.lower())
-        if name in SPLIT_NAMES and name not in found:
+        if name not in SPLIT_NAMES:
+            others.append(child)
+        elif name not in found:
             found[name] = child
-    return found if "train" in found else {}
+    if "train" in found or not found:
+        return found
+    if others:
+        splits = ", ".join(f"{p.name}/" for p in found.values())
+        classes = ", ".join(f"{p.name}/" for p in others[:5])
+        raise DataError(
+            f"{root}: holds {splits} beside class folders ({classes}) but no train/ folder; use "
+            f"{root}/train/<class>/ and {root}/val/<class>/, or class folders only (no split "
+            "folders) to hold out val_fraction of them"
+        )
+    return found
 
 
 def class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_folder(
-    folder: Path, class_ids: list[str], skipped: list[str], recursive: bool = True
-) -> Samples:
-    """Files under `folder/<class id>/`, header-checked; unreadable ones go to `skipped`."""
+def scan_folder(folder: Path, class_ids: list[str], readable: HeaderCheck,
+                recursive: bool = True) -> Samples:
+    """Files under `folder/<class id>/` that pass `readable` (which keeps the others)."""
     paths: list[Path] = []
     labels: list[int] = []
     for label, cid in enumerate(class_ids):
@@ -40,30 +58,27 @@ def scan_folder(
             continue
         files = sorted(d.rglob("*") if recursive else d.iterdir())
         for f in files:
-            if not f.is_file() or not is_image_file(f):
-                continue
-            if header_ok(f):
+            if f.is_file() and is_image_file(f) and readable(f):
                 paths.append(f)
                 labels.append(label)
-            else:
-                skipped.append(str(f))
     return Samples(labels=labels, paths=paths)
 
 
-def read_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
-    """Index an image folder. Class ids are the folder names; display names default to them."""
+def read_folder(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                advance: Advance | None = None) -> DatasetIndex:
+    """Index an image folder. Class ids are the folder names; display names default to them.
+
+    `advance(1)` is called per file checked (a progress bar's tick).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     splits_found = split_dirs(root)
-    skipped: list[str] = []
+    readable = HeaderCheck(advance)
     if splits_found:
-        ids = [p.name for p in class_dirs(splits_found["train"])]
-        if not ids:
-            raise DataError(f"{splits_found['train']}: no class folders found")
-        _check_same_classes(splits_found, ids)
-        splits = {name: scan_folder(d, ids, skipped) for name, d in splits_found.items()}
-        if "val" not in splits:
+        ids = _split_class_ids(splits_found)
+        splits = {name: scan_folder(d, ids, readable) for name, d in splits_found.items()}
+        if "val" not in splits and "train" in splits:
             splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
     else:
         ids = [p.name for p in class_dirs(root)]
@@ -71,29 +86,39 @@ def read_folder(root: Path, val_fraction: float = 0.2, seed: int = 0) -> Dataset
             raise DataError(
                 f"{root}: expected class sub-folders (root/<class>/*.jpg) or train/ and val/ folders"
             )
-        everything = scan_folder(root, ids, skipped)
+        everything = scan_folder(root, ids, readable)
         train, val = stratified_split(everything, val_fraction, seed)
         splits = {"train": train, "val": val}
     return DatasetIndex(root=root, layout="folder", class_ids=ids, class_names=list(ids),
-                        splits=splits, skipped=skipped)
+                        splits=splits, skipped=readable.skipped)
 
 
-def _check_same_classes(splits: dict[str, Path], ids: list[str]) -> None:
+def _split_class_ids(splits: dict[str, Path]) -> list[str]:
+    """Class ids from train/ (or, without it, the first split), checked against the others."""
+    first = splits.get("train") or next(iter(splits.values()))
+    ids = [p.name for p in class_dirs(first)]
+    if not ids:
+        raise DataError(f"{first}: no class folders found")
+    _check_same_classes(splits, first, ids)
+    return ids
+
+
+def _check_same_classes(splits: dict[str, Path], first: Path, ids: list[str]) -> None:
     for name, d in splits.items():
-        if name == "train":
+        if d == first:
             continue
         other = [p.name for p in class_dirs(d)]
         extra = sorted(set(other) - set(ids))
         missing = sorted(set(ids) - set(other))
         if extra:
             raise DataError(
-                f"{d}: class folder(s) not in train/: {', '.join(extra[:10])}; every class must "
-                "have training images"
+                f"{d}: class folder(s) not in {first.name}/: {', '.join(extra[:10])}; every class "
+                "must have training images"
             )
         if missing and name == "val":
             raise DataError(
                 f"{d}: class folder(s) missing from {name}/: {', '.join(missing[:10])}; add them or "
-                "remove the class from train/"
+                f"remove the class from {first.name}/"
             )
 
 

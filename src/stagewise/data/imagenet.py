@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .folder import class_dirs, read_folder, scan_folder, stratified_split
-from .images import header_ok, is_image_file
+from .images import HeaderCheck, is_image_file
 from .index import DatasetIndex, Samples
+from .progress import Advance
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -87,9 +88,10 @@ def subset_name(wnids: list[str]) -> str | None:
     return None
 
 
-def read_imagenette(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+def read_imagenette(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                    advance: Advance | None = None) -> DatasetIndex:
     """Imagenette or Imagewoof: an image folder with wnid classes and built-in human names."""
-    index = read_folder(root, val_fraction, seed)
+    index = read_folder(root, val_fraction, seed, advance)
     if not all(WNID.match(c) for c in index.class_ids):
         raise DataError(
             f"{root}: Imagenette/Imagewoof class folders are wnids (n01440764, ...), found "
@@ -100,7 +102,8 @@ def read_imagenette(root: Path, val_fraction: float = 0.2, seed: int = 0) -> Dat
     return index
 
 
-def read_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+def read_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                  advance: Advance | None = None) -> DatasetIndex:
     """ImageNet-1k, ImageNet-mini or any wnid subset (see the module docstring for val/)."""
     root = Path(root)
     base = data_root(root)
@@ -110,21 +113,22 @@ def read_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0) -> Datas
             f"{base / 'train'}: expected one folder per wnid (train/n01440764/*.JPEG, ...); "
             "use format: folder for other class names"
         )
-    skipped: list[str] = []
-    splits = {"train": scan_folder(base / "train", ids, skipped)}
+    readable = HeaderCheck(advance)
+    splits = {"train": scan_folder(base / "train", ids, readable)}
     val = base / "val"
     if val.is_dir() and any(WNID.match(p.name) for p in class_dirs(val)):
         extra = sorted({p.name for p in class_dirs(val)} - set(ids))
         if extra:
             raise DataError(f"{val}: class folder(s) not in train/: {', '.join(extra[:10])}")
-        splits["val"] = scan_folder(val, ids, skipped)
+        splits["val"] = scan_folder(val, ids, readable)
     elif val.is_dir() and any(is_image_file(p) for p in val.iterdir()):
-        splits["val"] = _flat_val(root, base, val, ids, skipped)
+        splits["val"] = _flat_val(root, base, val, ids, readable)
     else:
         splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
     mapping = _synset_mapping(root, base)
     return DatasetIndex(root=root, layout="imagenet", class_ids=ids,
-                        class_names=wnid_names(ids, mapping), splits=splits, skipped=skipped)
+                        class_names=wnid_names(ids, mapping), splits=splits,
+                        skipped=readable.skipped)
 
 
 def _find(root: Path, base: Path, name: str) -> Path | None:
@@ -142,7 +146,7 @@ def _synset_mapping(root: Path, base: Path) -> dict[str, str]:
     return {p[0]: p[1] if len(p) > 1 else p[0] for p in pairs}
 
 
-def _flat_val(root: Path, base: Path, val: Path, ids: list[str], skipped: list[str]) -> Samples:
+def _flat_val(root: Path, base: Path, val: Path, ids: list[str], readable: HeaderCheck) -> Samples:
     """Label a flat val/ folder from the Kaggle solution file or the devkit ground truth."""
     solution = _find(root, base, VAL_SOLUTION)
     truth = _find(root, base, GROUND_TRUTH)
@@ -166,11 +170,9 @@ def _flat_val(root: Path, base: Path, val: Path, ids: list[str], skipped: list[s
             unlabelled.append(f.name)
         elif wnid not in label_of:
             unknown.add(wnid)
-        elif header_ok(f):
+        elif readable(f):
             paths.append(f)
             labels.append(label_of[wnid])
-        else:
-            skipped.append(str(f))
     if unlabelled:
         raise DataError(f"{source}: no label for {len(unlabelled)} val image(s), e.g. "
                         f"{', '.join(unlabelled[:3])}; is it the file for this val/ folder?")

@@ -58,9 +58,22 @@ class DatasetIndex:
         return len(self.class_ids)
 
     def check(self, required: tuple[str, ...] = ("train", "val")) -> None:
-        """Fail before training on missing splits or empty classes."""
+        """Fail before training on a missing split, fewer than two classes or an empty class."""
+        missing = [split for split in required if split not in self.splits]
+        if missing:
+            raise DataError(
+                f"{self.root}: no {' or '.join(missing)} split (found: "
+                f"{', '.join(self.splits) or 'none'}); training expects {self._expected()}"
+            )
+        if self.num_classes < 2:
+            # One class "trains" to 100%: the model learns nothing and every metric looks perfect.
+            found = ", ".join(self.class_ids) or "none"
+            raise DataError(
+                f"{self.root}: found {self.num_classes} class ({found}); classification needs at "
+                f"least 2. Expected {self._expected()}"
+            )
         for split in required:
-            if split not in self.splits or len(self.splits[split]) == 0:
+            if len(self.splits[split]) == 0:
                 raise DataError(f"{self.root}: no usable images in the '{split}' split")
         counts = self.splits["train"].counts(self.num_classes)
         empty = [self.class_ids[i] for i, c in enumerate(counts) if c == 0]
@@ -69,3 +82,8 @@ class DatasetIndex:
                 f"{self.root}: class(es) with no usable training images: {', '.join(empty[:10])}; "
                 "add images or remove the folder"
             )
+
+    def _expected(self) -> str:
+        from .layouts import EXPECTED  # imported here: layouts imports this module
+
+        return EXPECTED.get(self.layout, "one folder (or label) per class")

@@ -1,7 +1,8 @@
 """`stagewise data inspect`: what a dataset holds and what is wrong with it, before training.
 
-Reads every file once: its content hash (exact duplicates, and leakage when a duplicate sits in
-two splits), a full decode (files that would be skipped mid-epoch) and its size and mode.
+Reads every file: its content hash in chunks (exact duplicates, and leakage when a duplicate sits
+in two splits), a full decode (files that would be skipped mid-epoch), its mode and its size as
+training sees it (after the EXIF orientation is applied).
 """
 
 from __future__ import annotations
@@ -10,23 +11,25 @@ import hashlib
 import os
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .images import BAD_IMAGE_ERRORS
+from .hashing import content_hash
+from .images import BAD_IMAGE_ERRORS, oriented_size
 from .index import DatasetIndex, Samples
 from .layouts import load_dataset
+from .progress import Progress, task
 
 
 @dataclass
 class FileInfo:
     digest: str
-    size: tuple[int, int] | None = None  # (width, height)
+    size: tuple[int, int] | None = None  # (width, height) after EXIF orientation, as trained on
     mode: str | None = None
     error: str | None = None
 
@@ -56,42 +59,49 @@ class InspectReport:
         return {**asdict(self), "total_images": self.total}
 
 
-def probe_bytes(data: bytes) -> FileInfo:
-    """Hash and fully decode one file's bytes."""
-    info = FileInfo(digest=hashlib.blake2b(data, digest_size=16).hexdigest())
+def probe_file(path: Path) -> FileInfo:
+    """Hash (in chunks: never the whole file in memory) and fully decode one file."""
+    try:
+        info = FileInfo(digest=content_hash(path))
+    except OSError as exc:
+        return FileInfo(digest=f"unreadable:{path}", error=f"cannot read: {exc.strerror}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as img:
-                info.size, info.mode = img.size, img.mode
+            with Image.open(path) as img:
+                info.mode = img.mode
                 img.load()
+                info.size = oriented_size(img)  # after load(): a PNG's EXIF may follow its pixels
     except BAD_IMAGE_ERRORS as exc:
         info.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return info
 
 
-def _probe_path(path: Path) -> FileInfo:
-    try:
-        return probe_bytes(path.read_bytes())
-    except OSError as exc:
-        return FileInfo(digest=f"unreadable:{path}", error=f"cannot read: {exc.strerror}")
-
-
-def _probe_split(samples: Samples) -> list[FileInfo]:
+def _probe_split(samples: Samples, advance: Callable[[int], None]) -> list[FileInfo]:
     if samples.arrays is not None:
         h, w = samples.arrays.shape[1:3]
+        advance(len(samples))
         return [FileInfo(digest=hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest(),
                          size=(w, h), mode="RGB") for a in samples.arrays]
     workers = max(1, min(8, os.cpu_count() or 1))
+    infos = []
     with ThreadPoolExecutor(workers) as pool:  # reading and decoding release the GIL
-        return list(pool.map(_probe_path, samples.paths or [], chunksize=16))
+        for info in pool.map(probe_file, samples.paths or [], chunksize=16):
+            infos.append(info)
+            advance(1)
+    return infos
 
 
 def inspect_dataset(root: Path, fmt: str = "auto", val_fraction: float = 0.2,
-                    seed: int = 0) -> InspectReport:
-    """Index `root` with its layout's reader, then read every image once."""
-    index = load_dataset(Path(root), fmt, val_fraction, seed)
-    infos = {name: _probe_split(s) for name, s in index.splits.items()}
+                    seed: int = 0, progress: Progress = False) -> InspectReport:
+    """Index `root` with its layout's reader, then read every image once.
+
+    `progress` shows indexing and reading (see `data.progress`); off by default.
+    """
+    index = load_dataset(Path(root), fmt, val_fraction, seed, progress)
+    total = sum(len(s) for s in index.splits.values())
+    with task(progress, "reading images", total) as advance:
+        infos = {name: _probe_split(s, advance) for name, s in index.splits.items()}
     return summarise(index, infos)
 
 

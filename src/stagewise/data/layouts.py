@@ -1,6 +1,7 @@
 """Pick the reader for a dataset's layout (`format: auto` detects it).
 
-Every reader has the signature `(root, val_fraction, seed) -> DatasetIndex`. Detection tries the
+Every reader has the signature `(root, val_fraction, seed, advance=None) -> DatasetIndex`, where
+`advance(1)` is called per image file checked (a progress bar's tick). Detection tries the
 specific layouts first; a plain image folder is the fallback. When two unrelated layouts match
 (say a CSV manifest next to class folders) detection refuses to guess and asks for `format:`.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from ..defaults import SEED, VAL_FRACTION
 from ..errors import DataError
@@ -17,9 +19,14 @@ from .csv_manifest import find_manifest, read_csv_manifest
 from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import DatasetIndex
+from .progress import Advance, Progress, task
 from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
-Reader = Callable[[Path, float, int], DatasetIndex]
+
+class Reader(Protocol):
+    def __call__(self, root: Path, val_fraction: float = 0.2, seed: int = 0,
+                 advance: Advance | None = None) -> DatasetIndex: ...
+
 
 READERS: dict[str, Reader] = {
     "folder": read_folder,
@@ -33,7 +40,8 @@ READERS: dict[str, Reader] = {
 
 # What each layout looks like on disk, for error messages.
 EXPECTED: dict[str, str] = {
-    "folder": "train/ and val/ with one folder per class, or class folders only",
+    "folder": "train/<class>/ and val/<class>/ (a folder per class, 2 or more), or <class>/ "
+              "folders only (val_fraction of each held out)",
     "imagenette": "imagenette2[-160|-320]: train/ and val/ with its 10 wnid folders",
     "imagewoof": "imagewoof2[-160|-320]: train/ and val/ with its 10 wnid folders",
     "tiny-imagenet": "tiny-imagenet-200: wnids.txt, train/<wnid>/images/, val/val_annotations.txt",
@@ -112,8 +120,12 @@ def _matches_quietly(folder: Path) -> bool:
 
 
 def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
-                 seed: int = SEED) -> DatasetIndex:
-    """Index the dataset at `root` with the reader for `fmt` (or the detected layout)."""
+                 seed: int = SEED, progress: Progress = False) -> DatasetIndex:
+    """Index the dataset at `root` with the reader for `fmt` (or the detected layout).
+
+    Indexing opens every image's header; `progress` shows the files checked so far (the total is
+    unknown until the folders are walked). See `data.progress` for its values.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
@@ -121,4 +133,5 @@ def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTI
     reader = READERS.get(name)
     if reader is None:
         raise DataError(f"data format '{name}' is not available; choose one of auto, {', '.join(READERS)}")
-    return reader(root, val_fraction, seed)
+    with task(progress, f"indexing {root.name or root}") as advance:
+        return reader(root, val_fraction, seed, advance)

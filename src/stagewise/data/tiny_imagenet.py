@@ -17,8 +17,9 @@ from pathlib import Path
 from ..errors import DataError
 from .folder import class_dirs, scan_folder
 from .imagenet import first_lemma, wnid_names
-from .images import header_ok
+from .images import HeaderCheck
 from .index import DatasetIndex, Samples
+from .progress import Advance
 
 ANNOTATIONS = Path("val") / "val_annotations.txt"
 
@@ -27,7 +28,8 @@ def is_tiny_imagenet(root: Path) -> bool:
     return (root / "wnids.txt").is_file() and (root / "train").is_dir()
 
 
-def read_tiny_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetIndex:
+def read_tiny_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                       advance: Advance | None = None) -> DatasetIndex:
     """Index Tiny ImageNet; `val_fraction` and `seed` are unused (the val split is given)."""
     root = Path(root)
     if not is_tiny_imagenet(root):
@@ -35,16 +37,16 @@ def read_tiny_imagenet(root: Path, val_fraction: float = 0.2, seed: int = 0) -> 
     ids = sorted({line.strip() for line in (root / "wnids.txt").read_text().splitlines() if line.strip()})
     if not ids:
         raise DataError(f"{root / 'wnids.txt'}: no class ids listed")
-    skipped: list[str] = []
-    splits = {"train": scan_folder(root / "train", ids, skipped)}
+    readable = HeaderCheck(advance)
+    splits = {"train": scan_folder(root / "train", ids, readable)}
     if (root / ANNOTATIONS).is_file():
-        splits["val"] = _annotated_val(root, ids, skipped)
+        splits["val"] = _annotated_val(root, ids, readable)
     elif (root / "val").is_dir() and class_dirs(root / "val"):
-        splits["val"] = scan_folder(root / "val", ids, skipped)
+        splits["val"] = scan_folder(root / "val", ids, readable)
     else:
         raise DataError(f"{root / ANNOTATIONS}: not found; Tiny ImageNet's val labels come from it")
     return DatasetIndex(root=root, layout="tiny-imagenet", class_ids=ids,
-                        class_names=wnid_names(ids, _words(root)), splits=splits, skipped=skipped)
+                        class_names=wnid_names(ids, _words(root)), splits=splits, skipped=readable.skipped)
 
 
 def _words(root: Path) -> dict[str, str]:
@@ -55,7 +57,7 @@ def _words(root: Path) -> dict[str, str]:
     return {wnid.strip(): first_lemma(text) for wnid, text in pairs}
 
 
-def _annotated_val(root: Path, ids: list[str], skipped: list[str]) -> Samples:
+def _annotated_val(root: Path, ids: list[str], readable: HeaderCheck) -> Samples:
     """val/images/<file> labelled by the annotations' 'file <tab> wnid <tab> box...' lines."""
     path = root / ANNOTATIONS
     label_of = {w: i for i, w in enumerate(ids)}
@@ -72,11 +74,9 @@ def _annotated_val(root: Path, ids: list[str], skipped: list[str]) -> Samples:
         f = root / "val" / "images" / name
         if not f.is_file():
             missing.append(name)
-        elif header_ok(f):
+        elif readable(f):
             paths.append(f)
             labels.append(label_of[wnid])
-        else:
-            skipped.append(str(f))
     if missing:
         raise DataError(f"{path}: {len(missing)} listed image(s) not in {root / 'val' / 'images'}, "
                         f"e.g. {', '.join(missing[:3])}")
