@@ -401,7 +401,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 node = {} if node is None else node
                 if not isinstance(node, dict):
-                    raise ConfigError(f"--set {key}: '{part}' is not a mapping")
+                    raise ConfigError(f"--set {clip(key, 80)}: '{clip(part, 80)}' is not a mapping")
                 target[part] = node = dict(node)
             else:
                 target[part] = node = dict(node)
