@@ -24,10 +24,10 @@ ALLOWED: dict[str, set[str]] = {
     "data": BASE | {"io"},
     "models": BASE | {"io", "data"},
     "config": BASE | {"io", "models"},
-    "runfolder": BASE | {"io"},
+    "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
     "train": BASE | {"io", "data", "models", "config", "runfolder"},
-    "inference": BASE | {"io", "data", "models", "runfolder"},
-    "reporting": BASE | {"io", "data", "runfolder", "inference"},
+    "inference": BASE | {"io", "data", "models", "config", "runfolder"},
+    "reporting": BASE | {"io", "data", "config", "runfolder", "inference"},
     "runs": BASE | {"io", "data", "models", "config", "runfolder", "train", "reporting", "inference"},
     "cli": BASE | {"io", "data", "models", "config", "runfolder", "train", "reporting", "inference",
                    "runs"},

@@ -7,14 +7,19 @@ model, so a key has one name and one meaning everywhere.
 from __future__ import annotations
 
 import difflib
+import os
+import typing
+from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from . import defaults
-from .errors import ConfigError
+from .errors import ConfigError, clip, shown
 
 Strategy = Literal["scratch", "probe", "finetune", "gradual"]
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamw8bit"]
@@ -30,8 +35,39 @@ DataFormat = Literal[
 Monitor = Literal["val_top1", "val_top5", "val_loss"]
 
 
+MAX_CONFIG_BYTES = 2**20
+MAX_DEPTH = 20  # nesting levels in a config file; a pipeline needs 4
+MAX_LISTED = 50  # problems listed in one error message
+MAX_PER_KEY = 3  # of those, about one key (e.g. the items of one list)
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+# Upper bounds catch typos and hostile files (`lr: 1e30`, `image_size: 100000`) before a run
+# allocates anything; each is far beyond any real use. Why each bound: docs/decisions.md.
+MAX_EPOCHS = 10_000
+MAX_LR = 10.0
+LearningRate = Annotated[float, Field(gt=0.0, le=MAX_LR)]
+EpochNumber = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+EpochPoint = Annotated[float, Field(ge=0.0, le=MAX_EPOCHS)]
+ClassWeight = Annotated[float, Field(ge=0.0, le=1000.0)]
+Mean = Annotated[float, Field(ge=0.0, le=1.0)]
+Std = Annotated[float, Field(gt=0.0, le=1.0)]
+
+# Said after the valid range, where the bound is not self-explanatory.
+_WHY = {
+    "image_size": "memory grows with the square of the size; 2048 px already needs ~80x the "
+                  "activations of 224 px per image",
+    "batch_size": "larger batches do not fit in memory; use grad_accum for a larger effective batch",
+    "num_workers": "each worker is a process holding its own copy of the dataset",
+    "mean": "normalisation is on the 0..1 pixel scale (e.g. 0.485), not 0..255",
+    "std": "normalisation is on the 0..1 pixel scale (e.g. 0.229), not 0..255",
+    "seed": "numpy seeds are 32-bit",
+    "gamma": "the learning rate is multiplied by gamma; 1 or more would never decay it",
+}
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf`/`.nan` are valid YAML floats and would pass every gt/le bound.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainConfig(_Strict):
@@ -42,7 +78,7 @@ class TrainConfig(_Strict):
     format: DataFormat = "auto"
     val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
     augmentation: Augmentation = "standard"
-    num_workers: int | None = Field(None, ge=0, description="data loader workers; None: from cores")
+    num_workers: int | None = Field(None, ge=0, le=256, description="data loader workers; None: from cores")
     cache: Literal["none", "memory", "disk"] = "none"
 
     # model
@@ -50,9 +86,9 @@ class TrainConfig(_Strict):
     weights: str | None = Field(
         None, description="local .safetensors/.pth file, 'hub' for the model's own, or hf-hub:ID"
     )
-    image_size: int | None = Field(None, ge=8, description="None: the model's pretrained size")
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    image_size: int | None = Field(None, ge=16, le=2048, description="None: the model's pretrained size")
+    mean: tuple[Mean, Mean, Mean] | None = None
+    std: tuple[Std, Std, Std] | None = None
     head: HeadMode | None = Field(None, description="None: match when class ids are known")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
@@ -65,46 +101,47 @@ class TrainConfig(_Strict):
         False, description="all BatchNorm running statistics stay fixed, even where weights train"
     )
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
-    group_lrs: dict[str, float] = Field(
+    group_lrs: dict[str, LearningRate] = Field(
         default_factory=dict, description="explicit LR per param glob pattern, e.g. {'fc.*': 1e-3}"
     )
     freeze_epochs: int = Field(
-        0, ge=0, description="finetune: train only the head for this many epochs first (fastai's fine_tune)"
+        0, ge=0, le=MAX_EPOCHS,
+        description="finetune: train only the head for this many epochs first (fastai's fine_tune)",
     )
-    unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing groups")
-    unfreeze_at: list[int] | None = Field(
+    unfreeze_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="gradual: epochs between unfreezing groups")
+    unfreeze_at: list[EpochNumber] | None = Field(
         None, description="gradual: epochs (1-based, as in history.jsonl) at which the next group down unfreezes"
     )
 
     # optimisation
     optimizer: OptimizerName = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
+    lr: LearningRate = 1e-3
+    weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     scheduler: SchedulerName = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    min_lr: float = Field(0.0, ge=0.0)
-    step_epochs: float = Field(10.0, gt=0.0, description="step: epochs between decays")
-    milestones: list[float] = Field(default_factory=lambda: [30.0, 60.0, 80.0])
-    gamma: float = Field(0.1, gt=0.0, description="decay factor for step/multistep/exponential")
-    power: float = Field(1.0, gt=0.0, description="polynomial schedule power")
-    plateau_patience: int = Field(2, ge=0)
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(32, ge=1)
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS)
+    min_lr: float = Field(0.0, ge=0.0, le=MAX_LR)
+    step_epochs: float = Field(10.0, gt=0.0, le=MAX_EPOCHS, description="step: epochs between decays")
+    milestones: list[EpochPoint] = Field(default_factory=lambda: [30.0, 60.0, 80.0])
+    gamma: float = Field(0.1, gt=0.0, lt=1.0, description="decay factor for step/multistep/exponential/plateau")
+    power: float = Field(1.0, gt=0.0, le=10.0, description="polynomial schedule power")
+    plateau_patience: int = Field(2, ge=0, le=MAX_EPOCHS)
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=4096)
     precision: Precision = "auto"
-    grad_clip: float | None = Field(None, gt=0.0)
-    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0.0, le=1000.0)
+    grad_accum: int = Field(1, ge=1, le=1024)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    mixup: float = Field(0.0, ge=0.0, description="mixup alpha; 0 disables")
-    cutmix: float = Field(0.0, ge=0.0, description="cutmix alpha; 0 disables")
-    class_weights: Literal["balanced"] | list[float] | None = None
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="mixup alpha; 0 disables")
+    cutmix: float = Field(0.0, ge=0.0, le=10.0, description="cutmix alpha; 0 disables")
+    class_weights: Literal["balanced"] | list[ClassWeight] | None = None
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights")
-    early_stopping: int | None = Field(None, ge=1, description="patience in epochs")
+    early_stopping: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="patience in epochs")
     monitor: Monitor = "val_top1"
     target: float | None = Field(None, gt=0.0, le=1.0, description="stop at this val top-1")
-    max_minutes: float | None = Field(None, gt=0.0)
-    seed: int = defaults.SEED
+    max_minutes: float | None = Field(None, gt=0.0, le=1e6)
+    seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1)
     channels_last: bool = False
 
     # output
@@ -120,7 +157,8 @@ class TrainConfig(_Strict):
     @field_validator("out")
     @classmethod
     def _out_is_a_folder(cls, value: Path) -> Path:
-        if value.exists() and not value.is_dir():
+        # os.path, not Path: a path too long for the OS is not there, rather than a crash.
+        if os.path.exists(value) and not os.path.isdir(value):
             raise ValueError(f"{value} is a file; out must be a folder (the run folder to write)")
         return value
 
@@ -152,24 +190,78 @@ class TrainConfig(_Strict):
 
 def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     """One readable message naming each bad key path, what was wrong and the valid choices."""
-    lines = [f"{source}: invalid configuration"]
+    return f"{source}: invalid configuration\n" + listing(validation_problems(err, model))
+
+
+def validation_problems(err: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One line per error, at most MAX_PER_KEY per top-level key: a long list of bad items must
+    not push the other keys' problems out of the message."""
+    lines: list[str] = []
+    per_key: Counter[Any] = Counter()
     for item in err.errors():
-        path = _key_path(item["loc"])
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            valid = sorted(_fields_at(model, item["loc"][:-1]))
-            hint = difflib.get_close_matches(str(item["loc"][-1]), valid, n=1)
-            near = f" (did you mean '{hint[0]}'?)" if hint else ""
-            lines.append(f"  - {path}: unknown key{near}; valid keys: {', '.join(valid)}")
-        elif kind == "literal_error":
-            given = item.get("input")
-            lines.append(f"  - {path}: unknown value {given!r}; {item['msg'].lower()}")
-        else:
-            given = item.get("input")
-            shown = f" (got {given!r})" if not isinstance(given, dict) and given is not None else ""
-            msg = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {path}: {msg}{shown}")
+        key = item["loc"][0] if item["loc"] else None
+        per_key[key] += 1
+        if per_key[key] <= MAX_PER_KEY:
+            lines.append(_problem_line(item, model))
+    for key, n in per_key.items():
+        if n > MAX_PER_KEY:
+            lines.append(f"{_key_path((key,) if key is not None else ())}: {n - MAX_PER_KEY} more problem(s) "
+                         "like those above")
+    return lines
+
+
+def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
+    """The key path, what was wrong, and the valid choices or range."""
+    path = _key_path(item["loc"])
+    kind = item["type"]
+    given = item.get("input")
+    valid_range = _valid_range(model, item["loc"], path) if kind in _BOUND_ERRORS else ""
+    if kind == "extra_forbidden":
+        valid = sorted(_fields_at(model, item["loc"][:-1]))
+        hint = difflib.get_close_matches(str(item["loc"][-1])[:100], valid, n=1)
+        near = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{path}: unknown key{near}; valid keys: {', '.join(valid)}"
+    if kind == "literal_error":
+        return f"{path}: unknown value {shown(given)}; {item['msg'].lower()}"
+    if valid_range:
+        problem = "not a finite number" if kind == "finite_number" else "out of range"
+        return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
+    shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
+    return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"
+
+
+def listing(problems: list[str]) -> str:
+    """Indented lines, one per problem, at most MAX_LISTED of them: the first few say what to fix."""
+    lines = [f"  - {p}" for p in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
     return "\n".join(lines)
+
+
+def _valid_range(model: type[BaseModel], loc: tuple[Any, ...], path: str) -> str:
+    """'16 <= image_size <= 2048' (and why) for a field with numeric bounds, else ''."""
+    field = model.model_fields.get(loc[0]) if loc and isinstance(loc[0], str) else None
+    if field is None:
+        return ""
+    bounds = field.metadata or _inner_bounds(field.annotation)
+    low = next((f"{b.gt} < " for b in bounds if isinstance(b, annotated_types.Gt)), "") or next(
+        (f"{b.ge} <= " for b in bounds if isinstance(b, annotated_types.Ge)), "")
+    high = next((f" < {b.lt}" for b in bounds if isinstance(b, annotated_types.Lt)), "") or next(
+        (f" <= {b.le}" for b in bounds if isinstance(b, annotated_types.Le)), "")
+    if not (low or high):
+        return ""
+    why = f" ({_WHY[loc[0]]})" if loc[0] in _WHY else ""
+    return f"{low}{path}{high}{why}"
+
+
+def _inner_bounds(annotation: Any) -> list[Any]:
+    """The bounds of the first constrained type inside e.g. `list[EpochPoint] | None`."""
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            return [b for m in arg.__metadata__ for b in getattr(m, "metadata", [m])]
+        if found := _inner_bounds(arg):
+            return found
+    return []
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -177,10 +269,11 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("literal['balanced']", "list[float]", "function-after[_known_model(), str]"):
-            continue
+        elif part in ("literal['balanced']", "list[constrained-float]"):
+            continue  # pydantic's name of a union member, not a key
         else:
-            out += f".{part}" if out else str(part)
+            part = clip(str(part), 80)
+            out += f".{part}" if out else part
     return out or "(top level)"
 
 
@@ -205,20 +298,92 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
     return set(current.model_fields) if current else set()
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe loading that refuses anchors/aliases and deep nesting while composing, before any
+    value is built, so a hostile file costs no more than reading it."""
+
+    _depth = 0  # nodes being composed, one inside the other
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise yaml.composer.ComposerError(
+                None, None, f"found {sign}{clip(anchor, 40)}: anchors and aliases are not allowed in "
+                "config files (a few bytes can expand to gigabytes); write the value out, or share it "
+                "with a pipeline's vars: or defaults:", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels; a config needs a few", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse one YAML document safely; raise ConfigError naming `source` on any problem."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a configuration is a few "
+                          "KB, so this is likely not a config file")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        # PyYAML's own text points at "<unicode string>"; say the file, line and column instead.
+        return _construct(_ConfigLoader(text), source)
+    except yaml.reader.ReaderError as exc:  # not UTF-8, or a control character: likely not text
+        raise ConfigError(f"{source}: not valid YAML at position {exc.position}: "
+                          f"#x{exc.character:02x}: {exc.reason}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        # PyYAML's own text points at "<unicode string>"; say the source, line and column instead.
+        # ValueError: an explicit tag on a bad scalar, e.g. `!!int ten`.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{source}: not valid YAML{where}: {clip(problem, 400)}") from None
+
+
+def _construct(loader: _ConfigLoader, source: str) -> Any:
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(loader, node) if node is not None else []
+        if duplicates:
+            raise ConfigError(f"{source}: duplicate keys (each key may appear once in a mapping; "
+                              f"keep one):\n" + listing(duplicates))
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, path: str = "") -> list[str]:
+    """'key.path: given at line 3 and again at line 7' for each key given twice in one mapping
+    (PyYAML would keep the last silently)."""
+    found: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(loader, item, f"{path}[{i}]")
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            # Compare constructed keys, so `1` and `0x1` count as the same key, as in the dict.
+            key = loader.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else key_node
+            label = f"{path}.{clip(str(key), 80)}" if path else clip(str(key), 80)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                found.append(f"{label}: given at line {first_line[key]} and again at line {line}")
+            first_line.setdefault(key, line)
+            found += _duplicate_keys(loader, value_node, label)
+    return found
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        with open(path, "rb") as f:
+            # Read one byte past the cap, never the whole of a huge file (or of /dev/zero).
+            text = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -231,9 +396,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     result = dict(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set lr=0.01")
+            raise ConfigError(f"--set {shown(item)}: expected key=value, e.g. --set lr=0.01")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw, f"--set {clip(key, 80)}") if raw.strip() else None
         target = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -241,7 +406,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 node = {} if node is None else node
                 if not isinstance(node, dict):
-                    raise ConfigError(f"--set {key}: '{part}' is not a mapping")
+                    raise ConfigError(f"--set {clip(key, 80)}: '{clip(part, 80)}' is not a mapping")
                 target[part] = node = dict(node)
             else:
                 target[part] = node = dict(node)

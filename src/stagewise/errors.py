@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import reprlib
+
 
 class StagewiseError(Exception):
     """Bad input: a config key, a file, a dataset or weights. The message says what to fix."""
@@ -44,3 +46,24 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteLoss(StagewiseError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """`repr(value)` cut to about `limit` characters, for echoing user input in a message.
+
+    reprlib stops at its own limits without walking the rest of the value, so even a huge or
+    deeply shared value costs little to show.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """`text` cut to at most `limit` characters, ending in '...' where cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

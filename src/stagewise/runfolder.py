@@ -26,7 +26,8 @@ from typing import Any, TypedDict
 import yaml
 
 from ._version import __version__
-from .errors import WeightsError
+from .config import parse_yaml
+from .errors import ConfigError, WeightsError
 from .io import write_json, write_text
 
 log = logging.getLogger("stagewise")
@@ -244,10 +245,12 @@ def write_config(run_dir: Path, resolved: dict[str, Any]) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """The saved config as plain data ({} when missing or unreadable; resume checks it apart)."""
+    """The saved config as plain data, for reports ({} when missing or unreadable). A run folder
+    may come from someone else: it is parsed by the same guarded loader as any config file.
+    A resume validates it apart (config.load_yaml + TrainConfig)."""
     try:
-        data = yaml.safe_load((run_dir / CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
+        data = parse_yaml((run_dir / CONFIG).read_bytes(), str(run_dir / CONFIG))
+    except (OSError, ConfigError):
         return {}
     return data if isinstance(data, dict) else {}
 

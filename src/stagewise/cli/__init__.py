@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .._version import __version__
-from ..errors import StagewiseError, TrainingInterrupted
+from ..errors import StagewiseError, TrainingInterrupted, clip
 from . import data, inference, pipeline, reporting, train
 
 # One module per command group, in the order `stagewise --help` lists them.
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # A path that cannot be read or written (a file where a folder belongs, no permission,
         # a full disk) is the user's to fix: say which path and why, without a traceback.
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{clip(str(exc.filename))}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 

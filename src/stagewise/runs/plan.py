@@ -15,14 +15,23 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..config import TrainConfig, apply_overrides, format_validation_error, load_yaml
-from ..errors import ConfigError
+from ..config import TrainConfig, apply_overrides, listing, load_yaml, validation_problems
+from ..errors import ConfigError, clip, shown
 
 InitSource = str  # "previous" | "pretrained" | "scratch" | the name of an earlier stage
 Baseline = Literal["scratch", "pretrained", "none"]
 STAGE_ONLY_KEYS = {"name", "init", "baseline"}
 TOP_KEYS = {"vars", "defaults", "stages", "name", "description"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A stage name becomes a folder name (stages/<name>, baselines/<name>): no '/', no leading '.'
+# ('.', '..', hidden folders), no trailing '.' (Windows drops it), at most 64 characters.
+STAGE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?")
+STAGE_NAME_RULE = ("1-64 letters, digits, '_', '-' or '.', starting with a letter or digit and not "
+                   "ending in '.' (the name is a folder name)")
+MAX_STAGES = 100
+# Text that ${var} substitution may add to a whole file: without a cap, a 1 MiB file could
+# repeat one long variable a million-fold.
+MAX_SUBSTITUTED = 2**20
 
 
 @dataclass
@@ -58,31 +67,48 @@ class PipelinePlan:
         return next(s for s in self.stages if s.name == name)
 
 
-def substitute(value: Any, variables: dict[str, Any], problems: list[str], where: str = "") -> Any:
-    """Replace ${name} and ${name:-default} from `variables`, then the environment."""
-    if isinstance(value, dict):
-        return {k: substitute(v, variables, problems, f"{where}.{k}" if where else k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, variables, problems, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
+class Substitution:
+    """Replaces ${name} and ${name:-default} from `variables`, then the environment, within one
+    budget of added text for the whole file."""
 
-    def repl(m: re.Match) -> str:
+    def __init__(self, variables: dict[str, Any], problems: list[str]) -> None:
+        self.variables = variables
+        self.problems = problems
+        self.budget = MAX_SUBSTITUTED
+
+    def __call__(self, value: Any, where: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: self(v, f"{where}.{clip(str(k), 80)}" if where else clip(str(k), 80))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
+        whole = _VAR.fullmatch(value)
+        if whole and whole.group(1) in self.variables and not isinstance(self.variables[whole.group(1)], str):
+            return self.variables[whole.group(1)]  # keep a number a number
+        matches = list(_VAR.finditer(value))
+        pieces = [self._lookup(m, where) for m in matches]
+        growth = sum(len(p) - len(m.group(0)) for p, m in zip(pieces, matches, strict=True))
+        if growth > self.budget:
+            self.problems.append(f"{where}: substituting variables here would take the file past "
+                                 f"{MAX_SUBSTITUTED // 2**20} MiB of added text; shorten the variable or use it less")
+            return value
+        self.budget -= growth
+        rest = iter(pieces)
+        return _VAR.sub(lambda _: next(rest), value)
+
+    def _lookup(self, m: re.Match, where: str) -> str:
         name, default = m.group(1), m.group(2)
-        if name in variables and variables[name] is not None:
-            return str(variables[name])
+        if self.variables.get(name) is not None:
+            return str(self.variables[name])
         if name in os.environ:
             return os.environ[name]
         if default is not None:
             return default
-        problems.append(f"{where}: variable ${{{name}}} is not defined; set it with --set {name}=... "
-                        "or in the file's vars: section or the environment")
+        self.problems.append(f"{where}: variable ${{{clip(name, 80)}}} is not defined; set it with --set "
+                             f"{clip(name, 80)}=... or in the file's vars: section or the environment")
         return m.group(0)
-
-    whole = _VAR.fullmatch(value)
-    if whole and whole.group(1) in variables and not isinstance(variables[whole.group(1)], str):
-        return variables[whole.group(1)]  # keep a number a number
-    return _VAR.sub(repl, value)
 
 
 def load_pipeline(
@@ -93,25 +119,45 @@ def load_pipeline(
     label = str(source) if not isinstance(source, dict) else "pipeline"
     raw = load_yaml(Path(source)) if not isinstance(source, dict) else dict(source)
     raw, problems = _apply_pipeline_overrides(raw, list(overrides))
-    unknown = sorted(set(raw) - TOP_KEYS)
+    unknown = sorted(str(k) for k in raw if k not in TOP_KEYS)
     if unknown:
-        problems.append(f"unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}"
+        problems.append(f"unknown top-level key(s) {clip(', '.join(unknown))}; valid: {', '.join(sorted(TOP_KEYS))}"
                         " (a variable goes under vars:)")
-    variables = dict(raw.get("vars") or {})
-    defaults = substitute(raw.get("defaults") or {}, variables, problems, "defaults")
+    variables = _variables(raw.get("vars"), problems)
+    substitute = Substitution(variables, problems)
+    defaults = substitute(raw.get("defaults") or {}, "defaults")
     stages_raw = raw.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         problems.append("stages: expected a non-empty list of stages")
         stages_raw = []
+    elif len(stages_raw) > MAX_STAGES:
+        problems.append(f"stages: {len(stages_raw)} stages; a pipeline may have at most {MAX_STAGES}")
+        stages_raw = []
     if not isinstance(defaults, dict):
         problems.append("defaults: expected a mapping of stage keys")
         defaults = {}
-    plans = _stage_plans(stages_raw, defaults, variables, problems, out, check_data)
+    plans = _stage_plans(stages_raw, defaults, substitute, problems, out, check_data)
     _check_references(plans, problems)
     if problems:
-        raise ConfigError(f"{label}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(f"{label}: {len(problems)} problem(s):\n" + listing(problems))
     return PipelinePlan(name=str(raw.get("name") or Path(label).stem), stages=plans,
-                        source=substitute(raw, variables, [], ""))
+                        source=Substitution(variables, [])(raw))
+
+
+def _variables(declared: Any, problems: list[str]) -> dict[str, Any]:
+    """The file's vars:, each one value: a list or mapping could be repeated by every ${name}."""
+    if declared is None:
+        return {}
+    if not isinstance(declared, dict):
+        problems.append(f"vars: expected a mapping of name: value, got {type(declared).__name__}")
+        return {}
+    variables = dict(declared)
+    for name, value in declared.items():
+        if isinstance(value, (dict, list)):
+            problems.append(f"vars.{clip(str(name), 80)}: a variable holds one value (text, a number, "
+                            f"true/false), not a {type(value).__name__}; got {shown(value)}")
+            variables[name] = ""  # so that its uses are not also reported as undefined
+    return variables
 
 
 def _apply_pipeline_overrides(raw: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -129,16 +175,18 @@ def _apply_pipeline_overrides(raw: dict[str, Any], overrides: list[str]) -> tupl
         elif "=" in item:
             plain.append(f"vars.{item}")
         else:
-            problems.append(f"--set {item!r}: expected key=value")
-    declared, used = set(raw.get("vars") or {}), _referenced(raw)
+            problems.append(f"--set {shown(item)}: expected key=value")
+    declared, used = set(raw["vars"] if isinstance(raw.get("vars"), dict) else ()), _referenced(raw)
     for item in plain:
         name = item.split("=", 1)[0].removeprefix("vars.")
         if not item.startswith("defaults.") and name not in declared | used:
             # Most likely a stage key meant for every stage, or a typo: never ignore it silently.
+            name = clip(name, 80)
             problems.append(f"--set {name}=...: the pipeline uses no variable ${{{name}}}; to change a "
                             f"stage key use defaults.{name}=... (all stages) or stages.NAME.{name}=...")
     raw = apply_overrides(raw, plain)
-    stages = [dict(s) if isinstance(s, dict) else s for s in raw.get("stages") or []]
+    given = raw.get("stages")
+    stages = [dict(s) if isinstance(s, dict) else s for s in given] if isinstance(given, list) else []
     # The same names _stage_plans gives; a name may contain dots, so match whole names.
     names = [str(s.get("name") or f"stage{i + 1}") if isinstance(s, dict) else None
              for i, s in enumerate(stages)]
@@ -147,13 +195,13 @@ def _apply_pipeline_overrides(raw: dict[str, Any], overrides: list[str]) -> tupl
         path = key.removeprefix("stages.")
         name = max((n for n in names if n and (path == n or path.startswith(f"{n}."))), key=len, default=None)
         if name is None:
-            problems.append(f"--set {key}: no stage named '{path.split('.')[0]}'; "
-                            f"stages: {', '.join(n for n in names if n)}")
+            problems.append(f"--set {clip(key, 100)}: no stage named '{clip(path.split('.')[0], 80)}'; "
+                            f"stages: {clip(', '.join(n for n in names if n))}")
             continue
         if path == name or "=" not in item:
-            problems.append(f"--set {key}: expected stages.{name}.KEY=VALUE")
+            problems.append(f"--set {clip(key, 100)}: expected stages.{clip(name, 80)}.KEY=VALUE")
             continue
-        rest = item[len(f"stages.{name}."):]
+        rest = item.removeprefix(f"stages.{name}.")
         i = names.index(name)
         stages[i] = apply_overrides(stages[i], [rest])
     if stages:
@@ -171,7 +219,7 @@ def _referenced(value: Any) -> set[str]:
 
 
 def _stage_plans(
-    stages_raw: list[Any], defaults: dict[str, Any], variables: dict[str, Any], problems: list[str],
+    stages_raw: list[Any], defaults: dict[str, Any], substitute: Substitution, problems: list[str],
     out: Path | None, check_data: bool,
 ) -> list[StagePlan]:
     plans: list[StagePlan] = []
@@ -181,53 +229,62 @@ def _stage_plans(
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected a mapping with at least name: and data:")
             continue
-        entry = substitute(entry, variables, problems, where)
+        entry = substitute(entry, where)
         name = str(entry.get("name") or f"stage{i + 1}")
-        where = f"stages[{i}] ({name})"
-        if name in seen:
-            problems.append(f"{where}: duplicate stage name '{name}'")
-        seen.add(name)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            problems.append(f"{where}: stage names may use letters, digits, '_', '-' and '.' only")
+        where = f"stages[{i}] ({clip(name, 80)})"
+        _check_name(name, seen, where, problems)
         merged = {**defaults, **{k: v for k, v in entry.items() if k not in STAGE_ONLY_KEYS}}
         merged["out"] = str((out or Path("runs/pipeline")) / "stages" / name)
         init = str(entry.get("init", "previous"))
         baseline = str(entry.get("baseline", "none"))
         if baseline not in ("scratch", "pretrained", "none"):
-            problems.append(f"{where}.baseline: unknown value {baseline!r}; choose one of scratch, pretrained, none")
+            problems.append(f"{where}.baseline: unknown value {shown(baseline)}; choose one of scratch, pretrained, none")
             baseline = "none"
         if init == "scratch":
             merged.pop("weights", None)
         data = str(merged.get("data") or "")
-        if check_data and data and "${" not in data and not Path(data).exists():
-            problems.append(f"{where}.data: folder not found: {merged['data']}")
+        # os.path.exists, not Path.exists: a name too long for the OS is "not found", not a crash.
+        if check_data and data and "${" not in data and not os.path.exists(data):
+            problems.append(f"{where}.data: folder not found: {shown(data)}")
         elif "data" not in merged:
             problems.append(f"{where}.data: missing; every stage needs data: (here or in defaults:)")
         try:
             cfg = TrainConfig.model_validate(merged)
         except ValidationError as err:
-            text = format_validation_error(err, where, TrainConfig)
-            problems.extend(f"{where}.{line[4:]}" for line in text.splitlines()[1:]
-                            if not line.startswith("  - data: Field required"))
+            problems.extend(f"{where}.{p}" for p in validation_problems(err, TrainConfig)
+                            if not p.startswith("data: Field required"))
             cfg = TrainConfig.model_construct(**{**merged, "weights": merged.get("weights")})
         plans.append(StagePlan(name=name, config=cfg, init=init, baseline=baseline))  # type: ignore[arg-type]
     return plans
 
 
+def _check_name(name: str, seen: set[str], where: str, problems: list[str]) -> None:
+    """A stage name is a folder name: safe as one path component, and unique even where the file
+    system ignores case (macOS, Windows), where 'S1' and 's1' would share a folder."""
+    if not STAGE_NAME.fullmatch(name):
+        problems.append(f"{where}: stage name {shown(name)} is not allowed; use {STAGE_NAME_RULE}")
+    twin = next((s for s in seen if s.casefold() == name.casefold()), None)
+    if name in seen:
+        problems.append(f"{where}: duplicate stage name '{clip(name, 80)}'")
+    elif twin is not None:
+        problems.append(f"{where}: stage names '{clip(twin, 80)}' and '{clip(name, 80)}' differ only in "
+                        "case; their folders would collide where the file system ignores case")
+    seen.add(name)
+
+
 def _check_references(plans: list[StagePlan], problems: list[str]) -> None:
     order = [p.name for p in plans]
     for i, plan in enumerate(plans):
+        stage, init = f"stage '{clip(plan.name, 80)}'", clip(plan.init, 80)
         if plan.baseline == "pretrained" and not plan.config.weights:
-            problems.append(f"stage '{plan.name}': baseline 'pretrained' needs weights:")
+            problems.append(f"{stage}: baseline 'pretrained' needs weights:")
         if plan.init in ("previous", "pretrained", "scratch"):
             if plan.init == "pretrained" and not plan.config.weights:
-                problems.append(f"stage '{plan.name}': init 'pretrained' needs weights: (a file, 'hub' or hf-hub:ID)")
+                problems.append(f"{stage}: init 'pretrained' needs weights: (a file, 'hub' or hf-hub:ID)")
             continue
         if plan.init not in order:
-            problems.append(
-                f"stage '{plan.name}': init '{plan.init}' is not a stage; use previous, pretrained, scratch "
-                f"or one of: {', '.join(order)}"
-            )
+            problems.append(f"{stage}: init '{init}' is not a stage; use previous, pretrained, scratch "
+                            f"or one of: {clip(', '.join(order))}")
         elif order.index(plan.init) >= i:
-            kind = "itself (a cycle)" if plan.init == plan.name else f"a later stage '{plan.init}' (a cycle)"
-            problems.append(f"stage '{plan.name}': init refers to {kind}; a stage can start only from an earlier one")
+            kind = "itself (a cycle)" if plan.init == plan.name else f"a later stage '{init}' (a cycle)"
+            problems.append(f"{stage}: init refers to {kind}; a stage can start only from an earlier one")

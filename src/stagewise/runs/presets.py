@@ -6,8 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config import load_yaml
 from ..errors import ConfigError
 
 
@@ -19,7 +18,7 @@ def list_presets() -> dict[str, str]:
     """Preset name -> one-line description."""
     out = {}
     for f in sorted(_folder().glob("*.yaml")):
-        data = yaml.safe_load(f.read_text()) or {}
+        data = load_yaml(f) or {}
         out[f.stem] = " ".join(str(data.get("description", "")).split())
     return out
 
@@ -32,4 +31,4 @@ def preset_path(name: str) -> Path:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    return yaml.safe_load(preset_path(name).read_text())
+    return load_yaml(preset_path(name))
