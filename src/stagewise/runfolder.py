@@ -69,7 +69,8 @@ class EpochRecord(TypedDict, total=False):
     groups_total: int
     epoch_seconds: float
     images_per_sec: float
-    bad_images: int
+    bad_images: int  # training images that could not be decoded this epoch
+    bad_val_images: int  # validation images left out of the metrics for the same reason
     skipped_steps: int
     event: str  # something that happened at the start of the epoch (unfreezing, start note)
 

@@ -36,7 +36,7 @@ def _inspect_parser(dsub: argparse._SubParsersAction) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import inspect_dataset, render
 
-    report = inspect_dataset(args.dir, args.format, args.val_fraction)
+    report = inspect_dataset(args.dir, args.format, args.val_fraction, progress=True)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -218,8 +218,10 @@ def evaluate(
     top1 = torch.zeros((), device=accelerator.device)
     topk = torch.zeros((), device=accelerator.device)
     count = torch.zeros((), device=accelerator.device)
+    bad = torch.zeros((), device=accelerator.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=accelerator.device)
     for batch in loader:
+        bad += len(batch.bad)
         if batch.images.numel() == 0:
             continue
         x = batch.images.to(accelerator.device, non_blocking=True)
@@ -234,10 +236,11 @@ def evaluate(
         topk += (best == y[:, None]).any(dim=1).sum()
         count += y.shape[0]
         confusion += torch.bincount(y * num_classes + best[:, 0], minlength=num_classes**2)
-    totals = accelerator.reduce(torch.stack([loss_sum, top1, topk, count]), reduction="sum")
+    totals = accelerator.reduce(torch.stack([loss_sum, top1, topk, count, bad]), reduction="sum")
     n = max(1.0, float(totals[3]))
     out: dict[str, Any] = {"val_loss": float(totals[0]) / n, "val_top1": float(totals[1]) / n,
-                           "val_top5": float(totals[2]) / n, "val_images": int(totals[3])}
+                           "val_top5": float(totals[2]) / n, "val_images": int(totals[3]),
+                           "bad_val_images": int(totals[4])}
     confusion = accelerator.reduce(confusion, reduction="sum")
     out["confusion"] = confusion.view(num_classes, num_classes).cpu().tolist()  # rows: true class
     return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 
@@ -98,8 +100,23 @@ class RichReporter:
             highlight=False, soft_wrap=True,
         )
 
+    @contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        """A bar for set-up work (indexing, decode checks, caching) in this reporter's display:
+        a second live display on the same terminal would overwrite this one."""
+        handle = self.progress.add_task(f"{self.stage}{description}", total=total, stats="")
+        try:
+            yield lambda n=1: self.progress.advance(handle, n)
+        finally:
+            self.progress.remove_task(handle)
+
     def close(self) -> None:
         self.progress.stop()
+
+
+def progress_of(rep: Reporter) -> Any:
+    """What data functions take as `progress`: the reporter's own bars, or none."""
+    return rep.task if isinstance(rep, RichReporter) else False
 
 
 def make_reporter(kind: str, stage: str | None = None) -> Reporter:

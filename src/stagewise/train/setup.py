@@ -27,12 +27,13 @@ from ..data import (
 )
 from ..data.cache import attach_cache
 from ..data.folder import load_split
+from ..data.verify import check_decodable
 from ..errors import ConfigError
 from ..models import LoadedWeights, ModelBundle, build_model
 from ..runfolder import CONFIG, SPLIT
 from .loop import LoopParts
 from .optim import Schedule, create_optimizer
-from .progress import Reporter
+from .progress import Reporter, progress_of
 from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, set_train_mode
 
@@ -93,13 +94,23 @@ class StageSetup:
         return self.parts.ema.module if self.parts.ema is not None else self.model
 
 
-def load_index(cfg: TrainConfig, split_file: Path | None = None) -> DatasetIndex:
+def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any = False) -> DatasetIndex:
     """The dataset of `cfg`, with the train/val split of `split_file` when given (a resume)."""
-    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed)
+    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
     if split_file is not None and split_file.is_file():
         index = load_split(index, split_file)
     index.check()
     return index
+
+
+def _check_val(index: DatasetIndex, rep: Reporter) -> int:
+    """Decode every val image once before training (a few ms each): no usable one is an error
+    now, not a 0.0 accuracy later; bad ones are named and left out of the metrics."""
+    bad = check_decodable(index, "val", progress=progress_of(rep))
+    if bad:
+        rep.message(f"warning: {len(bad)} val image(s) cannot be decoded and are left out of "
+                    f"evaluation: {', '.join(list(bad)[:3])}")
+    return len(bad)
 
 
 def prepare_stage(
@@ -110,7 +121,8 @@ def prepare_stage(
     `start_epoch`. `split_from` is a run folder whose saved split is reused."""
     from accelerate.utils import set_seed
 
-    index = load_index(cfg, split_from / SPLIT if split_from is not None else None)
+    index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
+    bad_val = _check_val(index, rep)
     if index.skipped:
         shown = ", ".join(index.skipped[:3])
         rep.message(f"warning: skipped {len(index.skipped)} unreadable image(s): {shown}")
@@ -128,9 +140,9 @@ def prepare_stage(
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
     accelerator = make_accelerator(cfg.precision)
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
-                f"{len(index.splits['train'])} train / {len(index.splits['val'])} val images, "
+                f"{len(index.splits['train'])} train / {len(index.splits['val']) - bad_val} val images, "
                 f"{index.num_classes} classes, {pre.image_size}px")
-    parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator)
+    parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator, progress_of(rep))
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler)
 
 
@@ -147,20 +159,22 @@ def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
     return trainable
 
 
-def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess) -> tuple[ImageDataset, ImageDataset]:
+def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess,
+              progress: Any) -> tuple[ImageDataset, ImageDataset]:
     train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
                             seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
-    attach_cache([train_ds, val_ds], cfg.cache, pre)
+    attach_cache([train_ds, val_ds], cfg.cache, pre, progress=progress)
     return train_ds, val_ds
 
 
 def _loop_parts(
-    cfg: TrainConfig, index: DatasetIndex, model: nn.Module, pre: Preprocess, accelerator: Any
+    cfg: TrainConfig, index: DatasetIndex, model: nn.Module, pre: Preprocess, accelerator: Any,
+    progress: Any = False,
 ) -> tuple[LoopParts, Any]:
     from timm.utils import ModelEmaV3
 
-    train_ds, val_ds = _datasets(cfg, index, pre)
+    train_ds, val_ds = _datasets(cfg, index, pre, progress)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
     # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.

@@ -17,7 +17,8 @@ TRACKERS = ("tensorboard", "mlflow")
 
 # Epoch-record keys worth a curve in a tracker (the rest are bookkeeping).
 _LOGGED = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "trainable_params",
-           "groups_unfrozen", "epoch_seconds", "images_per_sec", "bad_images", "skipped_steps")
+           "groups_unfrozen", "epoch_seconds", "images_per_sec", "bad_images", "bad_val_images",
+           "skipped_steps")
 
 
 def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
