@@ -143,6 +143,10 @@ class TrainConfig(_Strict):
     max_minutes: float | None = Field(None, gt=0.0, le=1e6)
     seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1)
     channels_last: bool = False
+    sync_bn: bool = Field(False, description="with several processes, BatchNorm statistics over the "
+                          "global batch (SyncBatchNorm; CUDA only); off: per-process statistics")
+    checkpoint_every: int | None = Field(None, ge=1, le=10**9, description="also save last/ every N "
+                                         "optimizer steps (a crash loses at most N steps)")
 
     # output
     out: Path = Path(defaults.TRAIN_OUT)

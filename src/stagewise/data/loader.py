@@ -91,10 +91,19 @@ class _seeded:
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled (or ordered) indices per epoch, sharded across processes, resumable mid-epoch."""
+    """Shuffled (or ordered) indices per epoch, sharded across processes, resumable mid-epoch.
 
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1):
+    Training (`pad=True`) shards by global batch: in each block of `batch_size x world` samples,
+    rank r takes the r-th `batch_size` slice, so N processes at a per-process batch B see the same
+    samples per optimizer step as one process at batch N x B (equal per-rank lengths, the tail
+    padded by wrapping around, as torch's DistributedSampler does). Evaluation (`pad=False`) gives
+    every sample to exactly one rank: shards may differ in length by one, nothing is repeated.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1,
+                 batch_size: int = 1, pad: bool = True):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.batch_size, self.pad = batch_size, pad
         self.epoch = 0
         self.skip = 0
 
@@ -107,10 +116,19 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        if self.world > 1:
-            per = -(-self.n // self.world)
-            order = (order + order[: per * self.world - self.n])[self.rank :: self.world]
-        return order
+        if self.world == 1:
+            return order
+        if not self.pad:
+            return order[self.rank :: self.world]
+        b, block = self.batch_size, self.batch_size * self.world
+        full = len(order) // block * block
+        mine = [i for k in range(0, full, block) for i in order[k + self.rank * b : k + (self.rank + 1) * b]]
+        rest = order[full:]
+        if rest:
+            per = -(-len(rest) // self.world)
+            rest = rest + order[: per * self.world - len(rest)]
+            mine += rest[self.rank * per : (self.rank + 1) * per]
+        return mine
 
     def __iter__(self) -> Iterator[int]:
         base = self.epoch * _EPOCH_STRIDE
@@ -155,7 +173,9 @@ def make_loader(
     pin_memory: bool = False,
 ) -> DataLoader:
     workers = default_workers() if num_workers is None else num_workers
-    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world)
+    # A shuffled (training) loader pads so that every rank runs the same number of steps;
+    # an ordered (evaluation) one counts every sample exactly once.
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, batch_size, pad=shuffle)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -46,6 +46,7 @@ from ..runfolder import (
     write_model_card,
 )
 from ..train import TrainResult, resume_config
+from ..train.distributed import is_main_process, wait_for_everyone
 from ..train.progress import Reporter, make_reporter
 from .plan import PipelinePlan, StagePlan, load_pipeline
 from .single import train_stage
@@ -91,47 +92,59 @@ def run(
     """
     out = Path(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
-    manifest_path = out / MANIFEST
-    if manifest_path.exists() and not resume:
-        raise ConfigError(f"{out} already holds a pipeline run; pass --resume to continue it, or another --out")
-    if stages:
-        unknown = [s for s in stages if s not in plan.order]
-        if unknown:
-            raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
-    manifest = _load_manifest(manifest_path, plan) if resume else _new_manifest(plan)
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, manifest)
+    manifest = _open(plan, out, stages, resume)
+    hint = _resume_hint(pipeline, out, overrides)
     trained = False
     for stage in plan.stages:
-        if stages and stage.name not in stages:
-            if manifest["stages"][stage.name]["status"] != "done":
-                manifest["stages"][stage.name]["status"] = "skipped"
-            continue
         entry = manifest["stages"][stage.name]
+        if stages and stage.name not in stages:
+            if entry["status"] != "done":
+                entry["status"] = "skipped"
+            continue
         if entry["status"] == "done" and _verified(out, stage, entry):
             continue
         rep = make_reporter(reporter, stage.name)
         try:
-            _run_stage(plan, stage, out, manifest, rep, _resume_hint(pipeline, out, overrides))
+            _run_stage(plan, stage, out, manifest, rep, hint)
         finally:
             rep.close()
-        write_manifest(out, manifest)
-        _write_history(out, plan, manifest)
-        _write_final(out, plan, manifest)
+        _save(out, plan, manifest, report=stage.config.report)
         trained = True
-        if stage.config.report:
-            from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
-
-            write_report(out)
-    write_manifest(out, manifest)
-    if not trained:
-        # A kill after the manifest marked the last stage done but before the final files were
-        # written leaves nothing to train on --resume: write them now so they match the manifest.
-        _write_history(out, plan, manifest)
-        _write_final(out, plan, manifest)
+    # Without training (a kill after the manifest marked the last stage done but before the
+    # final files were written), the final files are written now so they match the manifest.
+    _save(out, plan, manifest, report=False, files=not trained)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / FINAL if (out / FINAL).exists() else None,
                           history=read_json(out / PIPELINE_HISTORY) or {})
+
+
+def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool) -> Manifest:
+    """The manifest to continue (resume) or a new one, after every check; written by rank 0."""
+    if (out / MANIFEST).exists() and not resume:
+        raise ConfigError(f"{out} already holds a pipeline run; pass --resume to continue it, or another --out")
+    unknown = [s for s in stages or [] if s not in plan.order]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
+    manifest = _load_manifest(out / MANIFEST, plan) if resume else _new_manifest(plan)
+    wait_for_everyone()  # every rank has checked the folder before rank 0 writes into it
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        write_manifest(out, manifest)
+    return manifest
+
+
+def _save(out: Path, plan: PipelinePlan, manifest: Manifest, report: bool, files: bool = True) -> None:
+    """The manifest, and with `files` history.json, the final model and the report (rank 0)."""
+    if is_main_process():
+        write_manifest(out, manifest)
+        if files:
+            _write_history(out, plan, manifest)
+            _write_final(out, plan, manifest)
+        if report:
+            from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
+
+            write_report(out)
+    wait_for_everyone()
 
 
 def _new_manifest(plan: PipelinePlan) -> Manifest:
@@ -221,7 +234,8 @@ def _run_stage(
     folder = stage_dir(out, stage.name)
     cfg = _stage_config(stage, folder)
     entry.update(status="running", started=entry.get("started") or time.time(), how=how)
-    write_manifest(out, manifest)
+    if is_main_process():
+        write_manifest(out, manifest)
     # A partly trained stage resumes; its config is checked against the saved one, so a changed
     # setting is an error instead of being silently replaced by the saved one.
     resume = holds_run(folder)

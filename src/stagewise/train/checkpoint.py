@@ -62,6 +62,7 @@ class Resumable:
     global_step: int
     tracker: dict[str, Any]
     history_len: int
+    world_size: int = 1  # processes that trained it: the sampler's shards depend on it
 
 
 def save_last(
@@ -85,6 +86,7 @@ def save_last(
         "global_step": where.global_step,
         "tracker": where.tracker,
         "history_len": where.history_len,
+        "world_size": where.world_size,
         "rng": rng_state(),
     }
 
@@ -120,4 +122,4 @@ def load_last(
     set_rng_state(state["rng"])
     return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
                      global_step=state["global_step"], tracker=state["tracker"],
-                     history_len=state["history_len"])
+                     history_len=state["history_len"], world_size=int(state.get("world_size", 1)))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
+from .distributed import max_over_ranks, sum_over_ranks
 from .progress import Reporter
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
@@ -107,8 +108,11 @@ class _Tally:
         self.loss += loss.detach().float() * n
         self.correct += (logits.detach().argmax(1) == y).sum()
 
-    def means(self) -> tuple[float, float]:
-        return self.loss.item() / max(1, self.seen), self.correct.item() / max(1, self.seen)
+    def means(self, acc: Accelerator) -> tuple[float, float, int]:
+        """Mean loss and accuracy over every rank's images so far (a collective with N ranks:
+        call it at the same batch on all of them)."""
+        loss, correct, seen = sum_over_ranks(acc, [self.loss.item(), self.correct.item(), self.seen])
+        return loss / max(1.0, seen), correct / max(1.0, seen), int(seen)
 
 
 def _usable(batch: Any, loader: DataLoader) -> bool:
@@ -159,16 +163,20 @@ def train_one_epoch(
     parts: LoopParts,
     reporter: Reporter,
     flag: StopFlag,
-    on_step: Callable[[], None],
+    on_step: Callable[[int], None],
     skip_batches: int = 0,
 ) -> EpochStats:
-    """One pass over the training loader; `on_step` runs after each optimizer step."""
+    """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
+    (the stage counts steps and may checkpoint there)."""
     start = time.perf_counter()
     tally = _Tally(parts.accelerator.device)
     batches, skipped, pending = skip_batches, 0, 0
     bad: list[str] = []
     end = len(parts.train_loader) + skip_batches
     parts.model.zero_grad(set_to_none=True)
+    signum = 0
+    # Every rank runs the same number of batches (the sampler pads), so the collectives below
+    # (live metrics, the stop agreement) happen at the same batches everywhere.
     for batch in parts.train_loader:
         bad.extend(batch.bad)
         batches += 1
@@ -180,20 +188,23 @@ def train_one_epoch(
         if window_end and pending:
             pending = 0
             if _optimizer_step(parts):
-                on_step()
+                on_step(batches)
             else:
                 skipped += 1
         if batches % LOG_EVERY == 0 or batches == end:
-            live_loss, live_acc = tally.means()
+            live_loss, live_acc, _ = tally.means(parts.accelerator)
             _check_finite(live_loss, parts.accelerator)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])
-        if flag.signum is not None and pending == 0:
-            break
-    total_loss, top1 = tally.means()
+        if window_end:
+            # A signal to any one rank stops them all, between optimizer steps.
+            signum = max_over_ranks(parts.accelerator, flag.signum or 0)
+            if signum:
+                break
+    total_loss, top1, seen = tally.means(parts.accelerator)
     _check_finite(total_loss, parts.accelerator)
-    return EpochStats(loss=total_loss, top1=top1, images=tally.seen,
+    return EpochStats(loss=total_loss, top1=top1, images=seen,
                       seconds=time.perf_counter() - start, batches_done=batches, bad=bad,
-                      skipped_steps=skipped, interrupted=flag.signum)
+                      skipped_steps=skipped, interrupted=signum or None)
 
 
 def _check_finite(loss: float, acc: Accelerator) -> None:

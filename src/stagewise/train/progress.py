@@ -120,7 +120,10 @@ def progress_of(rep: Reporter) -> Any:
 
 
 def make_reporter(kind: str, stage: str | None = None) -> Reporter:
-    if kind == "quiet":
+    """The reporter for `kind` (rich, json, quiet); other ranks than 0 print warnings only."""
+    from .distributed import is_main_process
+
+    if kind == "quiet" or not is_main_process():
         return QuietReporter()
     if kind == "json":
         return JsonReporter()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
+from .distributed import cpu_only
+
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -35,4 +37,5 @@ def make_accelerator(precision: str) -> Accelerator:
     # (two stages of one process with different precisions each get their own).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=_PRECISION[chosen], step_scheduler_with_optimizer=False)
+    return Accelerator(mixed_precision=_PRECISION[chosen], step_scheduler_with_optimizer=False,
+                       cpu=cpu_only())

@@ -139,9 +139,13 @@ def prepare_stage(
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
     accelerator = make_accelerator(cfg.precision)
+    world = accelerator.num_processes
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
                 f"{len(index.splits['train'])} train / {len(index.splits['val']) - bad_val} val images, "
                 f"{index.num_classes} classes, {pre.image_size}px")
+    if world > 1 or cfg.grad_accum > 1:
+        rep.message(f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}: "
+                    f"global batch {world * cfg.batch_size * cfg.grad_accum} per optimizer step")
     parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator, progress_of(rep))
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler)
 
@@ -177,15 +181,18 @@ def _loop_parts(
     train_ds, val_ds = _datasets(cfg, index, pre, progress)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
+    per_rank = -(-len(train_ds) // world)  # the sampler pads every rank to the same count
     # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.
-    small_tail = bool(cfg.mixup or cfg.cutmix) or len(train_ds) % cfg.batch_size == 1
+    small_tail = bool(cfg.mixup or cfg.cutmix) or per_rank % cfg.batch_size == 1
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
-                               drop_last=small_tail and len(train_ds) > cfg.batch_size,
+                               drop_last=small_tail and per_rank > cfg.batch_size,
                                rank=rank, world=world, pin_memory=pin)
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = create_optimizer(model, cfg)
     schedule = Schedule(optimizer, cfg, math.ceil(len(train_loader) / cfg.grad_accum))
     mixup, criterion = _loss(cfg, index)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..data.folder import save_split
-from ..errors import TrainingInterrupted
+from ..errors import ConfigError, TrainingInterrupted
 from ..models import LoadedWeights
 from ..runfolder import (
     BEST,
@@ -35,6 +35,7 @@ from ..runfolder import (
     write_model_card,
 )
 from .checkpoint import Resumable, load_last, save_last, save_weights
+from .distributed import from_main, is_main_process, wait_for_everyone
 from .loop import EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
 from .progress import Reporter
@@ -68,6 +69,27 @@ def run_stage(
     """Train the stage `cfg` describes into `cfg.out`; with `resume`, continue from its last/."""
     run_dir = cfg.out
     setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None)
+    if is_main_process():
+        _start_folder(setup, resume)
+    wait_for_everyone()
+    state, history = _restore(setup, resume, rep)
+    card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
+                     class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
+                     strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
+                     data=str(setup.index.root), layout=setup.index.layout)
+    stopped = _epochs(setup, state, history, rep, card)
+    if not (run_dir / BEST).exists() and is_main_process():
+        _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved
+    wait_for_everyone()  # the next stage (or the caller) reads what rank 0 wrote
+    best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
+    return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
+                       weights=run_dir / BEST, class_ids=setup.index.class_ids,
+                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict())
+
+
+def _start_folder(setup: StageSetup, resume: bool) -> None:
+    """The run folder with its split and config (rank 0 only)."""
+    run_dir = setup.cfg.out
     run_dir.mkdir(parents=True, exist_ok=True)
     # A fresh run always records its own split: a split.json left by an attempt that failed
     # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
@@ -75,24 +97,14 @@ def run_stage(
         save_split(setup.index, run_dir / SPLIT)
     # Written only once every setting has been checked against the data (class_weights, the
     # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
-    write_config(run_dir, cfg.resolved())
-    state, history = _restore(setup, resume, rep)
-    card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
-                     class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
-                     strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
-                     data=str(setup.index.root), layout=setup.index.layout)
-    stopped = _epochs(setup, state, history, rep, card)
-    if not (run_dir / BEST).exists():  # epochs: 0, or nothing improved: the current weights are the best
-        _save_best(setup, card, history[-1] if history else {})
-    best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
-    return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
-                       weights=run_dir / BEST, class_ids=setup.index.class_ids,
-                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict())
+    write_config(run_dir, setup.cfg.resolved())
 
 
 def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
     """Where the stage starts: from scratch, or from its last/ checkpoint on a resume."""
-    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=new_tracker())
+    world = setup.parts.accelerator.num_processes
+    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=new_tracker(),
+                      world_size=world)
     if not resume:
         return state, []
     parts, run_dir = setup.parts, setup.cfg.out
@@ -100,6 +112,12 @@ def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable,
                       parts.accelerator.scaler, parts.ema.module if parts.ema else None)
     if found is None:
         return state, []
+    if found.world_size != world:
+        raise ConfigError(
+            f"{run_dir / LAST} was saved by {found.world_size} process(es) and this run has {world}: "
+            f"each process's share of every epoch depends on that number, so resume with "
+            f"{found.world_size} (torchrun --nproc_per_node {found.world_size}, over all nodes)"
+        )
     rep.message(f"resumed at epoch {found.epoch + 1}, batch {found.batches_done}")
     return found, read_history(run_dir)[: found.history_len]
 
@@ -121,6 +139,7 @@ def _epochs(
     logger = open_tracker(cfg.log_with, cfg.out, cfg.out.name, cfg.resolved()) \
         if setup.parts.accelerator.is_main_process else None
     flag = StopFlag()
+    state.history_len = len(history)
     with catch_signals(flag), _closing(logger):
         for epoch in range(state.epoch, cfg.epochs):
             trainable = start_epoch(setup, epoch)
@@ -133,7 +152,9 @@ def _epochs(
             log_epoch(logger, record)
             _persist(setup, tracker, history, card, confusion)
             reason = _decide_stop(setup, tracker, record, clock)
-            _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history)))
+            state.history_len = len(history)
+            _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history),
+                                         setup.parts.accelerator.num_processes))
             if reason:
                 rep.message(f"stopping after epoch {epoch + 1}: {reason}")
                 return reason
@@ -157,8 +178,13 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
     setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
     rep.epoch_start(epoch + 1, setup.cfg.epochs, len(setup.parts.train_loader) + skip)
 
-    def on_step() -> None:
+    every = setup.cfg.checkpoint_every
+
+    def on_step(batches_done: int) -> None:
         state.global_step += 1
+        if every and state.global_step % every == 0:  # a crash in a long epoch loses < N steps
+            _checkpoint(setup, Resumable(epoch, batches_done, state.global_step, state.tracker,
+                                         state.history_len, setup.parts.accelerator.num_processes))
 
     stats = train_one_epoch(setup.parts, rep, flag, on_step, skip_batches=skip)
     if stats.bad:
@@ -170,7 +196,8 @@ def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStat
                clock: _Clock, rep: Reporter) -> None:
     """Save mid-epoch and stop: a resume continues at the next batch."""
     clock.update()
-    _checkpoint(setup, Resumable(epoch, stats.batches_done, state.global_step, state.tracker, done))
+    _checkpoint(setup, Resumable(epoch, stats.batches_done, state.global_step, state.tracker, done,
+                                 setup.parts.accelerator.num_processes))
     rep.message(f"interrupted: saved {setup.cfg.out / LAST}")
     raise TrainingInterrupted(int(stats.interrupted or 0), run_dir=setup.cfg.out)
 
@@ -217,7 +244,8 @@ def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord
     run does not train past it."""
     setup.parts.schedule.epoch_end(record.get(setup.cfg.monitor))
     clock.update()
-    reason = stop_reason(setup.cfg, tracker, record)
+    # Rank 0 decides (clocks differ between processes) and every rank follows.
+    reason = from_main(stop_reason(setup.cfg, tracker, record))
     if reason:
         tracker["stopped"] = reason
     return reason
