@@ -40,11 +40,11 @@ def stagewise_loop(model: nn.Module, data, lr: float, epochs: int) -> float:
     """The engine's `train_one_epoch` with everything stagewise sets up for a finetune stage."""
     from stagewise.config import TrainConfig
     from stagewise.data.loader import Batch
-    from stagewise.engine import LoopParts, StopFlag, train_one_epoch
-    from stagewise.optim import Schedule, create_optimizer
-    from stagewise.progress import QuietReporter
-    from stagewise.runtime import make_accelerator
-    from stagewise.strategies import apply_strategy, set_train_mode
+    from stagewise.training.loop import LoopParts, StopFlag, train_one_epoch
+    from stagewise.training.optim import Schedule, create_optimizer
+    from stagewise.training.progress import QuietReporter
+    from stagewise.training.runtime import make_accelerator
+    from stagewise.training.strategies import apply_strategy, set_train_mode
 
     cfg = TrainConfig(data=".", model="resnet10t", lr=lr, epochs=epochs, strategy="finetune")
     acc = make_accelerator("auto")
@@ -57,7 +57,7 @@ def stagewise_loop(model: nn.Module, data, lr: float, epochs: int) -> float:
                       num_classes=10)
     apply_strategy(acc.unwrap_model(model), "finetune", 0)
     set_train_mode(model)
-    stats = train_one_epoch(parts, QuietReporter(), StopFlag(), lambda: None)
+    stats = train_one_epoch(parts, QuietReporter(), StopFlag(), lambda _batches: None)
     return stats.images / stats.seconds
 
 

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 import stagewise
-from stagewise.checkpoint import model_state
 from stagewise.data.transforms import resolve_preprocess
+from stagewise.training.checkpoint import model_state
 
 
 def write_artifact(folder: Path, model_name: str, image_size: int, classes: int) -> Path:

@@ -20,7 +20,7 @@ from stagewise.cli import main
 from stagewise.errors import ConfigError, StagewiseError
 from stagewise.reporting.compare_report import plot_compare
 from stagewise.runs.comparison import cell_config, compare, parse_weights, plan_cells
-from stagewise.train import trackers
+from stagewise.training import trackers
 
 SETTINGS = {"image_size": 32, "batch_size": 8, "num_workers": 0, "lr": 0.01}
 

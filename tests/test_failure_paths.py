@@ -61,7 +61,7 @@ def test_fresh_run_replaces_the_split_of_a_failed_attempt(tmp_path: Path) -> Non
 
 
 def test_nan_metric_counts_as_an_epoch_without_improvement() -> None:
-    from stagewise.train.stopping import improved, new_tracker, stop_reason
+    from stagewise.training.stopping import improved, new_tracker, stop_reason
 
     cfg = stagewise.TrainConfig(data="x", early_stopping=2)
     tracker = new_tracker()
@@ -108,7 +108,7 @@ def test_resumed_stage_refuses_changed_settings(tmp_path: Path) -> None:
 
 
 def test_interrupted_stage_prints_the_pipeline_resume_command(tmp_path: Path, monkeypatch) -> None:
-    from stagewise.train import progress
+    from stagewise.training import progress
 
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(_two_stages(tmp_path)))

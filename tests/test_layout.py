@@ -1,5 +1,5 @@
 """The package layout stays as docs/architecture.md states it: imports point one way
-(cli -> runs -> train -> {data, models, config, runfolder} -> {io, errors}; reporting reads run
+(cli -> runs -> training -> {data, models, config, runfolder} -> {io, errors}; reporting reads run
 folders and never trains), no module imports itself back through others, and functions stay short.
 
 Every import is walked, including those inside functions: a lazy import is still a dependency.
@@ -25,13 +25,13 @@ ALLOWED: dict[str, set[str]] = {
     "models": BASE | {"io", "data"},
     "config": BASE | {"io", "models"},
     "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
-    "train": BASE | {"io", "data", "models", "config", "runfolder"},
+    "training": BASE | {"io", "data", "models", "config", "runfolder"},
     "inference": BASE | {"io", "data", "models", "config", "runfolder"},
     "reporting": BASE | {"io", "data", "config", "runfolder", "inference"},
-    "runs": BASE | {"io", "data", "models", "config", "runfolder", "train", "reporting", "inference"},
-    "cli": BASE | {"io", "data", "models", "config", "runfolder", "train", "reporting", "inference",
+    "runs": BASE | {"io", "data", "models", "config", "runfolder", "training", "reporting", "inference"},
+    "cli": BASE | {"io", "data", "models", "config", "runfolder", "training", "reporting", "inference",
                    "runs"},
-    "__init__": BASE | {"config", "inference", "runs", "train", "reporting"},
+    "__init__": BASE | {"config", "inference", "runs", "training", "reporting"},
     "__main__": {"cli"},
 }
 MAX_LINES = 60

@@ -21,7 +21,7 @@ from stagewise.errors import ConfigError
 from stagewise.reporting.lr_plot import plot_lr_find
 from stagewise.runfolder import LRFindResult
 from stagewise.runs.lr_range import lr_range_test, steepest_lr, valley_lr
-from stagewise.train.optim import create_optimizer
+from stagewise.training.optim import create_optimizer
 
 TINY = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0}
 

@@ -10,7 +10,7 @@ import torch
 
 from stagewise.config import TrainConfig
 from stagewise.errors import ConfigError
-from stagewise.train.optim import Schedule, create_optimizer, group_lrs, param_groups
+from stagewise.training.optim import Schedule, create_optimizer, group_lrs, param_groups
 
 LR = 0.1
 

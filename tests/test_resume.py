@@ -64,7 +64,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 SIGKILL_CHILD = """
 import json, sys, time
 import stagewise
-from stagewise.train.progress import QuietReporter
+from stagewise.training.progress import QuietReporter
 
 class BlockInSecondEpoch(QuietReporter):
     epoch = 0
@@ -126,7 +126,7 @@ def test_sigkill_then_resume_equals_uninterrupted(small_data: Path, tmp_path: Pa
 # The real CLI; JSON lines gain a "batch" event so the parent can signal mid-epoch.
 SIGTERM_CHILD = """
 import json, sys
-from stagewise.train import progress
+from stagewise.training import progress
 from stagewise.cli import main
 
 def batch(self, done, loss, acc, lr):
@@ -182,3 +182,32 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path: Path) -> None:
     full = tmp_path / "full"
     assert main([*_cli_args(data, full), "--quiet"]) == 0
     _assert_same_weights(full / "last" / "model.safetensors", run / "last" / "model.safetensors")
+
+
+def test_mid_epoch_checkpoint_then_crash_resumes_exactly(small_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_every: N saves last/ inside an epoch; a crash right after such a save and a
+    resume continue with the same batches and end with the same weights as no crash."""
+    import stagewise.training.stage as stage
+
+    cfg = dict(epochs=2, batch_size=4, checkpoint_every=3)
+    straight = stagewise.train(tiny_config(small_data, tmp_path / "straight", **cfg), reporter="quiet")
+    real = stage._checkpoint
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_mid_epoch_save(setup, where):
+        real(setup, where)
+        if where.epoch == 1 and where.batches_done > 0:  # inside the second epoch
+            raise Crash
+
+    monkeypatch.setattr(stage, "_checkpoint", crash_after_mid_epoch_save)
+    with pytest.raises(Crash):
+        stagewise.train(tiny_config(small_data, tmp_path / "crashed", **cfg), reporter="quiet")
+    monkeypatch.setattr(stage, "_checkpoint", real)
+    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    assert resumed.history[-1]["epoch"] == 2
+    _assert_same_weights(straight.run_dir / "last" / "model.safetensors",
+                         resumed.run_dir / "last" / "model.safetensors")
+    _assert_same_weights(straight.weights, resumed.weights)

@@ -3,7 +3,7 @@ here rather than silently changing runs."""
 
 from __future__ import annotations
 
-from stagewise.train.runtime import make_accelerator
+from stagewise.training.runtime import make_accelerator
 
 
 def test_each_stage_gets_its_own_precision_in_one_process() -> None:

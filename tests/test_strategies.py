@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.models.head import classifier_keys
-from stagewise.train.strategies import (
+from stagewise.training.strategies import (
     apply_strategy,
     coarse_groups,
     set_train_mode,

@@ -19,7 +19,7 @@ from .errors import (
 )
 from .inference import Classifier, Evaluation, Prediction, evaluate, export, load
 from .runs import PipelineResult, compare, lr_find, run, train
-from .train import TrainResult
+from .training import TrainResult
 
 if TYPE_CHECKING:
     from .reporting import write_report

@@ -10,6 +10,19 @@ import numpy as np
 
 from ..errors import DataError
 
+# What each layout expects on disk, for error messages (layouts.py detects them).
+EXPECTED: dict[str, str] = {
+    "folder": "train/<class>/ and val/<class>/ (a folder per class, 2 or more), or <class>/ "
+              "folders only (val_fraction of each held out)",
+    "imagenette": "imagenette2[-160|-320]: train/ and val/ with its 10 wnid folders",
+    "imagewoof": "imagewoof2[-160|-320]: train/ and val/ with its 10 wnid folders",
+    "tiny-imagenet": "tiny-imagenet-200: wnids.txt, train/<wnid>/images/, val/val_annotations.txt",
+    "imagenet": "train/<wnid>/ (n01440764, ...); val/ in wnid folders or flat with "
+                "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt",
+    "csv": "a .csv manifest with the header path,label[,split]",
+    "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
+}
+
 
 @dataclass
 class Samples:
@@ -84,6 +97,4 @@ class DatasetIndex:
             )
 
     def _expected(self) -> str:
-        from .layouts import EXPECTED  # imported here: layouts imports this module
-
         return EXPECTED.get(self.layout, "one folder (or label) per class")

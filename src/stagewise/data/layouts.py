@@ -18,7 +18,7 @@ from .cifar import cifar_folder, read_cifar
 from .csv_manifest import find_manifest, read_csv_manifest
 from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
-from .index import DatasetIndex
+from .index import EXPECTED, DatasetIndex
 from .progress import Advance, Progress, task
 from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
@@ -39,17 +39,6 @@ READERS: dict[str, Reader] = {
 }
 
 # What each layout looks like on disk, for error messages.
-EXPECTED: dict[str, str] = {
-    "folder": "train/<class>/ and val/<class>/ (a folder per class, 2 or more), or <class>/ "
-              "folders only (val_fraction of each held out)",
-    "imagenette": "imagenette2[-160|-320]: train/ and val/ with its 10 wnid folders",
-    "imagewoof": "imagewoof2[-160|-320]: train/ and val/ with its 10 wnid folders",
-    "tiny-imagenet": "tiny-imagenet-200: wnids.txt, train/<wnid>/images/, val/val_annotations.txt",
-    "imagenet": "train/<wnid>/ (n01440764, ...); val/ in wnid folders or flat with "
-                "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt",
-    "csv": "a .csv manifest with the header path,label[,split]",
-    "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
-}
 
 
 def _wnid_family(root: Path) -> str | None:

@@ -35,8 +35,8 @@ from ..runfolder import (
     try_read_model_card,
     write_cell_marker,
 )
-from ..train.progress import make_reporter
-from ..train.trackers import require_tracker
+from ..training.progress import make_reporter
+from ..training.trackers import require_tracker
 from .single import stage_config, train_stage
 
 log = logging.getLogger("stagewise")

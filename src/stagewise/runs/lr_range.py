@@ -24,8 +24,8 @@ from ..errors import ConfigError
 from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
 from ..runfolder import LRFindResult, write_lr_find
-from ..train import coerce_config, prepare_stage, start_epoch
-from ..train.progress import QuietReporter
+from ..training import coerce_config, prepare_stage, start_epoch
+from ..training.progress import QuietReporter
 
 MAX_STEPS = 1000
 

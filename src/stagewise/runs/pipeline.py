@@ -45,9 +45,9 @@ from ..runfolder import (
     write_manifest,
     write_model_card,
 )
-from ..train import TrainResult, resume_config
-from ..train.distributed import is_main_process, wait_for_everyone
-from ..train.progress import Reporter, make_reporter
+from ..training import TrainResult, resume_config
+from ..training.distributed import is_main_process, wait_for_everyone
+from ..training.progress import Reporter, make_reporter
 from .plan import PipelinePlan, StagePlan, load_pipeline
 from .single import train_stage
 

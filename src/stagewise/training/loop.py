@@ -119,7 +119,7 @@ def _usable(batch: Any, loader: DataLoader) -> bool:
     """Bad files can leave a batch empty, or with one image, which BatchNorm cannot train on
     (a batch_size of 1 is the user's choice and is kept)."""
     n_images = batch.images.shape[0] if batch.images.numel() else 0
-    return n_images > 1 or (n_images == 1 and (loader.batch_size or 1) == 1)
+    return n_images > 1 or (n_images == 1 and (getattr(loader, "batch_size", None) or 1) == 1)
 
 
 def _micro_step(parts: LoopParts, batch: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
