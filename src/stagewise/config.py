@@ -79,7 +79,12 @@ class TrainConfig(_Strict):
     val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
     augmentation: Augmentation = "standard"
     num_workers: int | None = Field(None, ge=0, le=256, description="data loader workers; None: from cores")
-    cache: Literal["none", "memory", "disk"] = "none"
+    cache: Literal["auto", "none", "memory", "disk", "features"] = Field(
+        "auto", description="memory/disk: decoded images; features: a probe's backbone features "
+        "(computed once); auto: features for a probe without augmentation (exact), else none")
+    feature_views: int = Field(0, ge=0, le=64, description="cache: features with augmentation: "
+                               "precompute K augmented views and cycle through them; 0: the "
+                               "un-augmented view")
 
     # model
     model: str = "resnet18"

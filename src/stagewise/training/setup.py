@@ -8,6 +8,7 @@ same network, data and trainable parameters as a stage's first epoch builds them
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..data.verify import check_decodable
 from ..errors import ConfigError
 from ..models import LoadedWeights, ModelBundle, build_model
 from ..runfolder import CONFIG, SPLIT
+from .features import FeatureDataset, HeadOnFeatures, check_features_supported, extract
 from .loop import LoopParts
 from .optim import Schedule, create_optimizer
 from .progress import Reporter, progress_of
@@ -82,15 +84,24 @@ class StageSetup:
     pre: Preprocess
     parts: LoopParts
     sampler: Any  # the training loader's EpochSampler (set per epoch, skips on resume)
+    network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
 
     @property
     def model(self) -> nn.Module:
-        """The bare network (unwrapped from Accelerate's DDP wrapper)."""
-        return self.parts.accelerator.unwrap_model(self.parts.model)
+        """The bare whole network: what is frozen, checkpointed and saved."""
+        return self.parts.accelerator.unwrap_model(self.network)
 
     @property
     def eval_model(self) -> nn.Module:
-        """What is evaluated and saved: the EMA copy when there is one."""
+        """What the validation loader feeds: the EMA copy when there is one; the head alone when
+        the loaders hold cached features."""
+        if self.parts.ema is not None:
+            return self.parts.ema.module
+        return self.parts.accelerator.unwrap_model(self.parts.model)
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """What best.safetensors holds: the whole network (its EMA copy when there is one)."""
         return self.parts.ema.module if self.parts.ema is not None else self.model
 
 
@@ -146,8 +157,55 @@ def prepare_stage(
     if world > 1 or cfg.grad_accum > 1:
         rep.message(f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}: "
                     f"global batch {world * cfg.batch_size * cfg.grad_accum} per optimizer step")
-    parts, sampler = _loop_parts(cfg, index, bundle.model, pre, accelerator, progress_of(rep))
-    return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler)
+    cache = resolve_cache(cfg, accelerator.num_processes)
+    if cache != cfg.cache:
+        rep.message(f"cache: {cache} (auto: " + ("a probe without augmentation trains its head on "
+                    "backbone features computed once, exactly)" if cache == "features" else
+                    "no cache)"))
+    parts, sampler, network = _loop_parts(cfg, index, bundle.model, pre, accelerator, cache,
+                                          progress_of(rep))
+    if cache == "features":
+        _use_features(cfg, parts, network, rep)
+        sampler = parts.train_loader.sampler
+    return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
+                      network=network)
+
+
+def resolve_cache(cfg: TrainConfig, world: int) -> str:
+    """What `cache: auto` means for this stage; other values are checked and kept."""
+    if cfg.cache == "features":
+        check_features_supported(cfg, world)
+    if cfg.cache != "auto":
+        return cfg.cache
+    exact = cfg.strategy == "probe" and cfg.augmentation == "none"
+    simple = not (cfg.mixup or cfg.cutmix or cfg.ema) and world == 1
+    return "features" if exact and simple else "none"
+
+
+def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: Reporter) -> None:
+    """Swap the image loaders for loaders of backbone features and the network for its head."""
+    model = parts.accelerator.unwrap_model(network)
+    views = cfg.feature_views or 1
+    if cfg.augmentation != "none" and not cfg.feature_views:
+        rep.message("warning: cache: features without feature_views trains on the un-augmented "
+                    f"view; augmentation '{cfg.augmentation}' is not applied (set feature_views: K)")
+    start = time.perf_counter()
+    for name, n in (("train_loader", views), ("val_loader", 1)):
+        loader = getattr(parts, name)
+        dataset = loader.dataset
+        if name == "train_loader" and not cfg.feature_views:
+            dataset = ImageDataset(dataset.samples, parts.val_loader.dataset.transform, cfg.seed,
+                                   seeded=False)
+        feats, bad = extract(model, dataset, n, loader.batch_size or 1, loader.num_workers,
+                             parts.accelerator.device, cfg.channels_last)
+        setattr(parts, name, make_loader(FeatureDataset(feats, dataset.samples, bad),
+                                         loader.batch_size or 1, name == "train_loader", cfg.seed,
+                                         0, drop_last=loader.drop_last))
+    rep.message(f"features: {views} view(s) of {len(parts.train_loader.dataset)} train and "
+                f"{len(parts.val_loader.dataset)} val images extracted once in "
+                f"{time.perf_counter() - start:.1f}s")
+    parts.model = HeadOnFeatures(model, cfg.drop_rate).to(parts.accelerator.device)
+    parts.channels_last = False
 
 
 def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
@@ -163,22 +221,23 @@ def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
     return trainable
 
 
-def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess,
+def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str,
               progress: Any) -> tuple[ImageDataset, ImageDataset]:
     train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
                             seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
-    attach_cache([train_ds, val_ds], cfg.cache, pre, progress=progress)
+    if cache in ("memory", "disk"):  # cached features are made from the images themselves
+        attach_cache([train_ds, val_ds], cache, pre, progress=progress)
     return train_ds, val_ds
 
 
 def _loop_parts(
     cfg: TrainConfig, index: DatasetIndex, model: nn.Module, pre: Preprocess, accelerator: Any,
-    progress: Any = False,
-) -> tuple[LoopParts, Any]:
+    cache: str, progress: Any = False,
+) -> tuple[LoopParts, Any, nn.Module]:
     from timm.utils import ModelEmaV3
 
-    train_ds, val_ds = _datasets(cfg, index, pre, progress)
+    train_ds, val_ds = _datasets(cfg, index, pre, cache, progress)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
     per_rank = -(-len(train_ds) // world)  # the sampler pads every rank to the same count
@@ -203,7 +262,7 @@ def _loop_parts(
                       val_loader=val_loader, num_classes=index.num_classes, mixup=mixup, ema=ema,
                       grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum,
                       channels_last=cfg.channels_last)
-    return parts, train_loader.sampler
+    return parts, train_loader.sampler, model
 
 
 def _loss(cfg: TrainConfig, index: DatasetIndex) -> tuple[Any, nn.Module]:

@@ -252,7 +252,7 @@ def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord
 
 
 def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
-    save_weights(setup.eval_model, setup.cfg.out / BEST)
+    save_weights(setup.saved_model, setup.cfg.out / BEST)
     write_model_card(setup.cfg.out, card.with_metrics(record))
 
 
