@@ -97,6 +97,11 @@ class TrainConfig(_Strict):
     head: HeadMode | None = Field(None, description="None: match when class ids are known")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    head_layers: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="hidden sizes of an MLP before the classifier; [] = linear head"
+    )
+    head_activation: str = Field("relu", description="activation between the head's hidden layers")
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden head layer")
 
     # strategy
     strategy: Strategy = "finetune"
@@ -178,6 +183,15 @@ class TrainConfig(_Strict):
 
         return resolve_model_name(value)
 
+    @field_validator("head_activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        from .models.head import ACTIVATIONS
+
+        if value not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {value!r}; choose one of {', '.join(ACTIVATIONS)}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if (self.mixup or self.cutmix) and self.class_weights is not None:
@@ -186,6 +200,10 @@ class TrainConfig(_Strict):
             raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
         if self.unfreeze_at is not None and sorted(self.unfreeze_at) != self.unfreeze_at:
             raise ValueError("unfreeze_at must list epochs in increasing order")
+        # Checked by value, not by whether the key was given: config.yaml dumps every default.
+        if not self.head_layers and (self.head_dropout or self.head_activation != "relu"):
+            raise ValueError("head_dropout and head_activation act between hidden head layers: set "
+                             "head_layers (e.g. [512]), or use drop_rate for a linear head")
         return self
 
     def as_scratch(self) -> TrainConfig:

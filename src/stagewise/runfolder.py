@@ -143,6 +143,9 @@ class ModelCard:
     data: str | None = None
     layout: str | None = None
     stage: str | None = None  # set on a pipeline's final model: the stage it came from
+    head_layers: list[int] = field(default_factory=list)  # an MLP head's hidden sizes ([]: linear)
+    head_activation: str = "relu"
+    head_dropout: float = 0.0
     stagewise_version: str = __version__
     format: str = MODEL_FORMAT
 

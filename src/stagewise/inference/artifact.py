@@ -104,11 +104,12 @@ def _no_model_json(folder: Path) -> str:
 
 def build_network(artifact: Artifact) -> nn.Module:
     """The timm model of `artifact` with its weights loaded (strictly), in eval mode, no grads."""
-    from ..models import build_model, load_state_dict_file
+    from ..models import HeadSpec, build_model, load_state_dict_file
 
     # build_model constructs the network exactly as training did (e.g. a ViT's img_size).
     bundle = build_model(artifact.architecture, artifact.class_ids,
-                         image_size=artifact.preprocess.image_size, class_names=artifact.class_names)
+                         image_size=artifact.preprocess.image_size, class_names=artifact.class_names,
+                         head=HeadSpec.from_mapping(artifact.meta))
     model = bundle.model
     state = load_state_dict_file(artifact.weights_path).state_dict
     try:

@@ -1,4 +1,4 @@
-"""Create a timm backbone for a class list and load its starting weights."""
+"""Create a timm or torchvision backbone for a class list and load its starting weights."""
 
 from __future__ import annotations
 
@@ -14,37 +14,19 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .head import HeadReport, adapt_head, classifier_keys, init_head
+from . import tv
+from .head import (
+    HeadReport,
+    HeadSpec,
+    adapt_head,
+    head_param_names,
+    head_paths,
+    init_head,
+    install_mlp_head,
+)
 from .weights import LoadedWeights, load_state_dict_file
 
 log = logging.getLogger("stagewise")
-
-# torchvision's names for the classic architectures, mapped to timm's equivalents.
-TORCHVISION_ALIASES = {
-    "mobilenet_v2": "mobilenetv2_100",
-    "mobilenet_v3_large": "mobilenetv3_large_100",
-    "mobilenet_v3_small": "mobilenetv3_small_100",
-    "vit_b_16": "vit_base_patch16_224",
-    "vit_b_32": "vit_base_patch32_224",
-    "vit_l_16": "vit_large_patch16_224",
-    "swin_t": "swin_tiny_patch4_window7_224",
-    "swin_s": "swin_small_patch4_window7_224",
-    "swin_b": "swin_base_patch4_window7_224",
-    "regnet_y_400mf": "regnety_004",
-    "regnet_y_800mf": "regnety_008",
-    "regnet_x_400mf": "regnetx_004",
-    "regnet_x_800mf": "regnetx_008",
-    "regnet_y_1_6gf": "regnety_016",
-    "regnet_y_3_2gf": "regnety_032",
-    "regnet_y_16gf": "regnety_160",
-    # The paper's EfficientNetV2-S, as torchvision builds it (efficientnetv2_rw_s is timm's own variant).
-    "efficientnet_v2_s": "efficientnetv2_s",
-    "mnasnet1_0": "mnasnet_100",
-    "vit_l_32": "vit_large_patch32_224",
-    "vit_h_14": "vit_huge_patch14_224",
-    # No ShuffleNet or SqueezeNet in timm: those names fail with close matches rather than
-    # silently building a different network.
-}
 
 _IMAGENET_FILE = re.compile(r"(in1k|imagenet[-_]?1k|ilsvrc)", re.IGNORECASE)
 
@@ -57,16 +39,30 @@ def _all_models() -> tuple[str, ...]:
 
 
 def resolve_model_name(name: str) -> str:
-    """Map a timm or torchvision name to a timm model name, or raise with close matches."""
+    """A timm name as it is, a torchvision name as `tv:<name>`, or raise with close matches.
+
+    A name both libraries use (resnet18, vgg11, efficientnet_b0...) is timm's: that is what it
+    always meant here, and saved runs name their architecture that way. `tv:<name>` picks
+    torchvision's build explicitly; names only torchvision has (mobilenet_v2...) resolve to it.
+    """
     import timm
 
     name = name.strip()
-    name = TORCHVISION_ALIASES.get(name, name)
+    if tv.is_torchvision(name):
+        if tv.base_name(name) in tv.torchvision_names():
+            return name
+        close = [tv.PREFIX + n for n in tv.close_matches(name)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown torchvision model '{name}'{hint} (any name from "
+                         "torchvision.models.list_models(module=torchvision.models) works after tv:)")
     if timm.is_model(name.split(".")[0]) or name.startswith("hf-hub:"):
         return name
-    close = difflib.get_close_matches(name, _all_models(), n=5, cutoff=0.6)
+    if name in tv.torchvision_names():
+        return tv.PREFIX + name
+    close = difflib.get_close_matches(name, _all_models() + tv.torchvision_names(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model '{name}'{hint} (any name from timm.list_models() works)")
+    raise ValueError(f"unknown model '{name}'{hint} (any name from timm.list_models() or "
+                     "torchvision.models.list_models() works)")
 
 
 @dataclass
@@ -89,11 +85,46 @@ def build_model(
     drop_path_rate: float = 0.0,
     image_size: int | None = None,
     class_names: list[str] | None = None,
+    head: HeadSpec | None = None,
 ) -> ModelBundle:
     """Create `name` with a classifier for `class_ids` and load its starting weights.
 
-    `incoming` (weights handed over from an earlier stage) wins over `weights`.
+    `incoming` (weights handed over from an earlier stage) wins over `weights`. `head` adds hidden
+    layers before the classifier; a saved model is rebuilt with the same `head` (model.json's
+    head_layers/head_activation/head_dropout, read with `HeadSpec.from_mapping`).
     """
+    head = head or HeadSpec()
+    if tv.is_torchvision(name):
+        base = tv.base_name(name)
+        if incoming is None and weights:
+            incoming = _fetch_weights(name, weights)
+        kwargs = tv.build_kwargs(base, len(class_ids), drop_rate, drop_path_rate, image_size)
+        model = tv.create_for_weights(base, kwargs, incoming.state_dict if incoming else None)
+        data_config: dict[str, Any] | None = tv.data_config(base, image_size)
+    else:
+        model = _create_timm(name, len(class_ids), drop_rate, drop_path_rate, image_size)
+        data_config = None
+        if incoming is None and weights:
+            incoming = _fetch_weights(name, weights)
+    if head.layers:
+        install_mlp_head(model, head)
+    notes: list[str] = []
+    init_head(model)
+    if incoming is None:
+        hidden = "new" if head.layers else None
+        report = HeadReport(mode="new", kept=0, total=len(class_ids), hidden=hidden)
+    else:
+        notes = _load_backbone(model, incoming, name)
+        report = adapt_head(model, incoming, class_ids, head_mode, class_names)
+    if data_config is None:
+        import timm
+
+        data_config = timm.data.resolve_data_config({}, model=model)
+    return ModelBundle(model=model, data_config=data_config, head=report, load_notes=notes)
+
+
+def _create_timm(name: str, num_classes: int, drop_rate: float, drop_path_rate: float,
+                 image_size: int | None) -> nn.Module:
     import timm
 
     kwargs: dict[str, Any] = {"drop_rate": drop_rate}
@@ -102,20 +133,9 @@ def build_model(
     if image_size is not None and _takes_img_size(name):
         kwargs["img_size"] = image_size
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=len(class_ids), **kwargs)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise WeightsError(f"model '{name}' does not accept these options: {exc}") from None
-    if incoming is None and weights:
-        incoming = _fetch_weights(name, weights)
-    notes: list[str] = []
-    init_head(model)
-    if incoming is None:
-        head = HeadReport(mode="new", kept=0, total=len(class_ids))
-    else:
-        notes = _load_backbone(model, incoming, name)
-        head = adapt_head(model, incoming, class_ids, head_mode, class_names)
-    data_config = timm.data.resolve_data_config({}, model=model)
-    return ModelBundle(model=model, data_config=data_config, head=head, load_notes=notes)
 
 
 def _takes_img_size(name: str) -> bool:
@@ -125,6 +145,12 @@ def _takes_img_size(name: str) -> bool:
 
 
 def _fetch_weights(name: str, weights: str) -> LoadedWeights:
+    if tv.is_torchvision(name) and weights in ("hub", "pretrained"):
+        state, imagenet = tv.hub_state_dict(tv.base_name(name))
+        loaded = LoadedWeights(state_dict=state, source=f"torchvision:{tv.base_name(name)}")
+        if imagenet:
+            _attach_imagenet(loaded, reason="torchvision's IMAGENET1K weights")
+        return loaded
     if weights in ("hub", "pretrained") or weights.startswith("hf-hub:"):
         return _hub_weights(name if weights in ("hub", "pretrained") else weights)
     loaded = load_state_dict_file(Path(weights).expanduser())
@@ -163,8 +189,8 @@ def _attach_imagenet(loaded: LoadedWeights, reason: str) -> None:
 def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list[str]:
     """Copy every tensor whose name and shape match; report the rest. The head is left to head.py."""
     own = model.state_dict()
-    head_keys = set(classifier_keys(model))
-    body = [k for k in own if k not in head_keys]
+    head = set(head_param_names(model))
+    body = [k for k in own if k not in head]
     matched, mismatched = {}, []
     for k in body:
         t = incoming.state_dict.get(k)
@@ -175,7 +201,17 @@ def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list
         else:
             mismatched.append(f"{k} {tuple(t.shape)} -> {tuple(own[k].shape)}")
     missing = [k for k in body if k not in incoming.state_dict]
-    unexpected = [k for k in incoming.state_dict if k not in own and k not in head_keys]
+    # Another head layout's tensors (linear vs MLP) are adapt_head's to report, not unexpected.
+    head_prefixes = tuple(f"{p}." for p in head_paths(model))
+    extra = [k for k in incoming.state_dict if k not in own and not k.startswith(head_prefixes)]
+    aux = [k for k in extra if k.startswith(tv.AUX_PREFIXES)]
+    unexpected = [k for k in extra if k not in aux]
+    # A torchvision file under a name timm also uses (vgg11, efficientnet_b0) loads partly or
+    # not at all; say which name builds the network it was saved from.
+    if (missing or mismatched) and not tv.is_torchvision(name):
+        hint = tv.layout_hint(name, incoming.state_dict)
+        if hint:
+            raise WeightsError(f"{incoming.source}: {hint}")
     if body and len(matched) < 0.5 * len(body):
         raise WeightsError(
             f"{incoming.source}: weights do not fit this architecture ({name}): only {len(matched)} of "
@@ -186,6 +222,9 @@ def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list
     with torch.no_grad():
         model.load_state_dict(matched, strict=False)
     notes = [f"weights: loaded {len(matched)}/{len(body)} backbone tensors from {incoming.source}"]
+    if aux:
+        notes.append(f"weights: {len(aux)} tensors of training-time auxiliary classifiers not used "
+                     f"({', '.join(sorted({k.split('.')[0] for k in aux}))})")
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
         if items:
             shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
@@ -198,16 +237,23 @@ def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list
 def _resample_pos_embed(
     model: nn.Module, incoming: LoadedWeights, matched: dict[str, torch.Tensor], mismatched: list[str]
 ) -> None:
-    """ViT position embeddings follow the image size; resample them with timm's helper."""
-    key = "pos_embed"
-    own = model.state_dict().get(key)
-    src = incoming.state_dict.get(key)
-    if own is None or src is None or own.shape == src.shape:
-        return
+    """ViT position embeddings follow the image size: resampled with timm's or torchvision's helper."""
+    own_state = model.state_dict()
+    for key in ("pos_embed", "encoder.pos_embedding"):
+        own, src = own_state.get(key), incoming.state_dict.get(key)
+        if own is None or src is None or own.shape == src.shape:
+            continue
+        new = _timm_pos_embed(model, src) if key == "pos_embed" else tv.resample_pos_embed(model, src)
+        if new is None:
+            continue
+        matched[key] = new
+        mismatched[:] = [m for m in mismatched if not m.startswith(key + " ")]
+        log.info("weights: resampled %s %s -> %s", key, tuple(src.shape), tuple(own.shape))
+
+
+def _timm_pos_embed(model: nn.Module, src: torch.Tensor) -> torch.Tensor:
     from timm.layers import resample_abs_pos_embed
 
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
-    grid = model.patch_embed.grid_size
-    matched[key] = resample_abs_pos_embed(src, new_size=list(grid), num_prefix_tokens=prefix)
-    mismatched[:] = [m for m in mismatched if not m.startswith(key + " ")]
-    log.info("weights: resampled pos_embed %s -> %s", tuple(src.shape), tuple(own.shape))
+    grid = list(model.patch_embed.grid_size)
+    return resample_abs_pos_embed(src, new_size=grid, num_prefix_tokens=prefix)

@@ -1,9 +1,17 @@
-"""Adapt the classifier to a new class list by class identity, never silently by index."""
+"""The classifier head: where it is, an optional MLP before it, and its hand-off by class identity.
+
+Rows of the final layer are matched by class id, never silently by index. An MLP head's hidden
+layers carry over only when the incoming weights have exactly the same hidden shapes.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +20,63 @@ from ..errors import WeightsError
 from .weights import LoadedWeights
 
 log = logging.getLogger("stagewise")
+
+# Parameter-free activations only: the hidden layers' state dict then depends on the widths alone.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish, "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "hardswish": nn.Hardswish,
+}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Hidden layers between the pooled features and the final classifier (none: a linear head)."""
+
+    layers: tuple[int, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise WeightsError(f"head_activation '{self.activation}' is unknown; choose one of "
+                               f"{', '.join(ACTIVATIONS)}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> HeadSpec:
+        """From a TrainConfig dump or a model.json: keys head_layers, head_activation, head_dropout.
+
+        Absent keys give a linear head, so a model.json written before these keys existed loads.
+        """
+        return cls(layers=tuple(int(w) for w in data.get("head_layers") or ()),
+                   activation=str(data.get("head_activation") or "relu"),
+                   dropout=float(data.get("head_dropout") or 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"head_layers": list(self.layers), "head_activation": self.activation,
+                "head_dropout": self.dropout}
+
+
+class MLPHead(nn.Module):
+    """`hidden` blocks (linear, activation, dropout), then `last`, the classifier matched by class.
+
+    Conv classifiers (SqueezeNet's 1x1 conv) get 1x1 conv hidden layers: the same MLP, per pixel.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, spec: HeadSpec, conv: bool = False,
+                 bias: bool = True) -> None:
+        super().__init__()
+        layer = partial(nn.Conv2d, kernel_size=1) if conv else nn.Linear
+        blocks = []
+        for width in spec.layers:
+            blocks.append(nn.Sequential(OrderedDict(
+                linear=layer(in_features, width), act=ACTIVATIONS[spec.activation](),
+                drop=nn.Dropout(spec.dropout))))
+            in_features = width
+        self.hidden = nn.Sequential(*blocks)
+        self.last = layer(in_features, num_classes, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.hidden(x))
 
 
 @dataclass
@@ -23,28 +88,73 @@ class HeadReport:
     total: int
     by_name: int = 0
     source: str | None = None
+    hidden: str | None = None  # MLP heads: "kept" or "new (<why>)"; None for a linear head
 
     def describe(self) -> str:
         if self.mode in ("reset", "new"):
-            return f"head: new ({self.total} rows, freshly initialised)"
-        src = f" from {self.source}" if self.source else ""
-        extra = f" ({self.by_name} matched by name)" if self.by_name else ""
-        return f"head: kept {self.kept}/{self.total} rows{src}{extra}"
+            text = f"head: new ({self.total} rows, freshly initialised)"
+        else:
+            src = f" from {self.source}" if self.source else ""
+            extra = f" ({self.by_name} matched by name)" if self.by_name else ""
+            text = f"head: kept {self.kept}/{self.total} rows{src}{extra}"
+        return text + (f"; hidden layers {self.hidden}" if self.hidden else "")
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "kept": self.kept, "total": self.total, "by_name": self.by_name,
-                "source": self.source}
+        out = {"mode": self.mode, "kept": self.kept, "total": self.total, "by_name": self.by_name,
+               "source": self.source}
+        if self.hidden is not None:
+            out["hidden"] = self.hidden
+        return out
+
+
+def head_paths(model: nn.Module) -> list[str]:
+    """Module paths of the classifier: an installed MLPHead, else timm's `pretrained_cfg`
+    classifier, else (torchvision) the last Linear or Conv2d, which is the classifier in every
+    torchvision classification model."""
+    modules = dict(model.named_modules())
+    mlp = [n for n, m in modules.items() if isinstance(m, MLPHead)]
+    if mlp:
+        return mlp
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is not None:
+        names = cfg.get("classifier")
+        names = [] if names is None else [names] if isinstance(names, str) else list(names)
+        return [n for n in names if n in modules]
+    return [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))][-1:]
 
 
 def classifier_keys(model: nn.Module) -> list[str]:
-    """State-dict keys of the final classifier (weight and bias)."""
-    names = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-    if names is None:
-        return []
-    if isinstance(names, str):
-        names = (names,)
-    own = model.state_dict()
-    return [f"{n}.{p}" for n in names for p in ("weight", "bias") if f"{n}.{p}" in own]
+    """State-dict keys of the final classifier (weight and bias): the rows matched by class."""
+    own = dict(model.named_parameters())
+    keys = []
+    for path in head_paths(model):
+        layer = f"{path}.last" if isinstance(model.get_submodule(path), MLPHead) else path
+        keys += [f"{layer}.{p}" for p in ("weight", "bias") if f"{layer}.{p}" in own]
+    return keys
+
+
+def head_param_names(model: nn.Module) -> list[str]:
+    """Every parameter of the head, an MLP's hidden layers included: what a probe trains."""
+    prefixes = tuple(f"{p}." for p in head_paths(model))
+    return [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
+
+
+def install_mlp_head(model: nn.Module, spec: HeadSpec) -> None:
+    """Replace the classifier by an MLPHead with the same input and output sizes."""
+    paths = head_paths(model)
+    if len(paths) != 1:
+        raise WeightsError(f"head_layers: the model has {len(paths)} classifiers "
+                           f"({', '.join(paths) or '-'}); an MLP head needs exactly one")
+    old = model.get_submodule(paths[0])
+    if isinstance(old, nn.Linear):
+        conv, width = False, old.in_features
+    elif isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1):
+        conv, width = True, old.in_channels
+    else:
+        raise WeightsError(f"head_layers: the classifier {paths[0]} is a {type(old).__name__}; an "
+                           "MLP head replaces a Linear or 1x1 Conv2d classifier only")
+    out = old.out_features if isinstance(old, nn.Linear) else old.out_channels
+    model.set_submodule(paths[0], MLPHead(width, out, spec, conv=conv, bias=old.bias is not None))
 
 
 def init_head(model: nn.Module, std: float = 0.01) -> None:
@@ -73,7 +183,7 @@ def adapt_head(
     mode: str | None,
     class_names: list[str] | None = None,
 ) -> HeadReport:
-    """Fill `model`'s classifier from `incoming` according to `mode` (match/keep/reset/None)."""
+    """Fill `model`'s head from `incoming` according to `mode` (match/keep/reset/None)."""
     keys = classifier_keys(model)
     have = [k for k in keys if k in incoming.state_dict]
     src_ids = incoming.class_ids
@@ -84,11 +194,32 @@ def adapt_head(
                 f"{incoming.source}: its class list has {len(src_ids)} entries but its classifier has "
                 f"{rows} rows; fix the classes file or remove it"
             )
+    # Hidden layers do not depend on the classes: they carry over even when the rows cannot.
+    hidden = _carry_hidden(model, incoming, mode)
     if mode is None:
         mode = "match" if src_ids is not None and have else "reset"
+    if hidden is not None and hidden != "kept":
+        if mode == "keep":
+            raise WeightsError(f"head: 'keep' needs the incoming hidden layers, but they are {hidden}; "
+                               "use head: match or reset")
+        have = []  # the final layer reads freshly initialised hidden features: its rows mean nothing
     total = len(class_ids)
     if mode == "reset" or not have:
-        return HeadReport(mode="reset", kept=0, total=total)
+        report = HeadReport(mode="reset", kept=0, total=total, hidden=hidden)
+        log.info(report.describe())
+        return report
+    pairs, by_name = _row_pairs(mode, class_ids, class_names, incoming)
+    _copy_rows(model, incoming, have, pairs)
+    report = HeadReport(mode=mode, kept=len(pairs), total=total, by_name=by_name,
+                        source=incoming.class_list_name, hidden=hidden)
+    log.info(report.describe())
+    return report
+
+
+def _row_pairs(
+    mode: str, class_ids: list[str], class_names: list[str] | None, incoming: LoadedWeights
+) -> tuple[list[tuple[int, int]], int]:
+    src_ids = incoming.class_ids
     if src_ids is None:
         raise WeightsError(
             f"head: '{mode}' needs the class list of {incoming.source}; put a classes.json beside the "
@@ -99,25 +230,54 @@ def adapt_head(
             raise WeightsError(
                 "head: 'keep' needs identical class lists; use head: match to copy the shared classes"
             )
-        pairs = list(enumerate(range(total)))
-        by_name = 0
-    elif mode == "match":
-        pairs, by_name = _match_rows(class_ids, class_names, src_ids, incoming.class_names)
-    else:
-        raise WeightsError(f"head: unknown mode '{mode}'; choose one of match, reset, keep")
+        return list(enumerate(range(len(class_ids)))), 0
+    if mode == "match":
+        return _match_rows(class_ids, class_names, src_ids, incoming.class_names)
+    raise WeightsError(f"head: unknown mode '{mode}'; choose one of match, reset, keep")
+
+
+def _copy_rows(
+    model: nn.Module, incoming: LoadedWeights, keys: list[str], pairs: list[tuple[int, int]]
+) -> None:
     own = model.state_dict()
     with torch.no_grad():
-        for k in have:
+        for k in keys:
             target = own[k]
             src = incoming.state_dict[k]
             if src.shape[1:] != target.shape[1:]:
-                raise WeightsError(f"head: {k} has shape {tuple(src.shape)}, model wants {tuple(target.shape)}")
+                raise WeightsError(
+                    f"head: {k} has shape {tuple(src.shape)}, model wants {tuple(target.shape)}")
             for dst_row, src_row in pairs:
                 target[dst_row].copy_(src[src_row])
-    report = HeadReport(mode=mode, kept=len(pairs), total=total, by_name=by_name,
-                        source=incoming.class_list_name)
-    log.info(report.describe())
-    return report
+
+
+def _carry_hidden(model: nn.Module, incoming: LoadedWeights, mode: str | None) -> str | None:
+    """Copy an MLP head's hidden layers when the incoming ones have exactly the same shapes.
+
+    Returns None for a linear head, "kept", or "new (<why>)" when they start fresh.
+    """
+    final = set(classifier_keys(model))
+    prefixes = tuple(f"{p}." for p in head_paths(model))
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes) and k not in final}
+    src = {k: v for k, v in incoming.state_dict.items() if k.startswith(prefixes) and ".hidden." in k}
+    if not own:
+        if src:
+            log.info("head: the incoming hidden head layers are not used (this model has a linear head)")
+        return None
+    why = None
+    if mode == "reset":
+        why = "head: reset"
+    elif not src:
+        why = f"{incoming.source} has none"
+    elif set(src) != set(own) or any(src[k].shape != v.shape for k, v in own.items()):
+        shapes = sorted(f"{k} {tuple(v.shape)}" for k, v in src.items() if k.endswith(".weight"))
+        why = f"incoming shapes differ: {', '.join(shapes)}"
+    if why is not None:
+        return f"new ({why})"
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(src[k])
+    return "kept"
 
 
 def _match_rows(

@@ -57,9 +57,17 @@ class FeatureDataset(Dataset):
         return self.features[epoch % self.features.shape[0], i], self.samples.labels[i]
 
 
-def check_features_supported(cfg: Any, world: int) -> None:
+def has_feature_head(model: nn.Module) -> bool:
+    """Whether `model` splits into pooled features and a classifier the timm way."""
+    return all(hasattr(model, name) for name in ("forward_features", "forward_head", "get_classifier"))
+
+
+def check_features_supported(cfg: Any, world: int, model: nn.Module) -> None:
     """cache: features trains the head alone; say which settings it cannot honour, and why."""
     problems = []
+    if not has_feature_head(model):
+        problems.append(f"model '{cfg.model}' does not split into features and a classifier the timm "
+                        "way (torchvision builds); use cache: memory")
     if cfg.strategy != "probe":
         problems.append(f"strategy '{cfg.strategy}' trains the backbone too (features would go stale); "
                         "use strategy: probe, or cache: memory")

@@ -30,9 +30,15 @@ from ..data.cache import attach_cache
 from ..data.folder import load_split
 from ..data.verify import check_decodable
 from ..errors import ConfigError
-from ..models import LoadedWeights, ModelBundle, build_model
+from ..models import HeadSpec, LoadedWeights, ModelBundle, build_model
 from ..runfolder import CONFIG, SPLIT
-from .features import FeatureDataset, HeadOnFeatures, check_features_supported, extract
+from .features import (
+    FeatureDataset,
+    HeadOnFeatures,
+    check_features_supported,
+    extract,
+    has_feature_head,
+)
 from .loop import LoopParts
 from .optim import Schedule, create_optimizer
 from .progress import Reporter, progress_of
@@ -141,7 +147,7 @@ def prepare_stage(
     bundle = build_model(
         cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
-        class_names=index.class_names,
+        class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
     )
     for note in bundle.load_notes:
         rep.message(note)
@@ -157,7 +163,7 @@ def prepare_stage(
     if world > 1 or cfg.grad_accum > 1:
         rep.message(f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}: "
                     f"global batch {world * cfg.batch_size * cfg.grad_accum} per optimizer step")
-    cache = resolve_cache(cfg, accelerator.num_processes)
+    cache = resolve_cache(cfg, accelerator.num_processes, bundle.model)
     if cache != cfg.cache:
         rep.message(f"cache: {cache} (auto: " + ("a probe without augmentation trains its head on "
                     "backbone features computed once, exactly)" if cache == "features" else
@@ -171,14 +177,14 @@ def prepare_stage(
                       network=network)
 
 
-def resolve_cache(cfg: TrainConfig, world: int) -> str:
+def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     """What `cache: auto` means for this stage; other values are checked and kept."""
     if cfg.cache == "features":
-        check_features_supported(cfg, world)
+        check_features_supported(cfg, world, model)
     if cfg.cache != "auto":
         return cfg.cache
     exact = cfg.strategy == "probe" and cfg.augmentation == "none"
-    simple = not (cfg.mixup or cfg.cutmix or cfg.ema) and world == 1
+    simple = not (cfg.mixup or cfg.cutmix or cfg.ema) and world == 1 and has_feature_head(model)
     return "features" if exact and simple else "none"
 
 

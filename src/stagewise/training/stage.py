@@ -20,7 +20,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..data.folder import save_split
 from ..errors import ConfigError, TrainingInterrupted
-from ..models import LoadedWeights
+from ..models import HeadSpec, LoadedWeights
 from ..runfolder import (
     BEST,
     LAST,
@@ -76,7 +76,8 @@ def run_stage(
     card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
-                     data=str(setup.index.root), layout=setup.index.layout)
+                     data=str(setup.index.root), layout=setup.index.layout,
+                     **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
     if not (run_dir / BEST).exists() and is_main_process():
         _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved

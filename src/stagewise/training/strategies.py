@@ -13,40 +13,46 @@ from fnmatch import fnmatch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.head import classifier_keys
+from ..models.groups import group_matcher
+from ..models.head import head_param_names
 
 
 def coarse_groups(model: nn.Module) -> list[list[str]]:
-    """Parameter names in timm's coarse layer groups, stem first, classifier last."""
+    """Parameter names in coarse layer groups (timm's, or ours for torchvision), stem first, head last.
+
+    The head is every head parameter, an MLP head's hidden layers included.
+    """
     from timm.models import group_parameters
 
-    head = set(classifier_keys(model))
-    try:
-        grouped = group_parameters(model, model.group_matcher(coarse=True))
+    head = head_param_names(model)
+    matcher = group_matcher(model, coarse=True)
+    if matcher is not None:
+        grouped = group_parameters(model, matcher)
         groups = [list(v) for _, v in sorted(grouped.items())]
-    except (AttributeError, NotImplementedError):
+    else:
         # Models without a group matcher: one group per top-level child module.
         groups = []
         for child, _ in model.named_children():
             names = [n for n, _ in model.named_parameters() if n.split(".")[0] == child]
             if names:
                 groups.append(names)
-    groups = [[n for n in g if n not in head] for g in groups]
+    skip = set(head)
+    groups = [[n for n in g if n not in skip] for g in groups]
     groups = [g for g in groups if g]
-    groups.append(sorted(head))
+    groups.append(head)
     return groups
 
 
 def fine_layer_ids(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> layer index (timm's fine grouping) for layer-wise LR decay."""
+    """Parameter name -> layer index (fine grouping) for layer-wise LR decay; the head on top."""
     from timm.models import group_parameters
 
-    try:
-        grouped = group_parameters(model, model.group_matcher(coarse=False))
-    except (AttributeError, NotImplementedError):
+    matcher = group_matcher(model, coarse=False)
+    if matcher is None:
         return {n: i for i, g in enumerate(coarse_groups(model)) for n in g}
+    grouped = group_parameters(model, matcher)
     ids = {n: layer for layer, names in grouped.items() for n in names}
-    head = classifier_keys(model)
+    head = set(head_param_names(model))
     # timm often puts the classifier in a last group of its own already; counting from the other
     # layers keeps the ids gap-free, so the layer under the head gets exactly lr * layer_decay.
     top = max((v for n, v in ids.items() if n not in head), default=-1) + 1
