@@ -37,7 +37,7 @@ from ..runfolder import (
 )
 from ..training.progress import make_reporter
 from ..training.trackers import require_tracker
-from .single import stage_config, train_stage
+from .single import locked, stage_config, train_stage
 
 log = logging.getLogger("stagewise")
 
@@ -166,6 +166,12 @@ def compare(
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
     require_tracker(base.get("log_with"))
+    with locked(out, ("cells", "compare.json")):
+        return _run_cells(out, cells, configs, base, reporter)
+
+
+def _run_cells(out: Path, cells: list[Cell], configs: dict[str, dict[str, Any]], base: dict[str, Any],
+               reporter: str) -> CompareResult:
     result = CompareResult(out=out, rows=[])
     for cell in cells:
         row, trained = run_cell(cell, configs[cell.name], reporter)

@@ -49,7 +49,7 @@ from ..training import TrainResult, resume_config
 from ..training.distributed import is_main_process, wait_for_everyone
 from ..training.progress import Reporter, make_reporter
 from .plan import PipelinePlan, StagePlan, load_pipeline
-from .single import train_stage
+from .single import locked, train_stage
 
 
 @dataclass
@@ -92,6 +92,12 @@ def run(
     """
     out = Path(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
+    with locked(out, (MANIFEST, "stages")):
+        return _run(plan, out, stages, resume, pipeline, overrides, reporter)
+
+
+def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, pipeline: Any,
+         overrides: Sequence[str], reporter: str) -> PipelineResult:
     manifest = _open(plan, out, stages, resume)
     hint = _resume_hint(pipeline, out, overrides)
     trained = False

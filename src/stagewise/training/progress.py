@@ -45,7 +45,11 @@ class JsonReporter(QuietReporter):
         print(json.dumps({"event": "message", "text": text, "time": time.time()}), flush=True)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        print(json.dumps({"event": "epoch", **record}), flush=True)
+        # "event" says what the line is; an epoch's own event (unfreezing) is its "note".
+        line = {**record, "event": "epoch"}
+        if record.get("event"):
+            line["note"] = record["event"]
+        print(json.dumps(line), flush=True)
 
 
 class RichReporter:
