@@ -118,8 +118,7 @@ def test_interrupted_stage_prints_the_pipeline_resume_command(tmp_path: Path, mo
     with pytest.raises(TrainingInterrupted) as err:
         stagewise.run(path, tmp_path / "run", reporter="quiet", overrides=["defaults.seed=0"])
     assert err.value.exit_code == 143
-    assert err.value.resume_hint == (f"stagewise run {path} --out {tmp_path / 'run'} --resume "
-                                     "--set defaults.seed=0")
+    assert err.value.resume_hint == f"stagewise run --out {tmp_path / 'run'} --resume"
     assert (tmp_path / "run/stages/s1/last/state.pt").is_file()
 
 

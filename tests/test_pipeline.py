@@ -192,3 +192,28 @@ def test_vit_position_embeddings_follow_the_image_size(tmp_path: Path) -> None:
     large = load_file(str(tmp_path / "run/stages/large/best.safetensors"))["pos_embed"]
     assert small.shape[1] == 1 + (32 // 16) ** 2 and large.shape == large_start.shape
     assert large.shape[1] == 1 + (64 // 16) ** 2 and torch.isfinite(large).all()
+
+
+def test_resume_needs_only_the_run_folder(tmp_path: Path) -> None:
+    """The run folder keeps the resolved plan and the --set overrides: `run --out RUN --resume`
+    continues it; the file again without the overrides continues it too; other settings for a
+    stage that has run are refused with what differs."""
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    spec = {"vars": {"data_root": None},
+            "defaults": {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0,
+                         "report": False, "data": "${data_root}"},
+            "stages": [{"name": "one", "epochs": 1, "strategy": "scratch"},
+                       {"name": "two", "epochs": 1, "strategy": "finetune"}]}
+    path = tmp_path / "cur.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    stagewise.run(path, out, stages=["one"], overrides=[f"data_root={data}"], reporter="quiet")
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
+    manifest = json.loads((out / "pipeline.json").read_text())
+    assert [s["status"] for s in manifest["stages"].values()] == ["done", "done"]
+    assert stagewise.run(path, out, resume=True, reporter="quiet").stages["two"]["status"] == "done"
+    with pytest.raises(ConfigError, match=r"would change the run in .*two: epochs: 1 -> 3"):
+        stagewise.run(path, out, resume=True, reporter="quiet",
+                      overrides=[f"data_root={data}", "stages.two.epochs=3"])

@@ -308,7 +308,8 @@ class StageEntry(StageSummary, total=False):
 class Manifest(TypedDict):
     format: str
     name: str
-    pipeline: Any  # the pipeline as given (file path or plain data)
+    pipeline: Any  # the resolved pipeline (variables substituted, overrides applied)
+    overrides: list[str]  # the --set overrides it was started with (a resume reapplies them)
     order: list[str]
     stages: dict[str, StageEntry]
 

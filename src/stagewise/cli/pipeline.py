@@ -52,7 +52,10 @@ def _stages(args: argparse.Namespace) -> list[str] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.pipeline is None:
+    # `run --resume --out RUN` alone continues the pipeline saved in RUN; `run` alone is the demo.
+    resume_saved = args.pipeline is None and args.resume and args.out is not None \
+        and (args.out / "pipeline.json").is_file()
+    if args.pipeline is None and not resume_saved:
         return _cmd_demo(args)
     from ..runs.pipeline import run
 

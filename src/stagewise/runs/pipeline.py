@@ -76,7 +76,7 @@ def sha256(path: Path) -> str:
 
 
 def run(
-    pipeline: str | Path | dict[str, Any] | PipelinePlan,
+    pipeline: str | Path | dict[str, Any] | PipelinePlan | None,
     out: str | Path = "runs/pipeline",
     *,
     stages: list[str] | None = None,
@@ -91,6 +91,10 @@ def run(
         >>> r = stagewise.run("curriculum.yaml", out="runs/cur", overrides=["data_root=data"])  # doctest: +SKIP
     """
     out = Path(out)
+    if pipeline is None:  # a resume needs only the folder: it holds the resolved plan
+        pipeline, overrides = _saved_plan(out, resume), ()
+    elif resume and not overrides:  # the file again: with the overrides it was started with
+        overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
     with locked(out, (MANIFEST, "stages")):
         return _run(plan, out, stages, resume, pipeline, overrides, reporter)
@@ -98,7 +102,7 @@ def run(
 
 def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, pipeline: Any,
          overrides: Sequence[str], reporter: str) -> PipelineResult:
-    manifest = _open(plan, out, stages, resume)
+    manifest = _open(plan, out, stages, resume, overrides)
     hint = _resume_hint(pipeline, out, overrides)
     trained = False
     for stage in plan.stages:
@@ -124,14 +128,15 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, 
                           history=read_json(out / PIPELINE_HISTORY) or {})
 
 
-def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool) -> Manifest:
+def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
+          overrides: Sequence[str]) -> Manifest:
     """The manifest to continue (resume) or a new one, after every check; written by rank 0."""
     if (out / MANIFEST).exists() and not resume:
         raise ConfigError(f"{out} already holds a pipeline run; pass --resume to continue it, or another --out")
     unknown = [s for s in stages or [] if s not in plan.order]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
-    manifest = _load_manifest(out / MANIFEST, plan) if resume else _new_manifest(plan)
+    manifest = _load_manifest(out / MANIFEST, plan) if resume else _new_manifest(plan, overrides)
     wait_for_everyone()  # every rank has checked the folder before rank 0 writes into it
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
@@ -153,8 +158,9 @@ def _save(out: Path, plan: PipelinePlan, manifest: Manifest, report: bool, files
     wait_for_everyone()
 
 
-def _new_manifest(plan: PipelinePlan) -> Manifest:
+def _new_manifest(plan: PipelinePlan, overrides: Sequence[str] = ()) -> Manifest:
     return {
+        "overrides": list(overrides),
         "format": MANIFEST_FORMAT,
         "name": plan.name,
         "pipeline": plan.source,
@@ -164,6 +170,28 @@ def _new_manifest(plan: PipelinePlan) -> Manifest:
     }
 
 
+def _saved_plan(out: Path, resume: bool) -> dict[str, Any]:
+    """The resolved pipeline a run folder was started with (what `--resume` alone continues)."""
+    if not resume:
+        raise ConfigError("run needs a pipeline file, or --resume with the --out of a pipeline run")
+    try:
+        manifest = read_manifest(out)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{out / MANIFEST}: cannot read the pipeline manifest ({exc})") from None
+    if manifest is None or not isinstance(manifest.get("pipeline"), dict):
+        raise ConfigError(f"{out}: no pipeline run to resume here (no {MANIFEST} with its plan); "
+                          "pass the pipeline file, or the --out of a pipeline run")
+    return manifest["pipeline"]
+
+
+def _saved_overrides(out: Path) -> list[str]:
+    try:
+        manifest = read_manifest(out)
+    except (OSError, ValueError):
+        return []  # _load_manifest says what is wrong with it
+    return [str(o) for o in (manifest or {}).get("overrides") or []]
+
+
 def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
     try:
         manifest = read_manifest(path.parent)
@@ -171,13 +199,15 @@ def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
         raise ConfigError(f"{path}: cannot read the pipeline manifest ({exc}); start a new run with "
                           "another --out") from None
     if manifest is None:
-        return _new_manifest(plan)
+        return _new_manifest(plan)  # killed before its first write: nothing to compare with
     if manifest.get("order") != plan.order:
         saved = manifest.get("order")
         raise ConfigError(
             f"{path}: the saved pipeline has stages {saved}, the file now has {plan.order}; "
             "resume with the original pipeline or start a new run"
         )
+    # Settings may change for stages that have not started; a started stage refuses a change
+    # with the differences listed (`_verified`, and `resume_config` as it resumes).
     return manifest
 
 
@@ -224,11 +254,9 @@ def _incoming(
 
 
 def _resume_hint(pipeline: object, out: Path, overrides: Sequence[str]) -> str:
-    """The command that continues this pipeline (an interrupted stage prints it)."""
-    if not isinstance(pipeline, (str, Path)):
-        return f"the same pipeline with --resume (Python: stagewise.run(..., out='{out}', resume=True))"
-    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
-    return f"stagewise run {shlex.quote(str(pipeline))} --out {shlex.quote(str(out))} --resume{sets}"
+    """The command that continues this pipeline (an interrupted stage prints it): the folder
+    holds the resolved plan and overrides, so nothing else is needed."""
+    return f"stagewise run --out {shlex.quote(str(out))} --resume"
 
 
 def _run_stage(
