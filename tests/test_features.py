@@ -80,3 +80,33 @@ def test_augmented_views_cycle_by_epoch(data: Path, tmp_path: Path) -> None:
     result = stagewise.train(tiny_config(data, tmp_path / "views", **cfg), reporter="quiet")
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
     assert all(r["trainable_params"] < r["total_params"] for r in result.history)
+
+
+def test_progressive_resize_grows_the_training_size_and_resumes_on_it(data: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    from stagewise.data.resize import size_schedule
+
+    assert size_schedule(224, 8, 0.5, 0.75) == [128, 128, 160, 160, 192, 192, 224, 224]
+    assert size_schedule(32, 4, 0.5, 0.5) == [16, 24, 32, 32]
+    cfg = dict(strategy="scratch", epochs=4, batch_size=8, progressive_resize={"start": 0.5, "finish": 0.5})
+    straight = stagewise.train(tiny_config(data, tmp_path / "straight", **cfg), reporter="quiet")
+    assert [r["image_size"] for r in straight.history] == [16, 24, 32, 32]
+    assert all(r["val_images"] == 24 for r in straight.history)  # validation at the full size
+
+    import stagewise.training.stage as stage
+
+    real = stage._checkpoint
+
+    def crash_after_first_epoch(setup, where):
+        real(setup, where)
+        if where.epoch == 1 and where.batches_done == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        stagewise.train(tiny_config(data, tmp_path / "crashed", **cfg), reporter="quiet")
+    monkeypatch.setattr(stage, "_checkpoint", real)
+    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    assert [r["image_size"] for r in resumed.history] == [16, 24, 32, 32]
+    a, b = _weights(straight.run_dir), _weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

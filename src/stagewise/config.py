@@ -70,6 +70,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+class ProgressiveResize(_Strict):
+    """`progressive_resize: {start: 0.5, finish: 0.75}`."""
+
+    start: float = Field(0.5, gt=0.0, le=1.0, description="fraction of image_size at the first epoch")
+    finish: float = Field(0.75, ge=0.0, le=1.0, description="fraction of the epochs by which the "
+                          "full size is reached")
+
+
 class TrainConfig(_Strict):
     """Everything one training stage needs. Unknown keys are errors, never ignored."""
 
@@ -153,6 +161,9 @@ class TrainConfig(_Strict):
     max_minutes: float | None = Field(None, gt=0.0, le=1e6)
     seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1)
     channels_last: bool = False
+    progressive_resize: ProgressiveResize | None = Field(
+        None, description="train at start x image_size first, growing linearly to the full size "
+        "by `finish` of the epochs (evaluation stays at the full size)")
     sync_bn: bool = Field(False, description="with several processes, BatchNorm statistics over the "
                           "global batch (SyncBatchNorm; CUDA only); off: per-process statistics")
     checkpoint_every: int | None = Field(None, ge=1, le=10**9, description="also save last/ every N "

@@ -55,7 +55,7 @@ class EpochRecord(TypedDict, total=False):
 
     epoch: int
     global_step: int
-    image_size: int
+    image_size: int  # of the training images this epoch (progressive_resize); val is at full size
     train_loss: float
     train_top1: float
     val_loss: float

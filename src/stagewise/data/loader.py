@@ -34,6 +34,8 @@ class ImageDataset(Dataset):
         self.seeded = seeded
         self.seed_numpy = seed_numpy  # only timm's RandAugment draws from numpy's global RNG
         self.cache = None  # set by data.cache when a decoded-image cache is in use
+        # epoch -> transform, for progressive resizing (data/resize.py); None: `transform` always
+        self.transform_for: Callable[[int], Callable] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,10 +55,11 @@ class ImageDataset(Dataset):
             img = self.image(i)
         except BAD_IMAGE_ERRORS:
             return None, self.samples.describe(i)
+        transform = self.transform if self.transform_for is None else self.transform_for(epoch)
         if not self.seeded:
-            return self.transform(img), self.samples.labels[i]
+            return transform(img), self.samples.labels[i]
         with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF, self.seed_numpy):
-            x = self.transform(img)
+            x = transform(img)
         return x, self.samples.labels[i]
 
 

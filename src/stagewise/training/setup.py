@@ -28,6 +28,7 @@ from ..data import (
 )
 from ..data.cache import attach_cache
 from ..data.folder import load_split
+from ..data.resize import SizedTransforms, size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
 from ..models import HeadSpec, LoadedWeights, ModelBundle, build_model
@@ -91,6 +92,12 @@ class StageSetup:
     parts: LoopParts
     sampler: Any  # the training loader's EpochSampler (set per epoch, skips on resume)
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
+
+    def train_size(self, epoch: int) -> int:
+        """The image size the training images have in `epoch` (progressive resizing)."""
+        dataset = self.parts.train_loader.dataset
+        schedule = getattr(dataset, "transform_for", None)
+        return schedule.size(epoch) if schedule is not None else self.pre.image_size
 
     @property
     def model(self) -> nn.Module:
@@ -163,6 +170,9 @@ def prepare_stage(
     if world > 1 or cfg.grad_accum > 1:
         rep.message(f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}: "
                     f"global batch {world * cfg.batch_size * cfg.grad_accum} per optimizer step")
+    if cfg.progressive_resize is not None and hasattr(bundle.model, "patch_embed"):
+        raise ConfigError(f"progressive_resize: {cfg.model} embeds fixed-size patches with a "
+                          "position table for one image size; use it with a convolutional network")
     cache = resolve_cache(cfg, accelerator.num_processes, bundle.model)
     if cache != cfg.cache:
         rep.message(f"cache: {cache} (auto: " + ("a probe without augmentation trains its head on "
@@ -184,7 +194,8 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     if cfg.cache != "auto":
         return cfg.cache
     exact = cfg.strategy == "probe" and cfg.augmentation == "none"
-    simple = not (cfg.mixup or cfg.cutmix or cfg.ema) and world == 1 and has_feature_head(model)
+    simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize) and world == 1 \
+        and has_feature_head(model)
     return "features" if exact and simple else "none"
 
 
@@ -231,6 +242,10 @@ def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str
               progress: Any) -> tuple[ImageDataset, ImageDataset]:
     train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
                             seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
+    if cfg.progressive_resize is not None:
+        ramp = cfg.progressive_resize
+        train_ds.transform_for = SizedTransforms(
+            pre, cfg.augmentation, size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
         attach_cache([train_ds, val_ds], cache, pre, progress=progress)

@@ -213,7 +213,7 @@ def _make_record(
                        setup.cfg.channels_last)
     confusion = metrics.pop("confusion")
     record: EpochRecord = {
-        "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.pre.image_size,
+        "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
         "train_loss": stats.loss, "train_top1": stats.top1, **metrics,  # type: ignore[typeddict-item]
         "lr": group_lrs(parts.optimizer),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
