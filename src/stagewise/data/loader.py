@@ -160,6 +160,8 @@ def collate_skip_bad(items: list) -> Batch:
 
 def default_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Processes of one run on this machine (torchrun / accelerate launch set it) share its cores.
+    cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     # Training on the CPU needs the cores for compute; leave the data to half of them.
     return max(0, min(8, cores // 2))
 

@@ -38,6 +38,13 @@ class QuietReporter:
         pass
 
 
+class SilentReporter(QuietReporter):
+    """Prints nothing at all (the other ranks of a multi-process run)."""
+
+    def message(self, text: str) -> None:
+        pass
+
+
 class JsonReporter(QuietReporter):
     """One JSON object per line on stdout: messages and epoch records."""
 
@@ -124,10 +131,13 @@ def progress_of(rep: Reporter) -> Any:
 
 
 def make_reporter(kind: str, stage: str | None = None) -> Reporter:
-    """The reporter for `kind` (rich, json, quiet); other ranks than 0 print warnings only."""
+    """The reporter for `kind` (rich, json, quiet); ranks other than 0 print nothing (rank 0 says
+    it once; errors still reach every rank's stderr through the CLI)."""
     from .distributed import is_main_process
 
-    if kind == "quiet" or not is_main_process():
+    if not is_main_process():
+        return SilentReporter()
+    if kind == "quiet":
         return QuietReporter()
     if kind == "json":
         return JsonReporter()
