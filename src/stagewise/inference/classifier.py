@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -19,6 +19,9 @@ from torch import nn
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
 from ..data.transforms import Preprocess, build_transform
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .retrieval import Match, Retriever
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 Inputs = ImageInput | Sequence[ImageInput]
@@ -98,6 +101,19 @@ class Classifier:
                 chunks.append(feats.float().cpu())
         out = torch.cat(chunks) if chunks else torch.empty(0)
         return out[0] if _is_single(inputs) else out
+
+    def index(self, gallery: str | Path | Sequence[str | Path], batch_size: int = 32,
+              num_workers: int | None = None) -> Retriever:
+        """A searchable gallery of files, folders or globs (`stagewise[retrieval]`); images in
+        `gallery/<identity>/` are labelled with the identity."""
+        from .retrieval import Retriever, embed_items, labelled_inputs
+
+        items, _ = labelled_inputs([gallery] if isinstance(gallery, (str, Path)) else gallery)
+        return Retriever(embed_items(self, items, batch_size, num_workers), clf=self)
+
+    def search(self, queries: Inputs, gallery: Retriever, top_k: int = 5) -> list[list[Match]]:
+        """The top_k nearest gallery images (cosine distance) of each query image."""
+        return gallery.search(queries, top_k)
 
     def logits(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
         """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
