@@ -115,8 +115,10 @@ def _retriever(args: argparse.Namespace) -> tuple[Any, Any]:
         clf = load(model, device=args.device)
         return Retriever.load(args.source, clf=clf), clf
     if not args.gallery:
-        raise StagewiseError(f"{args.source}: not a saved index (no {args.source.name}.json beside "
-                             "it); pass an index from `stagewise index`, or a model with --gallery DIR")
+        what = ("a model, not a saved index" if args.source.is_dir() else
+                f"not a saved index (no {args.source.name}.json beside it)")
+        raise StagewiseError(f"{args.source}: {what}; add --gallery DIR to index a gallery now, or "
+                             "pass an index written by `stagewise index MODEL DIR --out FILE`")
     clf = load(args.source, device=args.device)
     return Retriever(_embed(clf, args.gallery, args), clf=clf), clf
 
