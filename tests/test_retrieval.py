@@ -239,6 +239,14 @@ def test_missing_extra_names_the_install_command(monkeypatch, run, reid, tmp_pat
     monkeypatch.setitem(sys.modules, "pytorch_metric_learning.utils.accuracy_calculator", None)
     with pytest.raises(RetrievalError, match=r"stagewise\[retrieval\]"):
         retrieval_metrics(np.eye(4, dtype=np.float32), ["a", "a", "b", "b"])
+    code = main(["evaluate", str(run), "--data", str(reid), "--retrieval"])
+    assert code == 2 and "pytorch-metric-learning" in capsys.readouterr().err
+
+
+def test_no_known_query_gives_undefined_metrics_not_zero():
+    m = retrieval_metrics(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])  # all alone
+    assert m["known_queries"] == 0 and m["map"] is None and m["recall"]["1"] is None
+    assert m["threshold"] is None
 
 
 def test_bad_index_and_mismatched_queries_are_clear_errors(tmp_path):

@@ -116,9 +116,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_retrieval(args: argparse.Namespace) -> int:
     from ..inference import load
     from ..inference.retrieval import require_faiss
-    from ..inference.retrieval_eval import evaluate_retrieval
+    from ..inference.retrieval_eval import evaluate_retrieval, require_metrics
 
-    require_faiss()  # before loading the model and embedding every image
+    require_faiss()  # both before loading the model and embedding every image
+    require_metrics()
     clf = load(args.model, device=args.device)
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",

@@ -180,7 +180,8 @@ def search_index(index: Any, queries: np.ndarray, top_k: int) -> tuple[np.ndarra
         raise RetrievalError(f"query embeddings have {queries.shape[1]} dimensions, the index "
                              f"{index.d}; search with the model that built the index")
     sims, rows = index.search(normalise(queries), k)
-    return 1.0 - sims, rows
+    # Clipped: rounding makes 1 - cos of an image with itself slightly negative.
+    return np.clip(1.0 - sims, 0.0, 2.0), rows
 
 
 class Retriever:

@@ -41,13 +41,18 @@ MAX_RANK = 1000  # past this, mAP is mAP@1000 (a lower bound): the full ranking 
 PML_METRICS = ("precision_at_1", "mean_average_precision", "mean_average_precision_at_r")
 
 
-def accuracy_calculator(k: int, knn: Callable) -> Any:
+def require_metrics() -> type:
+    """pytorch-metric-learning's AccuracyCalculator, or an error that names the extra."""
     try:
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     except ImportError:
         raise RetrievalError("retrieval metrics need pytorch-metric-learning, which is not "
                              f"installed: {EXTRA_HINT}") from None
-    return AccuracyCalculator(include=PML_METRICS, k=k, knn_func=knn, device=torch.device("cpu"))
+    return AccuracyCalculator
+
+
+def accuracy_calculator(k: int, knn: Callable) -> Any:
+    return require_metrics()(include=PML_METRICS, k=k, knn_func=knn, device=torch.device("cpu"))
 
 
 class _Knn:
@@ -98,6 +103,8 @@ def retrieval_metrics(query: np.ndarray, query_labels: list[str], gallery: np.nd
            "map_at_r": float(pml["mean_average_precision_at_r"]),
            "recall": {str(n): _mean(hits[in_gallery, :n].any(axis=1)) for n in RECALL_AT}}
     out["recall"]["1"] = float(pml["precision_at_1"])  # the same number; PML's is the reference
+    if not in_gallery.any():  # PML returns 0 (with a warning) where the metrics are undefined
+        out.update(map=None, map_at_r=None, recall=dict.fromkeys(out["recall"]))
     out.update(_open_set(knn.distances, hits, in_gallery, keep))
     return out
 
