@@ -111,6 +111,9 @@ def _retriever(args: argparse.Namespace) -> tuple[Any, Any]:
 
     require_faiss()
     if is_saved_index(args.source):
+        if args.gallery:
+            raise StagewiseError(f"{args.source} is a saved index: it is the gallery; drop --gallery "
+                                 "(or pass the model instead of the index to search another gallery)")
         model = args.model or Path(read_sidecar(args.source)["model"])
         clf = load(model, device=args.device)
         return Retriever.load(args.source, clf=clf), clf

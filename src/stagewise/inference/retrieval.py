@@ -245,9 +245,7 @@ class Retriever:
                                  f"{len(meta['paths'])} files; rebuild it with `stagewise index`")
         vectors = np.zeros((0, index.d), np.float32)  # kept in the index, not needed again
         gallery = Embeddings(vectors, meta["paths"], meta["labels"], meta["model"], meta["failed"])
-        retriever = cls.__new__(cls)
-        retriever.gallery, retriever.clf, retriever.index = gallery, clf, index
-        return retriever
+        return cls(gallery, clf, index)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:
