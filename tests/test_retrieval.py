@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import stagewise
@@ -258,3 +259,18 @@ def test_bad_index_and_mismatched_queries_are_clear_errors(tmp_path):
         gallery.search(np.ones((1, 5), np.float32))
     with pytest.raises(RetrievalError, match="without its model"):
         gallery.search("image.png")
+
+
+@pytest.mark.parametrize("name", ["tv:resnet18", "tv:squeezenet1_0"])
+def test_torchvision_runs_embed_too(name):
+    """torchvision networks have no forward_head: the classifier's input is the embedding."""
+    from stagewise.data.transforms import Preprocess
+    from stagewise.models import build_model
+
+    model = build_model(name, ["a", "b"], image_size=64).model
+    clf = stagewise.Classifier(model, ["a", "b"], ["a", "b"],
+                               Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    feats = clf.embed(torch.rand(3, 3, 64, 64))
+    assert feats.shape == (3, 512)
+    gallery = Retriever(Embeddings(normalise(feats.numpy()), ["x", "y", "z"], [None] * 3, name))
+    assert gallery.search(feats[1].numpy(), top_k=1)[0][0].path == "y"
