@@ -84,6 +84,10 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=SPLITS, default="val", help="which split to score")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file to write (a .md report goes beside it); default: in the model folder")
+    p.add_argument("--retrieval", action="store_true",
+                   help="re-identification instead: --data holds identity folders (searched leave-"
+                   "one-out) or query/ and gallery/ of them; recall@1/5/10, mAP, mAP@R, open-set "
+                   "rejection (needs stagewise[retrieval])")
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -91,6 +95,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inference import evaluate, load
     from ..inference.output import progress_bar
 
+    if args.retrieval:
+        return _evaluate_retrieval(args)
     clf = load(args.model, device=args.device)
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
@@ -101,6 +107,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
               f"{result.top5:.4f}, macro F1 {result.macro_f1:.4f}, ECE {result.ece:.4f}")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"wrote {json_path} and {report}")
+    return 0
+
+
+def _evaluate_retrieval(args: argparse.Namespace) -> int:
+    from ..inference import load
+    from ..inference.retrieval import require_faiss
+    from ..inference.retrieval_eval import evaluate_retrieval, require_metrics
+
+    require_faiss()  # both before loading the model and embedding every image
+    require_metrics()
+    clf = load(args.model, device=args.device)
+    if args.tta and not args.quiet:
+        print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
+              file=sys.stderr)
+    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers)
+    out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
+    json_path, report = result.write(out)
+    if not args.quiet:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{result.mode}: {result.queries} queries, {result.gallery} gallery "
+                      f"images, {result.identities} identities", show_edge=False)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in result.rows():
+            table.add_row(name, value)
+        Console().print(table)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"wrote {json_path} and {report}")

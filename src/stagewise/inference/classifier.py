@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -19,6 +19,9 @@ from torch import nn
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
 from ..data.transforms import Preprocess, build_transform
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .retrieval import Match, Retriever
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 Inputs = ImageInput | Sequence[ImageInput]
@@ -93,11 +96,22 @@ class Classifier:
         chunks = []
         with torch.inference_mode():
             for batch, _ in self._batches(inputs, batch_size):
-                x = batch.to(self.device)
-                feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-                chunks.append(feats.float().cpu())
+                chunks.append(pre_logits(self.model, batch.to(self.device)).float().cpu())
         out = torch.cat(chunks) if chunks else torch.empty(0)
         return out[0] if _is_single(inputs) else out
+
+    def index(self, gallery: str | Path | Sequence[str | Path], batch_size: int = 32,
+              num_workers: int | None = None) -> Retriever:
+        """A searchable gallery of files, folders or globs (`stagewise[retrieval]`); images in
+        `gallery/<identity>/` are labelled with the identity."""
+        from .retrieval import Retriever, embed_items, labelled_inputs
+
+        items, _ = labelled_inputs([gallery] if isinstance(gallery, (str, Path)) else gallery)
+        return Retriever(embed_items(self, items, batch_size, num_workers), clf=self)
+
+    def search(self, queries: Inputs, gallery: Retriever, top_k: int = 5) -> list[list[Match]]:
+        """The top_k nearest gallery images (cosine distance) of each query image."""
+        return gallery.search(queries, top_k)
 
     def logits(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
         """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
@@ -158,6 +172,25 @@ class Classifier:
             chunk = items[i:i + batch_size]
             sources = [str(x) if isinstance(x, (str, Path)) else None for x in chunk]
             yield torch.stack([self.to_tensor(x) for x in chunk]), sources
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier reads: timm's `forward_head(pre_logits=True)`; for networks
+    without it (torchvision's), the input of the classifier layer, caught by a hook."""
+    if hasattr(model, "forward_head") and hasattr(model, "forward_features"):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    from ..models.head import head_paths
+
+    caught: list[torch.Tensor] = []
+    head = model.get_submodule(head_paths(model)[0])
+    handle = head.register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+    try:
+        model(x)  # the logits are thrown away: one pass is simpler than re-running half a network
+    finally:
+        handle.remove()
+    feats = caught[-1]
+    # A conv classifier (SqueezeNet) reads a feature map: average it, as its own pooling would.
+    return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.flatten(1)
 
 
 def _is_single(inputs: Inputs) -> bool:

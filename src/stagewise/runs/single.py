@@ -11,14 +11,13 @@ from typing import Any
 from .. import defaults
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingInterrupted
-from ..models import LoadedWeights
 from ..lock import run_lock
+from ..models import LoadedWeights
 from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
 from ..training.distributed import is_main_process
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
-
 
 STAGE_MARKERS = (CONFIG, SPLIT, HISTORY, LAST)
 
