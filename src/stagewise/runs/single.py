@@ -1,0 +1,103 @@
+"""`stagewise.train`: one stage as a whole run, i.e. the stage plus what a run adds around it
+(the report, the command that resumes it)."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+from .. import defaults
+from ..config import TrainConfig
+from ..errors import ConfigError, TrainingInterrupted
+from ..models import LoadedWeights
+from ..lock import run_lock
+from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_run
+from ..training import TrainResult, coerce_config, resume_config, run_stage
+from ..training.distributed import is_main_process
+from ..training.progress import Reporter, make_reporter
+from ..training.trackers import require_tracker
+
+
+STAGE_MARKERS = (CONFIG, SPLIT, HISTORY, LAST)
+
+
+def run_folder(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any],
+               resume: bool) -> Path:
+    """The folder a run writes: checked config's `out`, or on a resume the given one."""
+    if not resume:
+        return coerce_config(config, overrides).out
+    given = dict(overrides)
+    if config is not None:
+        given = {**coerce_config(config, {}).model_dump(exclude_unset=True), **given}
+    return Path(given.get("out") or (config.out if isinstance(config, TrainConfig) else defaults.TRAIN_OUT))
+
+
+def stage_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any],
+                 resume: bool) -> TrainConfig:
+    """The config a run will use: the given one, or on `resume` the saved one (given keys must
+    agree with it). A fresh run refuses a folder that already holds a run."""
+    if not resume:
+        cfg = coerce_config(config, overrides)
+        if holds_run(cfg.out):
+            raise ConfigError(
+                f"{cfg.out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        return cfg
+    given = dict(overrides)
+    if config is not None:
+        given = {**coerce_config(config, {}).model_dump(exclude_unset=True), **given}
+    return resume_config(run_folder(config, overrides, resume), given)
+
+
+def locked(folder: Path, markers: tuple[str, ...]) -> contextlib.AbstractContextManager:
+    """The run-folder lock, held by rank 0 (the other ranks of the same run share its folder)."""
+    return run_lock(folder, markers) if is_main_process() else contextlib.nullcontext()
+
+
+def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
+                incoming: LoadedWeights | None = None) -> TrainResult:
+    """run_stage, with `hint` attached to an interruption so the user is told how to go on."""
+    try:
+        return run_stage(cfg, reporter, resume=resume, incoming=incoming)
+    except TrainingInterrupted as exc:
+        exc.resume_hint = exc.resume_hint or hint
+        reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines
+        raise
+
+
+def train(
+    config: TrainConfig | dict | str | Path | None = None,
+    /,
+    *,
+    resume: bool = False,
+    reporter: Reporter | str = "rich",
+    incoming: LoadedWeights | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train one stage and write its run folder (and its report unless `report: false`).
+
+    `incoming` starts the stage from weights already in memory (with their class list, so the
+    head is matched by class id), as a pipeline hands one stage's weights to the next.
+
+    Example:
+        >>> import stagewise
+        >>> r = stagewise.train(data="data/pets", model="resnet18", weights="r18.safetensors",
+        ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
+        >>> r.best["val_top1"]  # doctest: +SKIP
+    """
+    with locked(run_folder(config, overrides, resume), STAGE_MARKERS):
+        cfg = stage_config(config, overrides, resume)
+        require_tracker(cfg.log_with)  # a missing extra is found before anything is written
+        rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
+        try:
+            hint = f"stagewise train --resume --out {shlex.quote(str(cfg.out))}"
+            result = train_stage(cfg, rep, resume, hint, incoming)
+            if cfg.report and is_main_process():
+                from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
+
+                rep.message(f"report: {write_report(cfg.out)}")
+            return result
+        finally:
+            rep.close()
