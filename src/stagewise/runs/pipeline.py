@@ -7,7 +7,6 @@ The pipeline owns ordering, handoff and resume; each stage is an ordinary one-st
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import shutil
 import time
