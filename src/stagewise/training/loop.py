@@ -26,6 +26,7 @@ from .progress import Reporter
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
 LOG_EVERY = 10
+NON_FINITE_FIX = "Lower the LR, add grad_clip, or use fp32 precision"
 
 
 @dataclass
@@ -212,8 +213,7 @@ def _check_finite(loss: float, acc: Accelerator) -> None:
     if math.isfinite(loss) or acc.scaler is not None:
         return
     # The stage (stage.py) knows which checkpoint exists and rewrites this message to say so.
-    raise NonFiniteLoss("training loss became NaN/inf; lower the LR, add grad_clip, or use fp32 "
-                        "precision")
+    raise NonFiniteLoss(f"training loss became NaN/inf. {NON_FINITE_FIX}")
 
 
 @torch.inference_mode()

@@ -41,7 +41,7 @@ from ..runfolder import (
 )
 from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
 from .distributed import from_main, is_main_process, wait_for_everyone
-from .loop import EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
+from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
 from .progress import Reporter, bar
 from .setup import StageSetup, prepare_stage, start_epoch
@@ -180,18 +180,18 @@ def _epochs(
 def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteLoss:
     """The NaN/inf error, saying what is on disk: the checkpoint a resume continues from, or none."""
     last = setup.cfg.out / LAST
+    cause = f"{exc.message.removesuffix(f'. {NON_FINITE_FIX}')} in epoch {epoch + 1}"
     where = saved_position(last)
     if where is None:
         return NonFiniteLoss(
-            f"{exc.message} (epoch {epoch + 1}). No epoch finished and nothing was saved in {last}, "
-            f"so there is nothing to resume: run the same command again after the change (a "
-            f"folder with no trained epoch starts afresh)", resumable=False)
+            f"{cause}. No epoch finished and nothing was saved in {last}, so there is nothing to "
+            f"resume. {NON_FINITE_FIX}, then run the same command again (a folder with no trained "
+            f"epoch starts afresh)", resumable=False)
     done, batches = where
     at = f"at the end of epoch {done}" if batches == 0 else f"in epoch {done + 1} after batch {batches}"
     return NonFiniteLoss(
-        f"{exc.message} (epoch {epoch + 1}). {last} holds the checkpoint saved {at}, before the "
-        f"loss went bad: --resume continues from it with the same settings; for other settings "
-        f"start a new run with another --out")
+        f"{cause}. {last} holds the checkpoint saved {at}, before the values went bad: --resume "
+        f"continues from it with the same settings. {NON_FINITE_FIX} in a new run (another --out)")
 
 
 class _Clock:
@@ -334,8 +334,7 @@ def _checkpoint(setup: StageSetup, where: Resumable) -> None:
     # The loss is checked only every few batches: a step checkpoint in between must not replace
     # the last good one with NaN weights (with a grad scaler such steps are skipped instead).
     if not _finite(setup.model):
-        raise NonFiniteLoss("the weights became NaN/inf; lower the LR, add grad_clip, or use "
-                            "fp32 precision")
+        raise NonFiniteLoss(f"the weights became NaN/inf. {NON_FINITE_FIX}")
     if parts.accelerator.is_main_process:
         save_last(setup.cfg.out / LAST, setup.model, parts.optimizer, parts.schedule,
                   parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
