@@ -178,16 +178,15 @@ def _read_checkpoint(
 def _damaged(path: Path, found: Path, folder: Path, exc: BaseException) -> CheckpointError:
     """A checkpoint that cannot be read: which file, and the ways on. The reader's own text is
     not echoed (torch's suggests weights_only=False, which would unpickle arbitrary code)."""
-    missing = isinstance(exc, FileNotFoundError)
-    why = "missing" if missing else f"damaged or incomplete ({type(exc).__name__})"
+    why = "missing" if isinstance(exc, FileNotFoundError) else "damaged or incomplete"
     old = folder.with_name(f"{folder.name}.old")
-    fallback = (f"{old} holds the checkpoint before it: move it to {folder} to resume from there; "
-                if found != old and old.is_dir() else "")
-    return CheckpointError(
-        f"{path} is {why}, so the run cannot resume from {found}. {fallback}delete {found} to "
-        "train the stage's epochs again from the start with --resume, or start a new run with "
-        "another --out", resumable=False,
-    )
+    restart = (f"delete {found} to train the stage's epochs again from the start with --resume, "
+               "or start a new run with another --out")
+    if found != old and old.is_dir():
+        restart = (f"{old} holds the checkpoint before it: move it to {folder} to resume from "
+                   f"there. Otherwise {restart}")
+    return CheckpointError(f"{path} is {why}, so the run cannot resume from {found}. "
+                           f"{restart[0].upper()}{restart[1:]}", resumable=False)
 
 
 def saved_position(folder: Path) -> tuple[int, int] | None:
