@@ -327,3 +327,21 @@ def test_evaluate_without_a_callback_is_unchanged(data: Path, tmp_path: Path) ->
     counted = loop.evaluate(setup.eval_model, parts.val_loader, parts.accelerator,
                             parts.num_classes, progress=calls.append)
     assert plain == counted and len(calls) == len(parts.val_loader)
+
+
+def test_pipeline_stage_that_saved_nothing_restarts_with_new_settings(data: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    def spec(lr: float) -> dict:
+        return {"defaults": {"model": "test_resnet", "image_size": 32, "batch_size": 8,
+                             "num_workers": 0, "seed": 0, "lr": lr},
+                "stages": [{"name": "s1", "data": str(data), "strategy": "scratch", "epochs": 1}]}
+
+    out = tmp_path / "pipe"
+    _nan_from_call(monkeypatch, 1)
+    with pytest.raises(NonFiniteLoss, match="nothing was saved"):
+        stagewise.run(spec(0.01), out, reporter="quiet")
+    monkeypatch.undo()
+    # Resuming with a lower LR: the stage had nothing to keep, so it starts afresh with it.
+    result = stagewise.run(spec(0.005), out, resume=True, reporter="quiet")
+    assert result.stages["s1"]["status"] == "done"
+    assert "lr: 0.005" in (out / "stages" / "s1" / "config.yaml").read_text()

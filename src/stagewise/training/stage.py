@@ -185,8 +185,8 @@ def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteL
     if where is None:
         return NonFiniteLoss(
             f"{cause}. No epoch finished and nothing was saved in {last}, so there is nothing to "
-            f"resume. {NON_FINITE_FIX}, then run the same command again (a folder with no trained "
-            f"epoch starts afresh)", resumable=False)
+            f"resume. {NON_FINITE_FIX}, then run again: a run folder with no trained epoch starts "
+            f"afresh, with the new settings", resumable=False)
     done, batches = where
     at = f"at the end of epoch {done}" if batches == 0 else f"in epoch {done + 1} after batch {batches}"
     return NonFiniteLoss(
