@@ -29,6 +29,7 @@ from ..runfolder import (
     BEST,
     HISTORY,
     LAST,
+    MODEL_CARD,
     SPLIT,
     Confusion,
     EpochRecord,
@@ -286,7 +287,8 @@ def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord
 
 def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
     save_weights(setup.saved_model, setup.cfg.out / BEST)
-    write_model_card(setup.cfg.out, card.with_metrics(record))
+    with writing(setup.cfg.out / MODEL_CARD):
+        write_model_card(setup.cfg.out, card.with_metrics(record))
 
 
 @contextmanager
