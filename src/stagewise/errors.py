@@ -44,8 +44,27 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum
 
 
-class NonFiniteLoss(StagewiseError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+class RunStopped(StagewiseError):
+    """A run stopped on an error after its folder was started; `resumable` when `--resume` can
+    continue it, and then whoever started it sets `resume_hint` (only they know the command)."""
+
+    def __init__(self, message: str, *, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.resumable = resumable
+        self.resume_hint: str | None = None
+
+    def __str__(self) -> str:
+        how = f"; resume with: {self.resume_hint}" if self.resume_hint and self.resumable else ""
+        return f"{self.message}{how}"
+
+
+class CheckpointError(RunStopped):
+    """A checkpoint or the best weights could not be written, or read back on a resume."""
+
+
+class NonFiniteLoss(RunStopped):
+    """The loss (or the weights) became NaN/inf; the message says which checkpoint exists."""
 
 
 _REPR = reprlib.Repr()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -57,10 +58,14 @@ def replace_dir(build: Callable[[Path], None], target: Path) -> None:
     old = target.with_name(f"{target.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    build(tmp)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        build(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-built folder (a full disk) frees its space
+        raise
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
@@ -76,6 +81,36 @@ def existing_dir(target: Path) -> Path | None:
         return target
     old = target.with_name(f"{target.name}.old")
     return old if old.is_dir() else None
+
+
+# The names the writers above leave behind when killed mid-write: mkstemp's `.<name>.XXXXXXXX.tmp`
+# (8 characters of tempfile's alphabet) and replace_dir's `.<name>.new`. Nothing else matches.
+_TMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_leftovers(folder: Path, dirs: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what an interrupted write left in `folder`; returns what was removed.
+
+    Call it only while holding the folder (no writer can be running). `dirs` are the targets
+    of `replace_dir` here: their `.<name>.new` is always partial, and their `<name>.old` is a
+    stale copy once `<name>` exists (replace_dir renames only complete folders into place).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()
+               and _TMP_FILE.match(p.name)]
+    for name in dirs:
+        new, old = folder / f".{name}.new", folder / f"{name}.old"
+        removed += [d for d in (new,) if d.is_dir() and not d.is_symlink()]
+        if (folder / name).is_dir() and old.is_dir() and not old.is_symlink():
+            removed.append(old)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def _umask() -> int:

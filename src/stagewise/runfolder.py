@@ -28,7 +28,7 @@ import yaml
 from ._version import __version__
 from .config import parse_yaml
 from .errors import ConfigError, WeightsError
-from .io import write_json, write_text
+from .io import existing_dir, write_json, write_text
 
 log = logging.getLogger("stagewise")
 
@@ -262,6 +262,14 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 def holds_run(folder: Path) -> bool:
     """Whether `folder` is a stage run folder (its config has been written)."""
     return (folder / CONFIG).is_file()
+
+
+def holds_nothing_trained(folder: Path) -> bool:
+    """Whether a run in `folder` stopped before it saved anything worth keeping: no checkpoint,
+    no best weights, no trained epoch (say, NaN loss in its first epoch). Such a run may be
+    started afresh, with other settings, instead of needing --resume."""
+    return (holds_run(folder) and existing_dir(folder / LAST) is None
+            and not (folder / BEST).exists() and not trained_epochs(read_history(folder)))
 
 
 # ---- pipeline.json ----

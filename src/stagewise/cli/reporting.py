@@ -50,6 +50,7 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end-lr", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=Path("runs/lr_find"),
                    help="folder for lr_find.json and lr_find.png")
+    add_output_flags(p)
     p.set_defaults(handler=_cmd_lr_find)
 
 
@@ -91,7 +92,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
     data = settings(args, {"out"})
     require(data, "data", "lr-find", "--data DIR")
-    result = lr_find(data, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out)
+    result = lr_find(data, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out,
+                     reporter=reporter_kind(args))
     print(f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
           f"({len(result.lrs)} steps over {result.trainable_params:,} trainable parameters, "
           f"{result.stopped}); plot: {args.out / 'lr_find.png'}")

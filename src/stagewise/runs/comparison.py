@@ -28,6 +28,7 @@ from ..runfolder import (
     SPLIT,
     CompareRow,
     best_record,
+    holds_nothing_trained,
     holds_run,
     read_cell_marker,
     read_history,
@@ -201,7 +202,8 @@ def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[dict[str, 
     done = finished_row(cell_dir, resolved)
     if done is not None:
         return done, False
-    resume = holds_run(cell_dir)  # an interrupted cell resumes when the command runs again
+    # An interrupted cell resumes when the command runs again; one that saved nothing starts afresh.
+    resume = holds_run(cell_dir) and not holds_nothing_trained(cell_dir)
     config = stage_config(cfg, {}, resume)
     rep = make_reporter(reporter, cell.name)
     try:

@@ -25,7 +25,7 @@ from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
 from ..runfolder import LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
-from ..training.progress import QuietReporter
+from ..training.progress import Reporter, bar, make_reporter
 
 MAX_STEPS = 1000
 
@@ -43,12 +43,14 @@ def lr_range_test(
     diverge: float = 4.0,
     accelerator: Any = None,
     mixup: Callable | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> LRFindResult:
     """Sweep the LR from `start_lr` to `end_lr` over `steps` optimizer steps.
 
     Param groups keep their LR ratios (layer decay, explicit group LRs): the swept value is the
     largest group's LR. Stops early once the smoothed loss exceeds `diverge` x its minimum.
     The model is used in the mode it is in (frozen BatchNorm layers may be in eval mode).
+    `progress(1)` runs after each step (a progress bar's advance).
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find: need 0 < start_lr < end_lr (got {start_lr} and {end_lr})")
@@ -69,6 +71,8 @@ def lr_range_test(
             for g, r in zip(optimizer.param_groups, ratios, strict=True):
                 g["lr"] = lr * r
             loss = _step(model, optimizer, criterion, x, y, accelerator, mixup)
+            if progress is not None:
+                progress(1)
             if not math.isfinite(loss):
                 stopped = "non-finite loss"
                 break
@@ -173,6 +177,7 @@ def lr_find(
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
     out: str | Path | None = None,
+    reporter: Reporter | str = "quiet",
     **overrides: Any,
 ) -> LRFindResult:
     """Run the range test for a training config (model, weights, data, strategy, optimizer).
@@ -180,6 +185,7 @@ def lr_find(
     The model, data, loss and optimizer are set up exactly as the stage's first epoch would be
     (`train.prepare_stage` + `start_epoch(0)`): with `freeze_epochs: 1` a finetune sweeps the
     head only, as its first epoch trains it. With `out`, writes lr_find.json and lr_find.png there.
+    `reporter` ("rich", "json", "quiet" or a Reporter): "rich" draws a bar for the sweep.
 
     Example:
         >>> r = lr_find(data="data/pets", model="resnet18", weights="r18.safetensors",
@@ -187,12 +193,18 @@ def lr_find(
         >>> r.valley  # doctest: +SKIP
     """
     cfg = coerce_config(config, overrides)
-    setup = prepare_stage(cfg, QuietReporter())
-    trainable = start_epoch(setup, 0)
-    parts = setup.parts
-    result = lr_range_test(parts.model, parts.train_loader, parts.optimizer, parts.criterion,
-                           start_lr=start_lr, end_lr=end_lr, steps=steps,
-                           accelerator=parts.accelerator, mixup=parts.mixup)
+    rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
+    try:
+        setup = prepare_stage(cfg, rep)
+        trainable = start_epoch(setup, 0)
+        parts = setup.parts
+        with bar(rep, "lr-find", steps) as advance:
+            result = lr_range_test(parts.model, parts.train_loader, parts.optimizer, parts.criterion,
+                                   start_lr=start_lr, end_lr=end_lr, steps=steps,
+                                   accelerator=parts.accelerator, mixup=parts.mixup, progress=advance)
+    finally:
+        if isinstance(reporter, str):  # a reporter passed in is the caller's to close
+            rep.close()
     result.trainable_params = trainable.trainable_params
     if out is not None:
         out = Path(out)

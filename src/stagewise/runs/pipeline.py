@@ -34,6 +34,7 @@ from ..runfolder import (
     StageEntry,
     StageSummary,
     baseline_dir,
+    holds_nothing_trained,
     holds_run,
     read_history,
     read_json,
@@ -270,8 +271,9 @@ def _run_stage(
     if is_main_process():
         write_manifest(out, manifest)
     # A partly trained stage resumes; its config is checked against the saved one, so a changed
-    # setting is an error instead of being silently replaced by the saved one.
-    resume = holds_run(folder)
+    # setting is an error instead of being silently replaced by the saved one. A stage that saved
+    # nothing (NaN in its first epoch) starts afresh, with the settings the file has now.
+    resume = holds_run(folder) and not holds_nothing_trained(folder)
     if resume:
         cfg = resume_config(folder, cfg.model_dump())
     result = train_stage(cfg, rep, resume, hint, incoming)
@@ -310,7 +312,7 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
     if stage.baseline == "scratch":
         cfg = cfg.as_scratch()
     rep.message(f"baseline ({stage.baseline}) for stage '{stage.name}'")
-    resume = holds_run(bdir)
+    resume = holds_run(bdir) and not holds_nothing_trained(bdir)
     if resume:
         cfg = resume_config(bdir, cfg.model_dump())
     result = train_stage(cfg, rep, resume, hint)

@@ -10,10 +10,10 @@ from typing import Any
 
 from .. import defaults
 from ..config import TrainConfig
-from ..errors import ConfigError, TrainingInterrupted
+from ..errors import ConfigError, RunStopped, TrainingInterrupted
 from ..lock import run_lock
 from ..models import LoadedWeights
-from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_run
+from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_nothing_trained, holds_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
 from ..training.distributed import is_main_process
 from ..training.progress import Reporter, make_reporter
@@ -36,10 +36,11 @@ def run_folder(config: TrainConfig | dict | str | Path | None, overrides: dict[s
 def stage_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any],
                  resume: bool) -> TrainConfig:
     """The config a run will use: the given one, or on `resume` the saved one (given keys must
-    agree with it). A fresh run refuses a folder that already holds a run."""
+    agree with it). A fresh run refuses a folder that already holds a run, unless that run saved
+    nothing (it failed before its first epoch finished): then it starts afresh there."""
     if not resume:
         cfg = coerce_config(config, overrides)
-        if holds_run(cfg.out):
+        if holds_run(cfg.out) and not holds_nothing_trained(cfg.out):
             raise ConfigError(
                 f"{cfg.out} already holds a run; pass --resume to continue it, or choose another --out"
             )
@@ -57,12 +58,17 @@ def locked(folder: Path, markers: tuple[str, ...]) -> contextlib.AbstractContext
 
 def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
                 incoming: LoadedWeights | None = None) -> TrainResult:
-    """run_stage, with `hint` attached to an interruption so the user is told how to go on."""
+    """run_stage, with `hint` attached to an interruption (or a resumable error: a full disk,
+    NaN loss after a checkpoint) so the user is told how to go on."""
     try:
         return run_stage(cfg, reporter, resume=resume, incoming=incoming)
     except TrainingInterrupted as exc:
         exc.resume_hint = exc.resume_hint or hint
         reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines
+        raise
+    except RunStopped as exc:
+        if exc.resumable:
+            exc.resume_hint = exc.resume_hint or hint
         raise
 
 

@@ -7,16 +7,38 @@ Everything is stored as safetensors or as a torch file of plain containers that
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import CheckpointError, clip
 from ..io import existing_dir, replace_dir, write_with
+
+# What a failed write raises: OSError from our own renames and fsyncs, SafetensorError from
+# safetensors (not an OSError), RuntimeError from torch.save ("PytorchStreamWriter failed").
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` (a full disk, no permission) into an error that names it;
+    the writers are atomic, so what was there before is still there."""
+    try:
+        yield
+    except WRITE_ERRORS as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else clip(str(exc), 160)
+        raise CheckpointError(
+            f"cannot write {path} ({reason}); what was saved there before is unchanged: free "
+            "space (or fix the folder's permissions), then run again"
+        ) from None
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -26,7 +48,8 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = model_state(model)
-    write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or {}))
+    with writing(path):
+        write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or {}))
 
 
 def rng_state() -> dict[str, Any]:
@@ -96,7 +119,8 @@ def save_last(
             save_file(ema_weights, str(tmp / "ema.safetensors"))
         torch.save(state, tmp / "state.pt")
 
-    replace_dir(build, folder)
+    with writing(folder):
+        replace_dir(build, folder)
 
 
 def load_last(
@@ -107,19 +131,71 @@ def load_last(
     scaler: Any,
     ema: nn.Module | None,
 ) -> Resumable | None:
-    """Restore everything `save_last` wrote; None when there is no checkpoint yet."""
+    """Restore everything `save_last` wrote; None when there is no checkpoint yet.
+
+    Everything is read before anything is restored, so a damaged file changes nothing.
+    """
     found = existing_dir(folder)
-    if found is None or not (found / "state.pt").is_file():
+    if found is None:
         return None
-    model.load_state_dict(load_file(str(found / "model.safetensors")))
-    if ema is not None and (found / "ema.safetensors").is_file():
-        ema.load_state_dict(load_file(str(found / "ema.safetensors")))
-    state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
-                     global_step=state["global_step"], tracker=state["tracker"],
-                     history_len=state["history_len"], world_size=int(state.get("world_size", 1)))
+    weights, ema_weights, state = _read_checkpoint(found, folder, ema is not None)
+    try:
+        model.load_state_dict(weights)
+        if ema is not None and ema_weights is not None:
+            ema.load_state_dict(ema_weights)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
+                         global_step=state["global_step"], tracker=state["tracker"],
+                         history_len=state["history_len"], world_size=int(state.get("world_size", 1)))
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise _damaged(found / "state.pt", found, folder, exc) from None
+
+
+def _read_checkpoint(
+    found: Path, folder: Path, with_ema: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """The three files of a checkpoint, read; a file that does not load is named in the error."""
+    current = found / "model.safetensors"
+    try:
+        weights = load_file(str(current))
+        ema_weights = None
+        current = found / "ema.safetensors"
+        if with_ema and current.is_file():
+            ema_weights = load_file(str(current))
+        current = found / "state.pt"
+        state = torch.load(current, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}, not a checkpoint")
+    except Exception as exc:  # noqa: BLE001 - any failure to read a file means it is damaged
+        raise _damaged(current, found, folder, exc) from None
+    return weights, ema_weights, state
+
+
+def _damaged(path: Path, found: Path, folder: Path, exc: BaseException) -> CheckpointError:
+    """A checkpoint that cannot be read: which file, and the ways on. The reader's own text is
+    not echoed (torch's suggests weights_only=False, which would unpickle arbitrary code)."""
+    why = "missing" if isinstance(exc, FileNotFoundError) else "damaged or incomplete"
+    old = folder.with_name(f"{folder.name}.old")
+    restart = (f"delete {found} to train the stage's epochs again from the start with --resume, "
+               "or start a new run with another --out")
+    if found != old and old.is_dir():
+        restart = (f"{old} holds the checkpoint before it: move it to {folder} to resume from "
+                   f"there. Otherwise {restart}")
+    return CheckpointError(f"{path} is {why}, so the run cannot resume from {found}. "
+                           f"{restart[0].upper()}{restart[1:]}", resumable=False)
+
+
+def saved_position(folder: Path) -> tuple[int, int] | None:
+    """(epoch, batches done) of the checkpoint in `folder`, or None when it holds none that loads."""
+    found = existing_dir(folder)
+    if found is None:
+        return None
+    try:
+        state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
+        return int(state["epoch"]), int(state["batches_done"])
+    except Exception:  # noqa: BLE001 - for a message only: an unreadable checkpoint is none
+        return None

@@ -26,6 +26,7 @@ from .progress import Reporter
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
 LOG_EVERY = 10
+NON_FINITE_FIX = "Lower the LR, add grad_clip, or use fp32 precision"
 
 
 @dataclass
@@ -211,18 +212,17 @@ def _check_finite(loss: float, acc: Accelerator) -> None:
     # With a grad scaler (fp16) inf/NaN steps are skipped and counted instead.
     if math.isfinite(loss) or acc.scaler is not None:
         return
-    raise NonFiniteLoss(
-        "training loss became NaN/inf; the stage stopped and the last good checkpoint is kept. "
-        "Lower the LR, add grad_clip, or use fp32 precision"
-    )
+    # The stage (stage.py) knows which checkpoint exists and rewrites this message to say so.
+    raise NonFiniteLoss(f"training loss became NaN/inf. {NON_FINITE_FIX}")
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, num_classes: int,
-    channels_last: bool = False,
+    channels_last: bool = False, progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Loss, top-1, top-5 and the confusion matrix over `loader` (summed across processes)."""
+    """Loss, top-1, top-5 and the confusion matrix over `loader` (summed across processes);
+    `progress(1)` after each batch (a progress bar's advance)."""
     model.eval()
     k = min(5, num_classes)
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -233,6 +233,8 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=accelerator.device)
     for batch in loader:
         bad += len(batch.bad)
+        if progress is not None:
+            progress(1)
         if batch.images.numel() == 0:
             continue
         x = batch.images.to(accelerator.device, non_blocking=True)

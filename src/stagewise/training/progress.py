@@ -6,11 +6,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 
 class Reporter(Protocol):
+    """What a stage reports to. Bars for other passes (validation, the LR sweep) go through
+    `bar(rep, ...)`, which draws them only for the rich reporter."""
+
     def message(self, text: str) -> None: ...
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
     def batch(self, done: int, loss: float, acc: float, lr: float) -> None: ...
@@ -80,7 +83,7 @@ class RichReporter:
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=self.console, transient=True,
         )
-        self.task = None
+        self.epoch_bar: Any = None  # not `self.task`: that would hide the task() method
         self.progress.start()
 
     def message(self, text: str) -> None:
@@ -89,19 +92,19 @@ class RichReporter:
                            soft_wrap=True)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"{self.stage}epoch {epoch}/{epochs}", total=batches, stats="")
+        if self.epoch_bar is not None:
+            self.progress.remove_task(self.epoch_bar)
+        self.epoch_bar = self.progress.add_task(f"{self.stage}epoch {epoch}/{epochs}", total=batches, stats="")
 
     def batch(self, done: int, loss: float, acc: float, lr: float) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=done,
+        if self.epoch_bar is not None:
+            self.progress.update(self.epoch_bar, completed=done,
                                  stats=f"loss {loss:.4f} acc {acc:.3f} lr {lr:.2e}")
 
     def epoch_end(self, record: dict[str, Any]) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+        if self.epoch_bar is not None:
+            self.progress.remove_task(self.epoch_bar)
+            self.epoch_bar = None
         top5 = f" top5 {record['val_top5']:.4f}" if record.get("val_top5") is not None else ""
         self.console.print(
             f"{self.stage}epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} "
@@ -128,6 +131,18 @@ class RichReporter:
 def progress_of(rep: Reporter) -> Any:
     """What data functions take as `progress`: the reporter's own bars, or none."""
     return rep.task if isinstance(rep, RichReporter) else False
+
+
+def bar(rep: Reporter, description: str, total: int | None) -> AbstractContextManager[Callable[..., None]]:
+    """A progress bar for a pass that is not an epoch (validation, the LR sweep): yields its
+    advance(n=1). Only the rich reporter draws one; JSON and quiet reporters stay silent."""
+    if isinstance(rep, RichReporter):
+        return rep.task(description, total)
+    return nullcontext(_no_advance)
+
+
+def _no_advance(n: int = 1) -> None:
+    pass
 
 
 def make_reporter(kind: str, stage: str | None = None) -> Reporter:

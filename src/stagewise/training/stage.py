@@ -17,13 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..config import TrainConfig
 from ..data.folder import save_split
-from ..errors import ConfigError, TrainingInterrupted
+from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from ..io import remove_leftovers
 from ..models import HeadSpec, LoadedWeights
 from ..runfolder import (
     BEST,
+    HISTORY,
     LAST,
+    MODEL_CARD,
     SPLIT,
     Confusion,
     EpochRecord,
@@ -34,11 +40,11 @@ from ..runfolder import (
     write_history,
     write_model_card,
 )
-from .checkpoint import Resumable, load_last, save_last, save_weights
+from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
 from .distributed import from_main, is_main_process, wait_for_everyone
-from .loop import EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
+from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
-from .progress import Reporter
+from .progress import Reporter, bar
 from .setup import StageSetup, prepare_stage, start_epoch
 from .stopping import improved, new_tracker, stop_reason
 from .strategies import Trainable
@@ -92,6 +98,8 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
     """The run folder with its split and config (rank 0 only)."""
     run_dir = setup.cfg.out
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a resume cleans up once its checkpoint has loaded (_restore)
+        remove_leftovers(run_dir, (LAST,))
     # A fresh run always records its own split: a split.json left by an attempt that failed
     # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
     if setup.index.splits["train"].paths is not None and not (resume and (run_dir / SPLIT).is_file()):
@@ -111,6 +119,10 @@ def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable,
     parts, run_dir = setup.parts, setup.cfg.out
     found = load_last(run_dir / LAST, setup.model, parts.optimizer, parts.schedule,
                       parts.accelerator.scaler, parts.ema.module if parts.ema else None)
+    if is_main_process():
+        # What a killed write left: temp files, and last.old once last/ is there. Only now: a
+        # damaged last/ must not cost the last.old its error message points to.
+        remove_leftovers(run_dir, (LAST,))
     if found is None:
         return state, []
     if found.world_size != world:
@@ -141,25 +153,46 @@ def _epochs(
         if setup.parts.accelerator.is_main_process else None
     flag = StopFlag()
     state.history_len = len(history)
+    epoch = state.epoch
     with catch_signals(flag), _closing(logger):
-        for epoch in range(state.epoch, cfg.epochs):
-            trainable = start_epoch(setup, epoch)
-            stats = _run_epoch(setup, state, epoch, rep, flag)
-            if stats.interrupted is not None:
-                _interrupt(setup, state, epoch, stats, len(history), clock, rep)
-            record, confusion = _make_record(setup, state, epoch, stats, trainable, history)
-            history.append(record)
-            rep.epoch_end(record)
-            log_epoch(logger, record)
-            _persist(setup, tracker, history, card, confusion)
-            reason = _decide_stop(setup, tracker, record, clock)
-            state.history_len = len(history)
-            _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history),
-                                         setup.parts.accelerator.num_processes))
-            if reason:
-                rep.message(f"stopping after epoch {epoch + 1}: {reason}")
-                return reason
+        try:
+            for epoch in range(state.epoch, cfg.epochs):
+                trainable = start_epoch(setup, epoch)
+                stats = _run_epoch(setup, state, epoch, rep, flag)
+                if stats.interrupted is not None:
+                    _interrupt(setup, state, epoch, stats, len(history), clock, rep)
+                record, confusion = _make_record(setup, state, epoch, stats, trainable, history, rep)
+                history.append(record)
+                rep.epoch_end(record)
+                log_epoch(logger, record)
+                _persist(setup, tracker, history, card, confusion)
+                reason = _decide_stop(setup, tracker, record, clock)
+                state.history_len = len(history)
+                _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history),
+                                             setup.parts.accelerator.num_processes))
+                if reason:
+                    rep.message(f"stopping after epoch {epoch + 1}: {reason}")
+                    return reason
+        except NonFiniteLoss as exc:
+            raise _non_finite(setup, epoch, exc) from None
     return "completed"
+
+
+def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteLoss:
+    """The NaN/inf error, saying what is on disk: the checkpoint a resume continues from, or none."""
+    last = setup.cfg.out / LAST
+    cause = f"{exc.message.removesuffix(f'. {NON_FINITE_FIX}')} in epoch {epoch + 1}"
+    where = saved_position(last)
+    if where is None:
+        return NonFiniteLoss(
+            f"{cause}. No epoch finished and nothing was saved in {last}, so there is nothing to "
+            f"resume. {NON_FINITE_FIX}, then run again: a run folder with no trained epoch starts "
+            f"afresh, with the new settings", resumable=False)
+    done, batches = where
+    at = f"at the end of epoch {done}" if batches == 0 else f"in epoch {done + 1} after batch {batches}"
+    return NonFiniteLoss(
+        f"{cause}. {last} holds the checkpoint saved {at}, before the values went bad: --resume "
+        f"continues from it with the same settings. {NON_FINITE_FIX} in a new run (another --out)")
 
 
 class _Clock:
@@ -205,12 +238,11 @@ def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStat
 
 def _make_record(
     setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, trainable: Trainable,
-    history: list[EpochRecord],
+    history: list[EpochRecord], rep: Reporter,
 ) -> tuple[EpochRecord, list[list[int]]]:
     """The epoch's record (train stats, validation metrics, LRs, what trained) and confusion."""
     parts = setup.parts
-    metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
-                       setup.cfg.channels_last)
+    metrics = _validate(setup, rep)
     confusion = metrics.pop("confusion")
     record: EpochRecord = {
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
@@ -234,7 +266,8 @@ def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochReco
     better = improved(setup.cfg, tracker, record)  # on every process: the tracker is shared state
     if not setup.parts.accelerator.is_main_process:
         return
-    write_history(setup.cfg.out, history)
+    with writing(setup.cfg.out / HISTORY):
+        write_history(setup.cfg.out, history)
     if better:
         _save_best(setup, card, record)
         write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, record["epoch"], confusion))
@@ -254,7 +287,8 @@ def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord
 
 def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
     save_weights(setup.saved_model, setup.cfg.out / BEST)
-    write_model_card(setup.cfg.out, card.with_metrics(record))
+    with writing(setup.cfg.out / MODEL_CARD):
+        write_model_card(setup.cfg.out, card.with_metrics(record))
 
 
 @contextmanager
@@ -268,8 +302,7 @@ def _closing(logger: Any) -> Iterator[None]:
 def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter, card: ModelCard) -> None:
     """Record epoch 0: the starting weights on the validation set, before any training."""
     parts = setup.parts
-    metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
-                       setup.cfg.channels_last)
+    metrics = _validate(setup, rep)
     confusion = metrics.pop("confusion")
     head = card.head
     record: EpochRecord = {"epoch": 0, "image_size": setup.pre.image_size, **metrics,  # type: ignore[typeddict-item]
@@ -283,9 +316,27 @@ def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter
         write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, 0, confusion))
 
 
+def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
+    """`evaluate` on the validation loader, with a progress bar where the reporter draws them."""
+    parts = setup.parts
+    with bar(rep, "validating", len(parts.val_loader)) as advance:
+        return evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
+                        setup.cfg.channels_last, progress=advance)
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every weight is finite: one device sync, paid only when a checkpoint is saved."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def _checkpoint(setup: StageSetup, where: Resumable) -> None:
     """last/ from the main process; every process waits until it is on disk."""
     parts = setup.parts
+    # The loss is checked only every few batches: a step checkpoint in between must not replace
+    # the last good one with NaN weights (with a grad scaler such steps are skipped instead).
+    if not _finite(setup.model):
+        raise NonFiniteLoss(f"the weights became NaN/inf. {NON_FINITE_FIX}")
     if parts.accelerator.is_main_process:
         save_last(setup.cfg.out / LAST, setup.model, parts.optimizer, parts.schedule,
                   parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
