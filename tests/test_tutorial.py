@@ -107,8 +107,8 @@ def test_timm_optimizers_step_and_keep_the_no_decay_groups(name: str) -> None:
 
 
 def test_unknown_optimizer_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown optimizer 'lamda' \(did you mean 'lamb\w*'\?\); "
-                                          r"choose one of .*adamw8bit.*lion"):
+    with pytest.raises(ConfigError, match=r"optimizer: unknown value 'lamda' \(did you mean 'lamb\w*'\?\); "
+                                          r"choose one of .*'adamw8bit'.*'lion'"):
         _cfg(optimizer="lamda")
 
 

@@ -213,8 +213,9 @@ class TrainConfig(_Strict):
         if value not in valid:
             hint = difflib.get_close_matches(value, valid, n=1)
             near = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise PydanticCustomError(CHOICE_ERROR, f"unknown optimizer {clip(value, 80)!r}{near}; "
-                                      f"choose one of {', '.join(valid)}")
+            # Worded as pydantic's Literal errors, like every other choice key.
+            raise PydanticCustomError(CHOICE_ERROR, f"unknown value {clip(value, 80)!r}{near}; "
+                                      f"choose one of {', '.join(map(repr, valid))}")
         return value
 
     @field_validator("augment")
