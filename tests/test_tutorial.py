@@ -21,6 +21,7 @@ from stagewise.data import AugmentPlan, ImageDataset, Preprocess, build_transfor
 from stagewise.data.folder import read_folder
 from stagewise.data.loader import _EPOCH_STRIDE
 from stagewise.errors import ConfigError
+from stagewise.reporting.samples import augmentation_views
 from stagewise.training.optim import Schedule, create_optimizer
 
 AUGMENT = [{"RandomResizedCrop": {"size": 32, "scale": [0.5, 1.0]}}, "RandomHorizontalFlip",
@@ -74,6 +75,9 @@ def test_augment_list_same_seed_epoch_index_gives_the_same_tensor(tmp_path: Path
     torch.rand(5)
     assert torch.equal(b[_key(1, 4)][0], first)
     assert not torch.equal(a[_key(2, 4)][0], first)  # another epoch, another draw
+    # The report's augmentation preview draws the same list.
+    rows = augmentation_views(samples, PRE, AugmentPlan(steps=tuple(AUGMENT)), images=1, views=2)
+    assert len(rows[0]) == 3 and rows[0][1].shape == (32, 32, 3)
 
 
 def test_augment_list_and_timm_knobs_are_in_config_yaml(tmp_path: Path) -> None:
