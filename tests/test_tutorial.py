@@ -156,6 +156,10 @@ def test_models_lists_names_sizes_and_input_sizes(capsys) -> None:
     assert main(["models", "tv:resnet18", "--json"]) == 0
     tv_row = json.loads(capsys.readouterr().out)["models"][0]
     assert tv_row == {"name": "tv:resnet18", "library": "torchvision", "params": 11689512, "input_size": 224}
+    assert main(["models", "test_resnet", "--pretrained", "--json"]) == 0
+    tagged = json.loads(capsys.readouterr().out)["models"]
+    assert {"name": "test_resnet.r160_in1k", "library": "timm", "params": row["params"],
+            "input_size": 160} in tagged
 
 
 # ---- 4. seed-style flag spellings ----

@@ -23,7 +23,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "lr": ("lr", float, "base learning rate"),
     "batch-size": ("batch_size", int, "images per batch"),
     "image-size": ("image_size", int, "input size in pixels (default: the model's)"),
-    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit"),
+    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit, or a timm optimizer "
+                  "(lamb, lion, adan, lars, ...: timm.optim.list_optimizers())"),
     "scheduler": ("scheduler", str, "constant | one_cycle | cosine | polynomial | exponential | step | multistep | plateau"),
     "precision": ("precision", str, "auto | fp32 | bf16 | fp16"),
     "augmentation": ("augmentation", str, "none | light | standard | strong"),
