@@ -24,7 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "lock": BASE,
     "data": BASE | {"io"},
     "models": BASE | {"io", "data"},
-    "config": BASE | {"io", "models"},
+    # data: the `augment:` list is checked against torchvision's transforms at config load.
+    "config": BASE | {"io", "models", "data"},
     "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
     "training": BASE | {"io", "data", "models", "config", "runfolder"},
     "inference": BASE | {"io", "data", "models", "config", "runfolder"},

@@ -16,13 +16,20 @@ from typing import Annotated, Any, Literal
 import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from . import defaults
 from .errors import ConfigError, clip, shown
 
 Strategy = Literal["scratch", "probe", "finetune", "gradual"]
-OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adamw8bit"]
+# The hand-written optimizers (training/optim.py); any other name of timm's optimizer registry
+# (timm.optim.list_optimizers(): lamb, lion, adan, lars, sgdp, adabelief, adafactor...) is built
+# by timm from the same param groups.
+OWN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adamw8bit")
+# Registry names that stagewise's training step cannot drive: adahessian needs a second-order
+# backward; fused*/bnb* need apex/bitsandbytes CUDA kernels (adamw8bit covers the common case).
+_UNSUPPORTED_OPTIMIZERS = ("adahessian",)
+_UNSUPPORTED_PREFIXES = ("fused", "bnb")
 SchedulerName = Literal[
     "constant", "one_cycle", "cosine", "polynomial", "exponential", "step", "multistep", "plateau"
 ]
@@ -39,6 +46,9 @@ MAX_CONFIG_BYTES = 2**20
 MAX_DEPTH = 20  # nesting levels in a config file; a pipeline needs 4
 MAX_LISTED = 50  # problems listed in one error message
 MAX_PER_KEY = 3  # of those, about one key (e.g. the items of one list)
+# Errors whose message lists every valid choice (transform names, optimizer names): not clipped
+# like other messages, which may echo a long input. Their user-given part is clipped where raised.
+CHOICE_ERROR = "unknown_choice"
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 # Upper bounds catch typos and hostile files (`lr: 1e30`, `image_size: 100000`) before a run
@@ -86,6 +96,14 @@ class TrainConfig(_Strict):
     format: DataFormat = "auto"
     val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
     augmentation: Augmentation = "standard"
+    augment: list[str | dict[str, dict[str, Any] | None]] = Field(
+        default_factory=list, max_length=64,
+        description="torchvision v2 transforms by name with arguments, e.g. [{RandomResizedCrop: "
+        "{scale: [0.5, 1.0]}}, RandomHorizontalFlip]; replaces the augmentation preset")
+    auto_augment: str | None = Field(None, max_length=200, description="timm's auto-augment policy on "
+                                     "top of the preset, e.g. rand-m9-mstd0.5 (timm recipes)")
+    re_prob: float | None = Field(None, ge=0.0, le=1.0, description="timm's random-erasing "
+                                  "probability on top of the preset")
     num_workers: int | None = Field(None, ge=0, le=256, description="data loader workers; None: from cores")
     cache: Literal["auto", "none", "memory", "disk", "features"] = Field(
         "auto", description="memory/disk: decoded images; features: a probe's backbone features "
@@ -132,13 +150,17 @@ class TrainConfig(_Strict):
     )
 
     # optimisation
-    optimizer: OptimizerName = "adamw"
+    optimizer: str = Field("adamw", max_length=100, description=f"{', '.join(OWN_OPTIMIZERS)}, or any "
+                           "name in timm.optim.list_optimizers() (lamb, lion, adan, lars...)")
     lr: LearningRate = 1e-3
     weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     scheduler: SchedulerName = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS)
+    restarts: int = Field(0, ge=0, le=1000, description="cosine: warm restarts (N+1 equal cycles)")
+    cooldown_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS, description="constant min_lr for the "
+                                   "last epochs, after the schedule")
     min_lr: float = Field(0.0, ge=0.0, le=MAX_LR)
     step_epochs: float = Field(10.0, gt=0.0, le=MAX_EPOCHS, description="step: epochs between decays")
     milestones: list[EpochPoint] = Field(default_factory=lambda: [30.0, 60.0, 80.0])
@@ -194,6 +216,44 @@ class TrainConfig(_Strict):
 
         return resolve_model_name(value)
 
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        value = value.strip().lower()
+        valid = optimizer_names()
+        if value not in valid:
+            hint = difflib.get_close_matches(value, valid, n=1)
+            near = f" (did you mean '{hint[0]}'?)" if hint else ""
+            # Worded as pydantic's Literal errors, like every other choice key.
+            raise PydanticCustomError(CHOICE_ERROR, f"unknown value {clip(value, 80)!r}{near}; "
+                                      f"choose one of {', '.join(map(repr, valid))}")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _known_transforms(cls, value: list[Any]) -> list[Any]:
+        from .data.augment import check_steps
+
+        try:
+            check_steps(value)
+        except ValueError as exc:
+            raise PydanticCustomError(CHOICE_ERROR, str(exc)) from None
+        return value
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _known_policy(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from timm.data import create_transform
+
+        try:  # timm parses the policy string while building; building once at 32 px costs ~ms
+            create_transform(32, is_training=True, auto_augment=value)
+        except (AssertionError, ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"auto_augment {value!r} is not a timm policy ({exc}); e.g. "
+                             "rand-m9-mstd0.5, rand-m7-n2, augmix-m5-w4-d2, original, v0") from None
+        return value
+
     @field_validator("head_activation")
     @classmethod
     def _known_activation(cls, value: str) -> str:
@@ -209,6 +269,12 @@ class TrainConfig(_Strict):
             raise ValueError("class_weights cannot be combined with mixup/cutmix; drop one of them")
         if self.strategy == "scratch" and self.weights:
             raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
+        self._consistent_augmentation()
+        if self.restarts and self.scheduler != "cosine":
+            raise ValueError(f"restarts: warm restarts are a cosine schedule's; scheduler is {self.scheduler!r}")
+        if self.cooldown_epochs and self.scheduler in ("one_cycle", "plateau"):
+            raise ValueError(f"cooldown_epochs: scheduler {self.scheduler!r} sets its own end; use cosine, "
+                             "step, polynomial...")
         if self.unfreeze_at is not None and sorted(self.unfreeze_at) != self.unfreeze_at:
             raise ValueError("unfreeze_at must list epochs in increasing order")
         # Checked by value, not by whether the key was given: config.yaml dumps every default.
@@ -217,6 +283,13 @@ class TrainConfig(_Strict):
                              "head_layers (e.g. [512]), or use drop_rate for a linear head")
         return self
 
+    def _consistent_augmentation(self) -> None:
+        if self.augment and (self.auto_augment or self.re_prob is not None):
+            raise ValueError("auto_augment/re_prob tune timm's preset, but an augment: list replaces it; "
+                             "list RandAugment/TrivialAugmentWide/RandomErasing in augment: instead")
+        if self.augmentation == "none" and (self.auto_augment or self.re_prob):
+            raise ValueError("auto_augment/re_prob add to an augmentation preset; augmentation is 'none'")
+
     def as_scratch(self) -> TrainConfig:
         """The same stage trained from random weights: what "scratch" means, in one place."""
         return self.model_copy(update={"weights": None, "strategy": "scratch"})
@@ -224,6 +297,15 @@ class TrainConfig(_Strict):
     def resolved(self) -> dict[str, Any]:
         """Plain data for config.yaml (paths as strings)."""
         return self.model_dump(mode="json")
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer name `optimizer:` accepts: the hand-written ones and timm's registry."""
+    from timm.optim import list_optimizers
+
+    timm_names = [n for n in list_optimizers() if n not in _UNSUPPORTED_OPTIMIZERS
+                  and not n.startswith(_UNSUPPORTED_PREFIXES)]
+    return sorted(set(OWN_OPTIMIZERS) | set(timm_names))
 
 
 def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
@@ -264,6 +346,8 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
     if valid_range:
         problem = "not a finite number" if kind == "finite_number" else "out of range"
         return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
+    if kind == CHOICE_ERROR:
+        return f"{path}: {clip(item['msg'], 3000)}"
     shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
     return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"
 

@@ -1,6 +1,7 @@
 """The command line: parse, build typed configs, call the API. No training logic lives here.
 
-One module per command group (train, pipeline, data, inference, retrieval, reporting); flags and summary
+One module per command group (train, pipeline, data, inference, retrieval, reporting, models);
+flags and summary
 printing that several share live in `common`.
 """
 
@@ -12,11 +13,11 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, inference, pipeline, reporting, retrieval, train
+from . import data, inference, models, pipeline, reporting, retrieval, train
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
-           retrieval.add_parsers, reporting.add_parsers]
+           retrieval.add_parsers, reporting.add_parsers, models.add_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "lr": ("lr", float, "base learning rate"),
     "batch-size": ("batch_size", int, "images per batch"),
     "image-size": ("image_size", int, "input size in pixels (default: the model's)"),
-    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit"),
+    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit, or a timm optimizer "
+                  "(lamb, lion, adan, lars, ...: timm.optim.list_optimizers())"),
     "scheduler": ("scheduler", str, "constant | one_cycle | cosine | polynomial | exponential | step | multistep | plateau"),
     "precision": ("precision", str, "auto | fp32 | bf16 | fp16"),
     "augmentation": ("augmentation", str, "none | light | standard | strong"),
@@ -32,6 +33,10 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "out": ("out", str, "run folder to write"),
     "log-with": ("log_with", str, "none | tensorboard | mlflow"),
 }
+
+# Spellings other tools' tutorials use, accepted so their commands run as written (same dest, so
+# the canonical flag's parsing and precedence apply unchanged).
+FLAG_ALIASES: dict[str, str] = {"data": "data-dir", "out": "output-dir", "lr": "learning-rate"}
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -50,7 +55,11 @@ def add_settings_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset())
     """The `train` flags (minus `skip`), --config and --set: any config key, three ways."""
     for flag, (key, typ, text) in TRAIN_FLAGS.items():
         if key not in skip:
-            p.add_argument(f"--{flag}", type=typ, default=None, help=text)
+            alias = [f"--{FLAG_ALIASES[flag]}"] if flag in FLAG_ALIASES else []
+            p.add_argument(f"--{flag}", *alias, type=typ, default=None, help=text)
+    if "strategy" not in skip:
+        p.add_argument("--freeze-backbone", dest="strategy", action="store_const", const="probe",
+                       help="same as --strategy probe: train only the head")
     p.add_argument("--config", type=Path, help="YAML file with any config keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set layer_decay=0.7 (repeatable)")

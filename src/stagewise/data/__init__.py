@@ -4,10 +4,11 @@ from .folder import read_folder
 from .index import DatasetIndex, Samples
 from .layouts import load_dataset
 from .loader import ImageDataset, make_loader
-from .transforms import Preprocess, build_transform, resolve_preprocess
+from .transforms import AugmentPlan, Preprocess, build_transform, resolve_preprocess
 from .verify import check_decodable, undecodable
 
 __all__ = [
+    "AugmentPlan",
     "DatasetIndex",
     "ImageDataset",
     "Preprocess",

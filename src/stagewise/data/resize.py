@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from .transforms import Preprocess, build_transform
+from .transforms import AugmentPlan, Preprocess, build_transform
 
 
 def size_schedule(full: int, epochs: int, start: float, finish: float) -> list[int]:
@@ -32,7 +32,7 @@ def size_schedule(full: int, epochs: int, start: float, finish: float) -> list[i
 class SizedTransforms:
     """One training transform per size, chosen by epoch (picklable, for worker processes)."""
 
-    def __init__(self, pre: Preprocess, augmentation: str, sizes: list[int]) -> None:
+    def __init__(self, pre: Preprocess, augmentation: str | AugmentPlan, sizes: list[int]) -> None:
         self.sizes = sizes
         self.by_size = {s: build_transform(dataclasses.replace(pre, image_size=s), augmentation, True)
                         for s in sorted(set(sizes))}

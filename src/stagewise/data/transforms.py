@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from torchvision import transforms as T
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,59 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_transform(pre: Preprocess, augmentation: str, training: bool) -> T.Compose:
-    """timm's transform for training (`augmentation` preset) or evaluation (resize + center crop)."""
+@dataclass(frozen=True)
+class AugmentPlan:
+    """Training augmentation: a named preset, optionally with timm's `auto_augment`/`re_prob`
+    knobs on top, or (`steps`) an explicit list of torchvision v2 transforms that replaces it."""
+
+    preset: str = "standard"
+    steps: tuple[Any, ...] = ()
+    auto_augment: str | None = None
+    re_prob: float | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> AugmentPlan:
+        """From a TrainConfig dump or a run's config.yaml (keys absent in older runs: defaults)."""
+        return cls(preset=str(data.get("augmentation") or "standard"),
+                   steps=tuple(data.get("augment") or ()), auto_augment=data.get("auto_augment"),
+                   re_prob=data.get("re_prob"))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.steps) or self.preset != "none"
+
+    @property
+    def uses_numpy(self) -> bool:
+        """timm's auto-augment policies draw from numpy as well as python's random (v2: torch)."""
+        return not self.steps and (self.preset == "strong" or bool(self.auto_augment))
+
+    def describe(self) -> str:
+        return f"augment list ({len(self.steps)} steps)" if self.steps else self.preset
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """The preset's create_transform arguments with the user's timm knobs on top."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown augmentation '{self.preset}'; choose one of none, {', '.join(PRESETS)}")
+        kwargs = dict(PRESETS[self.preset])
+        if self.auto_augment is not None:
+            kwargs["auto_augment"] = self.auto_augment
+        if self.re_prob is not None:
+            kwargs["re_prob"] = self.re_prob
+        return kwargs
+
+
+def build_transform(pre: Preprocess, augmentation: str | AugmentPlan, training: bool) -> Any:
+    """timm's transform for training (`augmentation` preset), the user's v2 list, or evaluation
+    (resize + center crop)."""
     from timm.data import create_transform
 
+    plan = augmentation if isinstance(augmentation, AugmentPlan) else AugmentPlan(preset=augmentation)
     common = {"interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std}
-    if not training or augmentation == "none":
+    if not training or not plan.active:
         return create_transform(pre.image_size, is_training=False, crop_pct=pre.crop_pct, **common)
-    if augmentation not in PRESETS:
-        raise ValueError(f"unknown augmentation '{augmentation}'; choose one of none, {', '.join(PRESETS)}")
-    return create_transform(pre.image_size, is_training=True, **PRESETS[augmentation], **common)
+    if plan.steps:
+        from .augment import build_augment
+
+        resize = int(round(pre.image_size / pre.crop_pct))
+        return build_augment(list(plan.steps), pre.image_size, pre.mean, pre.std, resize, pre.interpolation)
+    return create_transform(pre.image_size, is_training=True, **plan.timm_kwargs(), **common)

@@ -103,7 +103,8 @@ def _is_tensor_dict(d: dict) -> bool:
 
 
 def _attach_class_list(weights: LoadedWeights, path: Path) -> None:
-    """A `classes` file beside the weights names the rows of its classifier (see head.py)."""
+    """A `classes` file (or a stagewise model.json) beside the weights names the rows of its
+    classifier (see head.py)."""
     for candidate in (path.with_suffix(".classes.json"), path.parent / "classes.json"):
         if candidate.is_file():
             try:
@@ -120,6 +121,30 @@ def _attach_class_list(weights: LoadedWeights, path: Path) -> None:
             weights.class_ids, weights.class_names = ids, list(ids)
             weights.class_list_name = candidate.name
             return
+    _attach_model_card(weights, path)
+
+
+def _attach_model_card(weights: LoadedWeights, path: Path) -> None:
+    """A run folder's model.json describes the weights it names: chaining stages by hand
+    (`--weights runs/s1/best.safetensors`) then matches head rows by class id, as a pipeline does.
+    Read here with plain json (models/ sits below runfolder); a card naming other weights, or not
+    a stagewise card, is ignored rather than trusted."""
+    card = path.parent / "model.json"
+    if not card.is_file():
+        return
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if not isinstance(data, dict) or not str(data.get("format", "")).startswith("stagewise.model/"):
+        return
+    if data.get("weights", path.name) != path.name or not isinstance(data.get("class_ids"), list):
+        return
+    ids = [str(i) for i in data["class_ids"]]
+    names = data.get("class_names")
+    weights.class_ids = ids
+    weights.class_names = [str(n) for n in names] if isinstance(names, list) and len(names) == len(ids) else ids
+    weights.class_list_name = str(card)
 
 
 def _parse_class_file(data: object, where: Path) -> tuple[list[str], list[str]]:

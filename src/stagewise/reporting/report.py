@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..data import Preprocess
+from ..data import AugmentPlan, Preprocess
 from ..io import write_text
 from . import plots
 from .document import (
@@ -255,14 +255,15 @@ def _augmentation(history: RunHistory, plot_dir: Path) -> list[Block]:
     seen: set[tuple[Any, ...]] = set()
     for stage in history.stages:
         cfg, info = stage.config, stage.model_info
-        key = (cfg.get("data"), cfg.get("augmentation"), str(info.get("preprocess")))
+        plan = AugmentPlan.from_mapping(cfg)
+        key = (cfg.get("data"), str(plan), str(info.get("preprocess")))
         if not info.get("preprocess") or not cfg.get("data") or key in seen:
             continue
         seen.add(key)
         pre = Preprocess.from_dict(info["preprocess"])
         samples, _ = split_samples(cfg, stage.run_dir, "train")
-        aug = str(cfg.get("augmentation", "standard"))
-        rows = augmentation_views(samples, pre, aug, seed=int(cfg.get("seed", 0)))
+        aug = plan.describe()
+        rows = augmentation_views(samples, pre, plan, seed=int(cfg.get("seed", 0)))
         tiles = [(img, "evaluation view" if j == 0 else f"train view {j}", "black")
                  for row in rows for j, img in enumerate(row)]
         fig = plots.plot_image_grid(tiles, cols=len(rows[0]), title=f"{stage.name}: augmentation '{aug}'")

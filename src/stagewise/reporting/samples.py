@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import defaults
-from ..data import Preprocess, Samples, build_transform, load_dataset
+from ..data import AugmentPlan, Preprocess, Samples, build_transform, load_dataset
 from ..data.folder import load_split
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb
 from ..runfolder import SPLIT
@@ -66,8 +66,8 @@ def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Sa
 
 def spread(n: int, limit: int) -> list[int]:
     """Up to `limit` indices spread evenly over range(n), so every class is represented."""
-    if n <= limit:
-        return list(range(n))
+    if n <= limit or limit <= 1:
+        return list(range(min(n, limit)))
     return sorted({int(round(i * (n - 1) / (limit - 1))) for i in range(limit)})
 
 
@@ -120,7 +120,7 @@ def thumbnail(samples: Samples, i: int, size: int = 128) -> np.ndarray:
     return np.asarray(img)
 
 
-def augmentation_views(samples: Samples, pre: Preprocess, augmentation: str, images: int = 4,
+def augmentation_views(samples: Samples, pre: Preprocess, augmentation: str | AugmentPlan, images: int = 4,
                        views: int = 5, seed: int = 0) -> list[list[np.ndarray]]:
     """Per image: the evaluation view, then `views` training views, as HxWx3 uint8 arrays."""
     eval_tf = build_transform(pre, "none", False)

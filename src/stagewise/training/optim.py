@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from ..config import TrainConfig
+from ..config import TrainConfig, optimizer_names
 from ..errors import ConfigError
 from .strategies import fine_layer_ids
 
@@ -67,7 +67,22 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
                 "(or choose adamw)"
             ) from None
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr)
-    raise ConfigError(f"unknown optimizer '{name}'; choose one of sgd, adam, adamw, rmsprop, adamw8bit")
+    return _timm_optimizer(groups, cfg)
+
+
+def _timm_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The long tail (lamb, lion, adan, lars...) from timm's registry, given our own param groups:
+    each group's lr and weight_decay (0 for norms/biases) win over the defaults passed here, so
+    no-decay rules, per-group LRs and layer decay hold for every optimizer."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+
+    if cfg.optimizer not in list_optimizers():
+        raise ConfigError(f"unknown optimizer '{cfg.optimizer}'; choose one of {', '.join(optimizer_names())}")
+    try:
+        return create_optimizer_v2(groups, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum)
+    except ImportError as exc:  # e.g. optimizers that need an optional package
+        raise ConfigError(f"optimizer '{cfg.optimizer}' needs a package that is not installed ({exc})") from None
 
 
 class Schedule:
@@ -82,19 +97,38 @@ class Schedule:
         spe = max(1, steps_per_epoch)
         total = max(1, cfg.epochs * spe)
         warm = min(total - 1, int(round(cfg.warmup_epochs * spe))) if cfg.warmup_epochs else 0
+        # The cooldown tail comes off the main schedule's length, as in timm: the schedule still
+        # ends at `epochs`, and decays to min_lr before the tail starts.
+        cool = min(total - warm - 1, int(round(cfg.cooldown_epochs * spe))) if cfg.cooldown_epochs else 0
         self.plateau: S.ReduceLROnPlateau | None = None
-        main = self._main(optimizer, cfg, spe, total, warm)
-        if cfg.scheduler == "one_cycle" or warm <= 0:
+        main = self._main(optimizer, cfg, spe, total - cool, warm)
+        if cfg.scheduler == "one_cycle":
             self.sched = main
-        else:
-            warmup = S.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warm)
-            self.sched = S.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+            return
+        parts, milestones = [main], []
+        if warm > 0:
+            parts.insert(0, S.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warm))
+            milestones.append(warm)
+        if cool > 0:
+            parts.append(self._cooldown(optimizer, cfg.min_lr))
+            milestones.append(total - cool)
+        self.sched = S.SequentialLR(optimizer, parts, milestones=milestones) if milestones else main
+
+    @staticmethod
+    def _cooldown(opt: torch.optim.Optimizer, min_lr: float) -> S.LambdaLR:
+        """Constant min_lr for every group: LambdaLR scales each group's initial LR to it."""
+        factors = [min_lr / g["initial_lr"] for g in opt.param_groups]
+        return S.LambdaLR(opt, [lambda _, f=f: f for f in factors])
 
     def _main(self, opt, cfg: TrainConfig, spe: int, total: int, warm: int):
         rest = max(1, total - warm)
         name = cfg.scheduler
         if name == "constant":
             return S.LambdaLR(opt, lambda _: 1.0)
+        if name == "cosine" and cfg.restarts:
+            # N restarts: N+1 equal cycles, each annealing from the group's LR to min_lr.
+            return S.CosineAnnealingWarmRestarts(opt, T_0=max(1, rest // (cfg.restarts + 1)),
+                                                 eta_min=cfg.min_lr)
         if name == "cosine":
             return S.CosineAnnealingLR(opt, T_max=rest, eta_min=cfg.min_lr)
         if name == "polynomial":

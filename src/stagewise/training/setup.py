@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import TrainConfig, build_config, load_yaml
 from ..data import (
+    AugmentPlan,
     DatasetIndex,
     ImageDataset,
     Preprocess,
@@ -193,7 +194,7 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
         check_features_supported(cfg, world, model)
     if cfg.cache != "auto":
         return cfg.cache
-    exact = cfg.strategy == "probe" and cfg.augmentation == "none"
+    exact = cfg.strategy == "probe" and not AugmentPlan.from_mapping(cfg.model_dump()).active
     simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize) and world == 1 \
         and has_feature_head(model)
     return "features" if exact and simple else "none"
@@ -203,9 +204,10 @@ def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: R
     """Swap the image loaders for loaders of backbone features and the network for its head."""
     model = parts.accelerator.unwrap_model(network)
     views = cfg.feature_views or 1
-    if cfg.augmentation != "none" and not cfg.feature_views:
+    plan = AugmentPlan.from_mapping(cfg.model_dump())
+    if plan.active and not cfg.feature_views:
         rep.message("warning: cache: features without feature_views trains on the un-augmented "
-                    f"view; augmentation '{cfg.augmentation}' is not applied (set feature_views: K)")
+                    f"view; augmentation '{plan.describe()}' is not applied (set feature_views: K)")
     start = time.perf_counter()
     for name, n in (("train_loader", views), ("val_loader", 1)):
         loader = getattr(parts, name)
@@ -240,12 +242,13 @@ def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
 
 def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str,
               progress: Any) -> tuple[ImageDataset, ImageDataset]:
-    train_ds = ImageDataset(index.splits["train"], build_transform(pre, cfg.augmentation, True), cfg.seed,
-                            seeded=cfg.augmentation != "none", seed_numpy=cfg.augmentation == "strong")
+    plan = AugmentPlan.from_mapping(cfg.model_dump())
+    train_ds = ImageDataset(index.splits["train"], build_transform(pre, plan, True), cfg.seed,
+                            seeded=plan.active, seed_numpy=plan.uses_numpy)
     if cfg.progressive_resize is not None:
         ramp = cfg.progressive_resize
         train_ds.transform_for = SizedTransforms(
-            pre, cfg.augmentation, size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish))
+            pre, plan, size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
         attach_cache([train_ds, val_ds], cache, pre, progress=progress)

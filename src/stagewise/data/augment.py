@@ -1,0 +1,126 @@
+"""Training augmentation as a list of torchvision v2 transforms, by name with arguments.
+
+`augment: [{RandomResizedCrop: {scale: [0.5, 1.0]}}, RandomHorizontalFlip, TrivialAugmentWide,
+{RandomErasing: {p: 0.25}}]` is checked at config load against each class's own signature, and
+built here around the conversions stagewise owns: PIL in, ToImage + ToDtype + Normalize in the
+middle, a normalised float tensor out. Steps that only make sense on that tensor (RandomErasing,
+GaussianNoise) run after Normalize wherever the user listed them, as timm's RandomErasing does.
+
+Every v2 transform draws from torch's default generator, which the dataset seeds per
+(seed, epoch, index): an augmented sample is a pure function of those, so resume stays exact.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+# Steps after Normalize: they expect a float tensor (erasing fills with normalised values).
+TENSOR_STEPS = ("RandomErasing", "GaussianNoise")
+# Steps that set the output size; without one, every image is resized to the model's size first
+# so that a batch can be stacked.
+SIZE_STEPS = ("RandomResizedCrop", "Resize", "CenterCrop", "RandomCrop")
+# Not accepted, with the reason said in the error: stagewise adds the conversions itself; the rest
+# act on whole batches, boxes, videos or take transforms/callables as arguments.
+_EXCLUDED = {
+    "ToTensor": "stagewise converts to a tensor itself", "ToImage": "stagewise converts itself",
+    "PILToTensor": "stagewise converts itself", "ToDtype": "stagewise converts itself",
+    "ConvertImageDtype": "stagewise converts itself", "ToPILImage": "the input is already PIL",
+    "ToPureTensor": "stagewise converts itself",
+    "Normalize": "stagewise normalises with the model's mean/std (set mean:/std: to change them)",
+    "MixUp": "use the mixup: key (batch-level)", "CutMix": "use the cutmix: key (batch-level)",
+}
+_NOT_PER_IMAGE = ("Compose", "RandomApply", "RandomChoice", "RandomOrder", "Lambda", "Transform",
+                  "LinearTransformation", "FiveCrop", "TenCrop", "UniformTemporalSubsample",
+                  "SetClampingMode", "RandomIoUCrop")
+
+
+@lru_cache(maxsize=1)
+def transform_names() -> tuple[str, ...]:
+    """The v2 transform classes an `augment:` list may name."""
+    from torchvision.transforms import v2
+
+    out = []
+    for name in dir(v2):
+        cls = getattr(v2, name)
+        if (isinstance(cls, type) and issubclass(cls, v2.Transform) and name[0].isupper()
+                and name not in _EXCLUDED and name not in _NOT_PER_IMAGE
+                and "Bounding" not in name and "KeyPoint" not in name):
+            out.append(name)
+    return tuple(sorted(out))
+
+
+def split_step(item: Any) -> tuple[str, dict[str, Any]]:
+    """`Name` or `{Name: {arg: value}}` (or `{Name: null}`) -> (name, kwargs)."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        name, args = next(iter(item.items()))
+        if args is None or isinstance(args, dict):
+            return str(name), dict(args or {})
+    raise ValueError(f"each augment step is a transform name or {{Name: {{arg: value}}}}; got {item!r}"[:300])
+
+
+def check_steps(items: list[Any], size: int = 224) -> None:
+    """Raise ValueError naming the first bad step: unknown name (listing the valid ones), unknown
+    argument (listing the class's own), or a value the class itself refuses."""
+    valid = transform_names()
+    for i, item in enumerate(items):
+        name, kwargs = split_step(item)
+        where = f"step {i + 1}"
+        if name in _EXCLUDED:
+            raise ValueError(f"{where}: {name} is not needed: {_EXCLUDED[name]}")
+        if name not in valid:
+            close = difflib.get_close_matches(name[:100], valid, n=2)
+            near = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ValueError(f"{where}: unknown transform {name[:80]!r}{near}; valid: {', '.join(valid)}")
+        params = _params(name)
+        unknown = [str(k)[:80] for k in kwargs if k not in params]
+        if unknown:
+            raise ValueError(f"{where}: {name} has no argument {', '.join(map(repr, unknown[:3]))}; "
+                             f"valid: {', '.join(params) or '(none)'}")
+        try:
+            make_step(name, kwargs, size)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {name}({_args(kwargs)[:200]}): {str(exc)[:300]}") from None
+
+
+def _params(name: str) -> list[str]:
+    from torchvision.transforms import v2
+
+    sig = inspect.signature(getattr(v2, name))
+    return [p for p, v in sig.parameters.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+
+
+def _args(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def make_step(name: str, kwargs: dict[str, Any], size: int) -> Any:
+    """One transform; a required `size` left out means the model's image size."""
+    from torchvision.transforms import v2
+
+    cls = getattr(v2, name)
+    size_param = inspect.signature(cls).parameters.get("size")
+    if size_param is not None and size_param.default is inspect.Parameter.empty and "size" not in kwargs:
+        kwargs = {**kwargs, "size": size}
+    return cls(**kwargs)
+
+
+def build_augment(items: list[Any], size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                  resize: int, interpolation: str = "bilinear") -> Any:
+    """PIL -> [image steps] -> ToImage, ToDtype, Normalize -> [tensor steps] -> float tensor."""
+    from torchvision.transforms import v2
+
+    steps = [split_step(item) for item in items]
+    image = [make_step(n, a, size) for n, a in steps if n not in TENSOR_STEPS]
+    tensor = [make_step(n, a, size) for n, a in steps if n in TENSOR_STEPS]
+    if not any(n in SIZE_STEPS for n, _ in steps):
+        mode = v2.InterpolationMode(interpolation if interpolation != "random" else "bilinear")
+        image = [v2.Resize(resize, interpolation=mode), v2.CenterCrop(size), *image]
+    convert = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose([*image, *convert, *tensor])
