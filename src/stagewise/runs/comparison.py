@@ -36,6 +36,7 @@ from ..runfolder import (
     try_read_model_card,
     write_cell_marker,
 )
+from ..training.distributed import single_process
 from ..training.progress import make_reporter
 from ..training.trackers import require_tracker
 from .single import locked, stage_config, train_stage
@@ -149,6 +150,7 @@ def compare(
         >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
         ...         out="runs/cmp", weights="resnet18.a1_in1k.safetensors")  # doctest: +SKIP
     """
+    single_process("compare")
     out = Path(out)
     base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
     base.setdefault("report", False)  # the comparison has its own report; a cell's is on request

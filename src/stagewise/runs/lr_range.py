@@ -25,6 +25,7 @@ from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
 from ..runfolder import LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
+from ..training.distributed import single_process
 from ..training.progress import Reporter, bar, make_reporter
 
 MAX_STEPS = 1000
@@ -192,6 +193,7 @@ def lr_find(
         ...             strategy="probe")  # doctest: +SKIP
         >>> r.valley  # doctest: +SKIP
     """
+    single_process("lr-find")
     cfg = coerce_config(config, overrides)
     rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
     try:

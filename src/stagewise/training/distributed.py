@@ -13,6 +13,8 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
+from ..errors import ConfigError
+
 
 def cpu_only() -> bool:
     """Whether Accelerate must be told to use the CPU: several processes (torchrun or accelerate
@@ -35,6 +37,12 @@ def is_main_process() -> bool:
     return state().is_main_process
 
 
+def single_process(tool: str) -> None:
+    """Refuse to run `tool` under a multi-process launcher (it would run N times, racing)."""
+    if world_size() > 1:
+        raise ConfigError(f"{tool} runs in one process; start it without torchrun/accelerate launch")
+
+
 def wait_for_everyone() -> None:
     state().wait_for_everyone()
 
@@ -54,6 +62,11 @@ def max_over_ranks(acc: Accelerator, value: int) -> int:
         return value
     # Accelerate's reduce offers sum and mean only; gather and take the max instead.
     return int(acc.gather(torch.tensor([value], device=acc.device)).max())
+
+
+def min_over_ranks(acc: Accelerator, value: int) -> int:
+    """The smallest `value` of any rank (1 only if every rank agrees)."""
+    return -max_over_ranks(acc, -value)
 
 
 def sum_over_ranks(acc: Accelerator, values: list[float]) -> list[float]:

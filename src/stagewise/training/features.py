@@ -75,6 +75,8 @@ def check_features_supported(cfg: Any, world: int, model: nn.Module) -> None:
         problems.append("mixup/cutmix mix images, not features; set them to 0 or use cache: memory")
     if cfg.ema:
         problems.append("ema averages the whole network; drop ema or use cache: memory")
+    if cfg.train_bn:
+        problems.append("train_bn trains the backbone's BatchNorm, so its features change; drop one")
     if cfg.progressive_resize:
         problems.append("progressive_resize changes the images every epoch; drop one of them")
     if world > 1:

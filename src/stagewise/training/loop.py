@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
-from .distributed import max_over_ranks, sum_over_ranks
+from .distributed import max_over_ranks, min_over_ranks, sum_over_ranks
 from .progress import Reporter
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
@@ -123,7 +123,8 @@ def _usable(batch: Any, loader: DataLoader) -> bool:
     return n_images > 1 or (n_images == 1 and (getattr(loader, "batch_size", None) or 1) == 1)
 
 
-def _micro_step(parts: LoopParts, batch: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _micro_step(parts: LoopParts, batch: Any, sync: bool,
+                window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward and backward of one batch; gradients are all-reduced only when `sync`.
 
     Accumulation is done here rather than with `Accelerator.accumulate`, whose window counter
@@ -141,8 +142,25 @@ def _micro_step(parts: LoopParts, batch: Any, sync: bool) -> tuple[torch.Tensor,
         logits = model(x)
         loss = parts.criterion(logits, target)
     with nullcontext() if sync else acc.no_sync(model):
-        acc.backward(loss / parts.grad_accum)
+        acc.backward(loss / window)  # a mean over the window's micro-batches
     return loss, logits, y
+
+
+def _window_size(batch: int, accum: int, end: int) -> int:
+    """Micro-batches in the accumulation window of 1-based `batch`: `accum`, except the epoch's
+    last window, which the epoch's end cuts short (its gradient is still a mean, not a fraction)."""
+    start = batch - (batch - 1) % accum
+    return min(accum, end - start + 1)
+
+
+def _reduce_gradients(parts: LoopParts) -> None:
+    """Average the gradients over ranks by hand (what DDP does on a synced backward)."""
+    acc = parts.accelerator
+    if acc.num_processes == 1:
+        return
+    for p in parts.model.parameters():
+        if p.grad is not None:
+            p.grad.copy_(acc.reduce(p.grad, reduction="mean"))
 
 
 def _optimizer_step(parts: LoopParts) -> bool:
@@ -182,11 +200,17 @@ def train_one_epoch(
         bad.extend(batch.bad)
         batches += 1
         window_end = batches % parts.grad_accum == 0 or batches == end
-        if _usable(batch, parts.train_loader):
-            loss, logits, y = _micro_step(parts, batch, sync=window_end)
+        # A batch left empty by bad files on one rank is skipped by all: DDP's collectives must
+        # run the same number of times on every rank.
+        usable = min_over_ranks(parts.accelerator, int(_usable(batch, parts.train_loader)))
+        if usable:
+            loss, logits, y = _micro_step(parts, batch, sync=window_end,
+                                          window=_window_size(batches, parts.grad_accum, end))
             tally.add(loss, logits, y)
             pending += 1
         if window_end and pending:
+            if not usable:  # the window's gradients were never all-reduced (no_sync micro-steps)
+                _reduce_gradients(parts)
             pending = 0
             if _optimizer_step(parts):
                 on_step(batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 
 from .distributed import cpu_only
 
@@ -21,11 +22,14 @@ def auto_precision() -> str:
     return "fp32"
 
 
-def make_accelerator(precision: str) -> Accelerator:
+def make_accelerator(precision: str, freezes: bool = False) -> Accelerator:
     """A fresh Accelerator per stage (stages may differ in precision).
 
     Gradient accumulation is done by the loop (loop.py), not by Accelerate, so no window counter
-    of Accelerate's is part of the resumable state.
+    of Accelerate's is part of the resumable state. `freezes`: the strategy freezes parameters
+    after the model is wrapped (probe, gradual, freeze_epochs, freeze patterns); with several
+    processes DDP must then accept parameters without gradients, or its buckets wait for them.
+    Every parameter is trainable when DDP registers them, so one unfrozen later is reduced too.
     """
     from accelerate.state import AcceleratorState, GradientState
 
@@ -37,5 +41,6 @@ def make_accelerator(precision: str) -> Accelerator:
     # (two stages of one process with different precisions each get their own).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if freezes else []
     return Accelerator(mixed_precision=_PRECISION[chosen], step_scheduler_with_optimizer=False,
-                       cpu=cpu_only())
+                       cpu=cpu_only(), kwargs_handlers=handlers)

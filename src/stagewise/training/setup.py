@@ -163,7 +163,8 @@ def prepare_stage(
     if cfg.strategy != "scratch" and not cfg.weights and incoming is None:
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
-    accelerator = make_accelerator(cfg.precision)
+    freezes = cfg.strategy in ("probe", "gradual") or bool(cfg.freeze) or bool(cfg.freeze_epochs)
+    accelerator = make_accelerator(cfg.precision, freezes)
     world = accelerator.num_processes
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
                 f"{len(index.splits['train'])} train / {len(index.splits['val']) - bad_val} val images, "
@@ -195,8 +196,9 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     if cfg.cache != "auto":
         return cfg.cache
     exact = cfg.strategy == "probe" and not AugmentPlan.from_mapping(cfg.model_dump()).active
-    simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize) and world == 1 \
-        and has_feature_head(model)
+    # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
+    simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn
+                  or cfg.drop_path_rate) and world == 1 and has_feature_head(model)
     return "features" if exact and simple else "none"
 
 
