@@ -184,6 +184,7 @@ def _attach_imagenet(loaded: LoadedWeights, reason: str) -> None:
     loaded.class_ids = list(info.label_names())
     loaded.class_names = [d.split(",")[0] for d in info.label_descriptions()]
     loaded.class_list_name = f"ImageNet-1k ({reason})"
+    loaded.pretraining_classes = True
 
 
 def _load_backbone(model: nn.Module, incoming: LoadedWeights, name: str) -> list[str]:

@@ -30,6 +30,9 @@ class LoadedWeights:
     class_ids: list[str] | None = None
     class_names: list[str] | None = None
     class_list_name: str | None = None  # e.g. "ImageNet-1k" or the classes file's name
+    # The class list is a pretraining dataset's (ImageNet-1k), not a stage's of this project: a
+    # head trained long on it has rows far larger than fresh ones (see head.adapt_head).
+    pretraining_classes: bool = False
 
 
 def load_state_dict_file(path: str | Path) -> LoadedWeights:
