@@ -95,6 +95,9 @@ class TrainConfig(_Strict):
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
     format: DataFormat = "auto"
     val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
+    split: list[float] | None = Field(
+        None, description="[train, val] or [train, val, test] fractions of a folder of class "
+        "folders (no train/val/test folders), held out per class; replaces val_fraction")
     augmentation: Augmentation = "standard"
     augment: list[str | dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, max_length=64,
@@ -209,6 +212,19 @@ class TrainConfig(_Strict):
             raise ValueError(f"{value} is a file; out must be a folder (the run folder to write)")
         return value
 
+    @field_validator("split")
+    @classmethod
+    def _split_fractions(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if len(value) not in (2, 3) or any(not 0.0 < f < 1.0 for f in value):
+            raise ValueError(f"split: expected 2 or 3 fractions between 0 and 1 ([train, val] or "
+                             f"[train, val, test], e.g. [0.7, 0.15, 0.15]), got {value}")
+        # A tolerance: 0.7 + 0.15 + 0.15 is not exactly 1.0 in floating point.
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"split: the fractions must sum to 1, {value} sums to {sum(value):g}")
+        return value
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
@@ -270,6 +286,11 @@ class TrainConfig(_Strict):
         if self.strategy == "scratch" and self.weights:
             raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
         self._consistent_augmentation()
+        # By value (config.yaml holds every default): a changed val_fraction beside split would
+        # be silently ignored, so the two are refused together.
+        if self.split is not None and self.val_fraction != defaults.VAL_FRACTION:
+            raise ValueError(f"split and val_fraction both set the validation share; split "
+                             f"{self.split} replaces val_fraction, so remove val_fraction")
         if self.restarts and self.scheduler != "cosine":
             raise ValueError(f"restarts: warm restarts are a cosine schedule's; scheduler is {self.scheduler!r}")
         if self.cooldown_epochs and self.scheduler in ("one_cycle", "plateau"):

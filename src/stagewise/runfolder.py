@@ -37,6 +37,7 @@ SPLIT = "split.json"
 HISTORY = "history.jsonl"
 MODEL_CARD = "model.json"
 CONFUSION = "confusion.json"
+TEST = "test.json"
 BEST = "best.safetensors"
 LAST = "last"
 MANIFEST = "pipeline.json"
@@ -240,6 +241,35 @@ def read_confusion(run_dir: Path) -> Confusion | None:
         return None
     ids = data.get("class_ids") or [str(i) for i in range(len(m))]
     return Confusion(class_ids=[str(c) for c in ids], epoch=int(data.get("epoch", 0)), matrix=m)
+
+
+@dataclass
+class HeldOutRecord:
+    """test.json: the best weights measured once on the test split after the last epoch. Apart
+    from the validation metrics on purpose: nothing chooses an epoch or a setting by it."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+    per_class: dict[str, float]  # class id -> accuracy, for the classes the test split holds
+    bad_images: int = 0
+    epoch: int | None = None  # the epoch of the best weights that were measured
+
+
+def write_test(run_dir: Path, record: HeldOutRecord) -> None:
+    write_json(run_dir / TEST, asdict(record))
+
+
+def read_test(run_dir: Path) -> HeldOutRecord | None:
+    """test.json, or None when missing or not a record this version writes."""
+    data = read_json(run_dir / TEST)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return HeldOutRecord(**data)
+    except TypeError:
+        return None
 
 
 # ---- config.yaml ----

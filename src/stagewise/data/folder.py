@@ -139,6 +139,59 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return samples.subset(sorted(train_idx)), samples.subset(sorted(val_idx))
 
 
+def split_counts(n: int, val: float, test: float) -> tuple[int, int]:
+    """(val, test) counts for a class of `n` items: round(n * fraction), at least 1 each while
+    the class has items to spare, and never the class's last training item."""
+    k_val = max(1, round(n * val)) if n > 1 else 0
+    k_test = max(1, round(n * test)) if test > 0 and n > 2 else 0
+    while k_val + k_test > n - 1 and (k_val > 1 or k_test > 0):
+        # Rounding up two small shares can leave no training item: give back test's first.
+        if k_test >= k_val and k_test > 0:
+            k_test -= 1
+        else:
+            k_val -= 1
+    return k_val, k_test
+
+
+def stratified_fractions(samples: Samples, fractions: list[float], seed: int) -> dict[str, Samples]:
+    """train/val[/test] by `fractions` ([train, val] or [train, val, test]), per class, seeded."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(samples.labels):
+        by_class.setdefault(label, []).append(i)
+    test = fractions[2] if len(fractions) == 3 else 0.0
+    chosen: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for label in sorted(by_class):
+        idx = by_class[label][:]
+        rng.shuffle(idx)
+        k_val, k_test = split_counts(len(idx), fractions[1], test)
+        chosen["val"] += idx[:k_val]
+        chosen["test"] += idx[k_val:k_val + k_test]
+        chosen["train"] += idx[k_val + k_test:]
+    names = ("train", "val", "test") if len(fractions) == 3 else ("train", "val")
+    return {name: samples.subset(sorted(chosen[name])) for name in names}
+
+
+def resplit(index: DatasetIndex, fractions: list[float], seed: int) -> DatasetIndex:
+    """`index` re-split by `fractions`: the config's `split:` for a folder of class folders.
+
+    Only where the reader made the split itself (class folders, or train/ alone): a dataset's
+    own val/ or test/ folders are the split its authors meant, so `split:` beside them is refused.
+    """
+    given = set(split_dirs(index.root)) - {"train"} if index.layout == "folder" else set()
+    if index.layout != "folder" or given:
+        what = ", ".join(f"{g}/" for g in sorted(given)) or f"the {index.layout} layout's own splits"
+        raise DataError(f"split: {index.root} already has {what}; remove split: to use them, or "
+                        "use a folder of class folders (or train/ alone) to split by fractions")
+    # The reader held out val_fraction: put it back, in path order so the split is seeded alone.
+    pairs = sorted((p, lab) for s in index.splits.values() for p, lab
+                   in zip(s.paths or [], s.labels, strict=True))
+    everything = Samples(labels=[lab for _, lab in pairs], paths=[p for p, _ in pairs])
+    return DatasetIndex(root=index.root, layout=index.layout, class_ids=index.class_ids,
+                        class_names=index.class_names, skipped=index.skipped,
+                        splits=stratified_fractions(everything, fractions, seed))
+
+
 def save_split(index: DatasetIndex, path: Path) -> None:
     """Record which files went to which split, so a resumed or repeated run uses the same split."""
     from ..io import write_json

@@ -28,7 +28,7 @@ from ..data import (
     resolve_preprocess,
 )
 from ..data.cache import attach_cache
-from ..data.folder import load_split
+from ..data.folder import load_split, resplit
 from ..data.resize import SizedTransforms, size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
@@ -120,8 +120,12 @@ class StageSetup:
 
 
 def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any = False) -> DatasetIndex:
-    """The dataset of `cfg`, with the train/val split of `split_file` when given (a resume)."""
+    """The dataset of `cfg`, with the train/val[/test] split of `split_file` when given (a
+    resume), else re-split by `cfg.split` when set."""
     index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
+    if cfg.split is not None:
+        # Also on a resume: it checks the layout, and load_split then restores the saved lists.
+        index = resplit(index, cfg.split, cfg.seed)
     if split_file is not None and split_file.is_file():
         index = load_split(index, split_file)
     index.check()

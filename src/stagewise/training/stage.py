@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
@@ -33,12 +34,15 @@ from ..runfolder import (
     SPLIT,
     Confusion,
     EpochRecord,
+    HeldOutRecord,
     ModelCard,
     read_history,
+    read_model_card,
     write_config,
     write_confusion,
     write_history,
     write_model_card,
+    write_test,
 )
 from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
 from .distributed import from_main, is_main_process, wait_for_everyone
@@ -63,10 +67,15 @@ class TrainResult:
     class_ids: list[str]
     class_names: list[str]
     head: dict[str, Any] = field(default_factory=dict)
+    test: HeldOutRecord | None = None  # the best weights on the test split, when there is one
 
     @property
     def best_top1(self) -> float:
         return float(self.best.get("val_top1", float("nan")))
+
+    @property
+    def test_top1(self) -> float:
+        return self.test.top1 if self.test is not None else float("nan")
 
 
 def run_stage(
@@ -89,9 +98,11 @@ def run_stage(
         _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved
     wait_for_everyone()  # the next stage (or the caller) reads what rank 0 wrote
     best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
+    test = _test_best(setup, rep, best.get("epoch"))
     return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
                        weights=run_dir / BEST, class_ids=setup.index.class_ids,
-                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict())
+                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
+                       test=test)
 
 
 def _start_folder(setup: StageSetup, resume: bool) -> None:
@@ -341,3 +352,39 @@ def _checkpoint(setup: StageSetup, where: Resumable) -> None:
         save_last(setup.cfg.out / LAST, setup.model, parts.optimizer, parts.schedule,
                   parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
     parts.accelerator.wait_for_everyone()
+
+
+def _test_best(setup: StageSetup, rep: Reporter, epoch: int | None) -> HeldOutRecord | None:
+    """The best weights, once, on the test split (a test/ folder or `split:`'s third share):
+    test.json and `test_top1` in model.json. After the epochs, so it never chooses one."""
+    samples = setup.index.splits.get("test")
+    if samples is None or len(samples) == 0:
+        return None
+    from safetensors.torch import load_file
+
+    cfg, parts = setup.cfg, setup.parts
+    # The best epoch's weights, not the last one's: what best.safetensors (and model.json) hold.
+    model = setup.saved_model
+    model.load_state_dict(load_file(str(cfg.out / BEST), device=str(parts.accelerator.device)))
+    dataset = ImageDataset(samples, build_transform(setup.pre, "none", False), cfg.seed, seeded=False)
+    acc = parts.accelerator
+    loader = make_loader(dataset, cfg.batch_size, False, cfg.seed, cfg.num_workers,
+                         rank=acc.process_index, world=acc.num_processes,
+                         pin_memory=acc.device.type == "cuda")
+    with bar(rep, "testing", len(loader)) as advance:
+        m = evaluate(model, loader, acc, parts.num_classes, cfg.channels_last, progress=advance)
+    ids = setup.index.class_ids
+    per_class = {ids[i]: row[i] / sum(row) for i, row in enumerate(m["confusion"]) if sum(row)}
+    record = HeldOutRecord(top1=m["val_top1"], top5=m["val_top5"], loss=m["val_loss"],
+                           images=m["val_images"], per_class=per_class,
+                           bad_images=m["bad_val_images"], epoch=epoch)
+    rep.message(f"test (best weights{f', epoch {epoch}' if epoch is not None else ''}): top1 "
+                f"{record.top1:.4f} top5 {record.top5:.4f} on {record.images} images")
+    if is_main_process():
+        write_test(cfg.out, record)
+        card = read_model_card(cfg.out / MODEL_CARD)
+        with writing(cfg.out / MODEL_CARD):
+            write_model_card(cfg.out, ModelCard(**{**asdict(card), "metrics": {
+                **card.metrics, "test_top1": record.top1}}))
+    wait_for_everyone()
+    return record
