@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+
+if TYPE_CHECKING:
+    from ..inference import Evaluation
 
 MODEL_HELP = "run folder, pipeline run folder, or a .safetensors file with model.json beside it"
 PROGRESS_MIN_IMAGES = 64  # below this a bar only flickers
@@ -154,7 +158,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_interpretation(result) -> None:  # noqa: ANN001 (an Evaluation; imported lazily)
+def _print_interpretation(result: Evaluation) -> None:
     """The ensemble's members and the most-confused pairs, as rich tables."""
     from rich.console import Console
     from rich.table import Table
