@@ -17,7 +17,7 @@ from .errors import (
     TrainingInterrupted,
     WeightsError,
 )
-from .inference import Classifier, Evaluation, Prediction, evaluate, export, load
+from .inference import Classifier, Ensemble, Evaluation, Prediction, evaluate, export, load
 from .runs import PipelineResult, compare, lr_find, run, train
 from .training import TrainResult
 
@@ -28,6 +28,7 @@ __all__ = [
     "Classifier",
     "ConfigError",
     "DataError",
+    "Ensemble",
     "Evaluation",
     "NonFiniteLoss",
     "PipelineResult",

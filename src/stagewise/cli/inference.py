@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+
+if TYPE_CHECKING:
+    from ..inference import Evaluation
 
 MODEL_HELP = "run folder, pipeline run folder, or a .safetensors file with model.json beside it"
 PROGRESS_MIN_IMAGES = 64  # below this a bar only flickers
@@ -19,12 +23,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help=MODEL_HELP)
+    from ..inference.views import TTA_HELP
+
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=None,
                    help="image decoding workers (default: from the core count)")
-    p.add_argument("--tta", choices=["flip"], default=None,
-                   help="test-time augmentation: average with the mirrored image")
+    p.add_argument("--tta", default=None, metavar="MODE",
+                   help=f"test-time augmentation, probabilities averaged over the views: {TTA_HELP} "
+                   "(flip: with the mirrored image; five_crop/ten_crop: crops of the resized image; "
+                   "scales: resized by each factor, then center-cropped)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
 
@@ -34,9 +41,17 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="classify images with a trained model",
                        description="Classify image files, folders (searched recursively) and globs. "
-                       "Unreadable files become error rows; exit 0 unless nothing could be read (2).")
+                       "Unreadable files become error rows; exit 0 unless nothing could be read (2). "
+                       "Several models make an ensemble (their softmax probabilities averaged): "
+                       "`predict RUN_A RUN_B IMAGES...` (the first positional is always a model; "
+                       "the ones after it are models while they are run folders or .safetensors "
+                       "files) or `predict --model RUN_A --model RUN_B IMAGES...` (then every "
+                       "positional is an image).")
     _common(p)
-    p.add_argument("inputs", nargs="+", help="image files, folders or globs (quote them: 'dir/**/*.jpg')")
+    p.add_argument("--model", dest="models", type=Path, action="append", default=[],
+                   help=f"a model ({MODEL_HELP}); repeat for an ensemble")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL ...] INPUT",
+                   help="models, then image files, folders or globs (quote them: 'dir/**/*.jpg')")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per image")
     p.add_argument("--format", choices=FORMATS, default="table",
                    help="table for people; json or csv on stdout for scripts")
@@ -44,19 +59,20 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..inference import expand_inputs, load, predict_files
+    from ..inference import expand_inputs, load_ensemble, predict_files
     from ..inference.output import failures, print_table, progress_bar, to_csv, to_json
 
     if args.top_k < 1 or args.batch_size < 1:
         raise StagewiseError("--top-k and --batch-size must be at least 1")
-    clf = load(args.model, device=args.device)
-    entries = expand_inputs(args.inputs)
+    models, inputs = split_models(args.models, args.inputs)
+    clf = load_ensemble(models, device=args.device)
+    entries = expand_inputs(inputs)
     show = not args.quiet and sys.stderr.isatty() and len(entries) >= PROGRESS_MIN_IMAGES
     with progress_bar(len(entries), "predict", show) as update:
         results = predict_files(clf, entries, args.top_k, args.batch_size, args.tta,
                                 args.num_workers, on_progress=update)
     if args.format == "json":
-        print(to_json(results, str(clf.source)))
+        print(to_json(results, ", ".join(getattr(clf, "sources", [str(clf.source)]))))
     elif args.format == "csv":
         sys.stdout.write(to_csv(results, min(args.top_k, clf.num_classes)))
     else:
@@ -73,12 +89,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_model_path(path: Path) -> bool:
+    """A run folder, pipeline run folder or weights file; image folders hold neither file."""
+    from ..runfolder import MANIFEST, MODEL_CARD
+
+    if path.is_dir():
+        return (path / MODEL_CARD).is_file() or (path / MANIFEST).is_file()
+    return path.is_file() and path.suffix == ".safetensors"
+
+
+def split_models(flagged: list[Path], positional: list[str]) -> tuple[list[Path], list[str]]:
+    """Models and inputs of `predict`: with --model, every positional is an input; without, the
+    first positional is a model, and so are the next ones while they look like model paths."""
+    if flagged:
+        return flagged, positional
+    if len(positional) < 2:
+        raise StagewiseError("predict needs a model and at least one image (or --model RUN)")
+    n = 1
+    while n < len(positional) - 1 and is_model_path(Path(positional[n])):
+        n += 1
+    return [Path(p) for p in positional[:n]], positional[n:]
+
+
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from ..inference.evaluate import SPLITS
 
     p = sub.add_parser("evaluate", help="score a trained model on a labelled image folder",
                        description="Top-1/top-5, per-class precision/recall/F1, confusion matrix and "
-                       "calibration error; classes are matched to the model's by id.")
+                       "calibration error, most-confused pairs and a top-losses grid; classes are "
+                       "matched to the model's by id. Several models are scored as an ensemble "
+                       "(mean softmax probability) and each on its own.")
+    p.add_argument("model", type=Path, nargs="+", help=f"{MODEL_HELP}; several make an ensemble")
     _common(p)
     p.add_argument("--data", type=Path, required=True, help="image folder (train/val[/test] or classes)")
     p.add_argument("--split", choices=SPLITS, default="val", help="which split to score")
@@ -92,25 +133,52 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..inference import evaluate, load
+    from ..inference import evaluate, load_ensemble
+    from ..inference.evaluate import top_losses_path
     from ..inference.output import progress_bar
 
     if args.retrieval:
         return _evaluate_retrieval(args)
-    clf = load(args.model, device=args.device)
+    clf = load_ensemble(args.model, device=args.device)
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
         result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
                           on_progress=update)
-    out = args.out or Path(clf.source).parent / f"eval-{args.data.resolve().name}-{args.split}.json"
+    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
+    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     json_path, report = result.write(out)
     if not args.quiet:
         print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
               f"{result.top5:.4f}, macro F1 {result.macro_f1:.4f}, ECE {result.ece:.4f}")
+        _print_interpretation(result)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        print(f"wrote {json_path} and {report}")
+        grid = top_losses_path(json_path)
+        print(f"wrote {json_path} and {report}" + (f" and {grid}" if grid.is_file() else ""))
     return 0
+
+
+def _print_interpretation(result: Evaluation) -> None:
+    """The ensemble's members and the most-confused pairs, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if result.members:
+        table = Table(title="ensemble and its members", show_edge=False)
+        table.add_column("model")
+        table.add_column("top-1", justify="right")
+        for m in result.members:
+            table.add_row(m["model"], f"{m['top1']:.4f}")
+        table.add_row("ensemble (mean probability)", f"{result.top1:.4f}")
+        console.print(table)
+    if result.most_confused:
+        table = Table(title="most confused (true -> predicted)", show_edge=False)
+        for name in ("true", "predicted", "count"):
+            table.add_column(name, justify="right" if name == "count" else "left")
+        for c in result.most_confused:
+            table.add_row(c["true"], c["predicted"], str(c["count"]))
+        console.print(table)
 
 
 def _evaluate_retrieval(args: argparse.Namespace) -> int:
@@ -120,7 +188,9 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
 
     require_faiss()  # both before loading the model and embedding every image
     require_metrics()
-    clf = load(args.model, device=args.device)
+    if len(args.model) > 1:
+        raise StagewiseError("--retrieval evaluates one model; ensembles are for classification")
+    clf = load(args.model[0], device=args.device)
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
               file=sys.stderr)

@@ -3,6 +3,7 @@ index and search images for re-identification (retrieval needs `stagewise[retrie
 
 from .artifact import Artifact, find_artifact, load
 from .classifier import Candidate, Classifier, Prediction
+from .ensemble import Ensemble, load_ensemble
 from .evaluate import Evaluation, evaluate
 from .export import ExportError, ExportResult, export
 from .predict import FileResult, expand_inputs, predict_files
@@ -14,6 +15,7 @@ __all__ = [
     "Candidate",
     "Classifier",
     "Embeddings",
+    "Ensemble",
     "Evaluation",
     "ExportError",
     "ExportResult",
@@ -29,5 +31,6 @@ __all__ = [
     "export",
     "find_artifact",
     "load",
+    "load_ensemble",
     "predict_files",
 ]

@@ -7,7 +7,7 @@ already preprocessed (normalised, shape (3, H, W) or (N, 3, H, W)), e.g. the out
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from torch import nn
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
 from ..data.transforms import Preprocess, build_transform
 from ..errors import DataError
+from .views import TTA, ViewTransform, parse_tta, view_shape
 
 if TYPE_CHECKING:
     from .retrieval import Match, Retriever
@@ -82,12 +83,12 @@ class Classifier:
                 f"{self.preprocess.image_size}px, {self.device})")
 
     def predict(self, inputs: Inputs, top_k: int = 5, batch_size: int = 32,
-                tta: str | None = None) -> Prediction | list[Prediction]:
+                tta: str | TTA | None = None) -> Prediction | list[Prediction]:
         """One Prediction for one image; a list for a list (or a (N, 3, H, W) tensor)."""
         if top_k < 1:
             raise DataError(f"top_k must be at least 1, got {top_k}")
         preds: list[Prediction] = []
-        for batch, sources in self._batches(inputs, batch_size):
+        for batch, sources in self._batches(inputs, batch_size, tta):
             preds += self.predictions(self.probabilities(batch, tta), top_k, sources)
         return preds[0] if _is_single(inputs) else preds
 
@@ -113,55 +114,62 @@ class Classifier:
         """The top_k nearest gallery images (cosine distance) of each query image."""
         return gallery.search(queries, top_k)
 
-    def logits(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+    def input_transform(self, tta: str | TTA | None = None) -> Callable[[Image.Image], torch.Tensor]:
+        """What the loaders apply to each decoded image: (3, S, S), or (V, 3, S, S) when the tta
+        mode needs the image itself (crops, scales)."""
+        mode = parse_tta(tta)
+        return ViewTransform(self.preprocess, mode) if mode.multi_view else self.transform
+
+    def input_shape(self, tta: str | TTA | None = None) -> tuple[int, ...]:
+        return view_shape(self.preprocess, parse_tta(tta))
+
+    def logits(self, batch: torch.Tensor, tta: str | TTA | None = None) -> torch.Tensor:
         """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
         tta='flip', averaged with those of the mirrored batch."""
-        if tta not in (None, "flip"):
-            raise DataError(f"unknown tta '{tta}'; choose flip (or leave it out)")
+        mode = parse_tta(tta)
+        if mode.multi_view:
+            raise DataError(f"tta '{mode.mode}' averages probabilities, not logits; use probabilities()")
         with torch.inference_mode():
             x = batch.to(self.device)
             out = self.model(x).float()
-            if tta == "flip":
+            if mode.mode == "flip":
                 out = (out + self.model(x.flip(3)).float()) / 2
         return out
 
-    def probabilities(self, batch: torch.Tensor, tta: str | None = None) -> torch.Tensor:
-        return self.logits(batch, tta).softmax(dim=1).cpu()
+    def probabilities(self, batch: torch.Tensor, tta: str | TTA | None = None) -> torch.Tensor:
+        """Softmax (on the CPU) of a batch from `input_transform(tta)`; over the views of a
+        multi-view tta, the mean of each view's probabilities."""
+        mode = parse_tta(tta)
+        if not mode.multi_view:
+            return self.logits(batch, mode).softmax(dim=1).cpu()
+        if batch.ndim != 5 or batch.shape[1] != mode.views:
+            raise DataError(f"tta '{mode.mode}' needs batches of {mode.views} views per image "
+                            f"(N, {mode.views}, 3, H, W) from input_transform(); got {tuple(batch.shape)}")
+        n, v = batch.shape[:2]
+        with torch.inference_mode():
+            out = self.model(batch.flatten(0, 1).to(self.device)).float().softmax(dim=1)
+        return out.view(n, v, -1).mean(dim=1).cpu()
 
     def predictions(self, probs: torch.Tensor, top_k: int,
                     sources: Sequence[str | None]) -> list[Prediction]:
-        """Turn a (N, C) probability matrix into Predictions (one .tolist() per batch, not per item)."""
-        values, indices = probs.topk(min(top_k, self.num_classes), dim=1)
-        out = []
-        for vals, idxs, src in zip(values.tolist(), indices.tolist(), sources, strict=True):
-            cands = tuple(Candidate(i, self.class_ids[i], self.class_names[i], v)
-                          for v, i in zip(vals, idxs, strict=True))
-            best = cands[0]
-            out.append(Prediction(best.label, best.class_id, best.name, best.probability, cands, src))
-        return out
+        """Turn a (N, C) probability matrix into Predictions."""
+        return to_predictions(probs, top_k, sources, self.class_ids, self.class_names)
 
-    def to_tensor(self, item: ImageInput) -> torch.Tensor:
-        """One input as a preprocessed (3, H, W) float tensor."""
-        if isinstance(item, (str, Path)):
-            try:
-                img = load_rgb(item)
-            except BAD_IMAGE_ERRORS as exc:
-                raise DataError(f"{item}: cannot read image ({type(exc).__name__}: {exc})") from None
-            return self.transform(img)
-        if isinstance(item, Image.Image):
-            return self.transform(to_rgb(item))
-        if isinstance(item, torch.Tensor):
+    def to_tensor(self, item: ImageInput, tta: str | TTA | None = None) -> torch.Tensor:
+        """One input as a preprocessed (3, H, W) float tensor ((V, 3, H, W) for multi-view tta)."""
+        if isinstance(item, torch.Tensor) and item.is_floating_point():
             if item.ndim != 3 or item.shape[0] != 3:
                 raise DataError(f"expected an image tensor of shape (3, H, W), got {tuple(item.shape)}")
-            if item.dtype == torch.uint8:
-                from torchvision.transforms.functional import to_pil_image
-
-                return self.transform(to_pil_image(item))
+            if parse_tta(tta).multi_view:
+                raise DataError(f"tta '{tta}' crops the decoded image; pass files, PIL images or "
+                                "uint8 tensors, not preprocessed float tensors")
             return item.float()
-        raise DataError(f"cannot classify a {type(item).__name__}; pass a path, a PIL image or a tensor")
+        return self.input_transform(tta)(to_pil(item))
 
-    def _batches(self, inputs: Inputs, batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
-        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point():
+    def _batches(self, inputs: Inputs, batch_size: int,
+                 tta: str | TTA | None = None) -> Iterator[tuple[torch.Tensor, list]]:
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point() \
+                and not parse_tta(tta).multi_view:
             # Preloaded, preprocessed batches go through without a per-image Python loop.
             for i in range(0, inputs.shape[0], batch_size):
                 chunk = inputs[i:i + batch_size]
@@ -170,8 +178,43 @@ class Classifier:
         items = _as_list(inputs)
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
-            sources = [str(x) if isinstance(x, (str, Path)) else None for x in chunk]
-            yield torch.stack([self.to_tensor(x) for x in chunk]), sources
+            yield torch.stack([self.to_tensor(x, tta) for x in chunk]), sources_of(chunk)
+
+
+def to_pil(item: ImageInput) -> Image.Image:
+    """A path, PIL image or uint8 (3, H, W) tensor as an RGB PIL image (float tensors are already
+    preprocessed and cannot go back)."""
+    if isinstance(item, (str, Path)):
+        try:
+            return load_rgb(item)
+        except BAD_IMAGE_ERRORS as exc:
+            raise DataError(f"{item}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, torch.Tensor):
+        if item.ndim != 3 or item.shape[0] != 3 or item.dtype != torch.uint8:
+            raise DataError(f"expected a uint8 image tensor of shape (3, H, W), got "
+                            f"{item.dtype} {tuple(item.shape)}")
+        from torchvision.transforms.functional import to_pil_image
+
+        return to_pil_image(item)
+    raise DataError(f"cannot classify a {type(item).__name__}; pass a path, a PIL image or a tensor")
+
+
+def sources_of(items: Sequence[ImageInput]) -> list[str | None]:
+    return [str(x) if isinstance(x, (str, Path)) else None for x in items]
+
+
+def to_predictions(probs: torch.Tensor, top_k: int, sources: Sequence[str | None],
+                   class_ids: list[str], class_names: list[str]) -> list[Prediction]:
+    """Predictions of a (N, C) probability matrix (one .tolist() per batch, not per item)."""
+    values, indices = probs.topk(min(top_k, len(class_ids)), dim=1)
+    out = []
+    for vals, idxs, src in zip(values.tolist(), indices.tolist(), sources, strict=True):
+        cands = tuple(Candidate(i, class_ids[i], class_names[i], v) for v, i in zip(vals, idxs, strict=True))
+        best = cands[0]
+        out.append(Prediction(best.label, best.class_id, best.name, best.probability, cands, src))
+    return out
 
 
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,9 @@ from ..data.folder import split_dirs
 from ..errors import DataError
 from ..io import write_json, write_text
 from .classifier import Classifier
+from .ensemble import Ensemble
+from .interpret import TOP_LOSSES, draw_top_losses, most_confused, thumbnail, top_losses
+from .views import parse_tta
 
 SPLITS = ("val", "test", "train", "all")
 ECE_BINS = 15
@@ -45,9 +48,17 @@ class Evaluation:
     confusion: dict[str, Any]
     bad_images: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tta: str | None = None
+    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's models, top-1 each
+    most_confused: list[dict[str, Any]] = field(default_factory=list)
+    top_losses: list[dict[str, Any]] = field(default_factory=list)
+    # Small RGB copies of the top-loss images, for the grid; kept out of the JSON.
+    thumbnails: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("thumbnails")
+        return out
 
     def write(self, out: Path) -> tuple[Path, Path]:
         """JSON to `out`, the markdown report beside it (same name, .md)."""
@@ -55,6 +66,8 @@ class Evaluation:
         report = out.with_suffix(".md")
         write_json(out, self.as_dict())
         write_text(report, self.markdown())
+        if self.thumbnails:
+            draw_top_losses(self.top_losses, self.thumbnails, top_losses_path(out))
         return out, report
 
     def markdown(self) -> str:
@@ -65,7 +78,7 @@ class Evaluation:
                  f"- expected calibration error ({ECE_BINS} bins): {self.ece:.4f}",
                  f"- macro precision / recall / F1: {self.macro_precision:.4f} / "
                  f"{self.macro_recall:.4f} / {self.macro_f1:.4f}",
-                 *[f"- note: {n}" for n in self.notes], "",
+                 *[f"- note: {n}" for n in self.notes], *self._interpretation(), "",
                  "| class | name | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['class_id']} | {r['name']} | {r['precision']:.4f} | {r['recall']:.4f} | "
                   f"{r['f1']:.4f} | {r['support']} |" for r in self.per_class]
@@ -77,6 +90,27 @@ class Evaluation:
             lines += [f"| {cid} | " + " | ".join(str(v) for v in row) + " |"
                       for cid, row in zip(ids, matrix, strict=True)]
         return "\n".join(lines) + "\n"
+
+
+    def _interpretation(self) -> list[str]:
+        """Markdown lines for the ensemble's members, the most-confused pairs and top losses."""
+        lines = ["", "| model | top-1 |", "|---|---|"] if self.members else []
+        lines += [f"| {m['model']} | {m['top1']:.4f} |" for m in self.members]
+        lines += [f"| ensemble (mean probability) | {self.top1:.4f} |"] if self.members else []
+        if self.most_confused:
+            lines += ["", "Most confused (true -> predicted: count)", ""]
+            lines += [f"- {c['true']} -> {c['predicted']}: {c['count']}" for c in self.most_confused]
+        if self.top_losses:
+            lines += ["", "Top losses", "", "| image | true | predicted | p(true) | loss |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {t['source']} | {t['true']} | {t['predicted']} | {t['p_true']:.3f} | "
+                      f"{t['loss']:.3f} |" for t in self.top_losses]
+        return lines
+
+
+def top_losses_path(out: Path) -> Path:
+    """Where `write(out)` puts the top-losses grid: beside the JSON."""
+    return Path(out).with_name(Path(out).stem + "-top-losses.png")
 
 
 def match_classes(data_ids: list[str], model_ids: list[str], where: str) -> list[int]:
@@ -145,8 +179,47 @@ def _metrics(num_classes: int) -> Any:
     }, compute_groups=False)
 
 
+class _Tally:
+    """What the metrics object does not keep: each image's loss and outcome (for the top losses)
+    and each ensemble member's hits."""
+
+    def __init__(self, members: int) -> None:
+        self.member_hits = [0] * members
+        self.losses: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+
+    def add(self, clf: Classifier | Ensemble, images: torch.Tensor, labels: torch.Tensor,
+            tta: str | None, positions: list[int]) -> torch.Tensor:
+        """Probabilities of one batch (the mean over members for an ensemble), recorded."""
+        per_member = clf.member_probabilities(images, tta) if isinstance(clf, Ensemble) else []
+        probs = torch.stack(per_member).mean(dim=0) if per_member else clf.probabilities(images, tta)
+        for k, p in enumerate(per_member):
+            self.member_hits[k] += int((p.argmax(dim=1) == labels).sum())
+        # Cross-entropy of the (averaged) probabilities; the clamp keeps a certain mistake finite.
+        self.losses.append(-probs.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log())
+        self.labels.append(labels)
+        self.probs.append(probs)
+        self.positions.append(torch.tensor(positions, dtype=torch.long))
+        return probs
+
+    def top_losses(self, class_ids: list[str], k: int = TOP_LOSSES) -> list[dict[str, Any]]:
+        return top_losses(torch.cat(self.losses), torch.cat(self.labels), torch.cat(self.probs),
+                          torch.cat(self.positions), class_ids, k)
+
+
+def _good_positions(samples: Samples, start: int, labels: int, bad: list[str]) -> list[int]:
+    """Positions in the split of a batch's decoded images: the ordered loader covers
+    `start .. start + labels + len(bad)`, less the unreadable ones it names."""
+    if not bad:
+        return list(range(start, start + labels))
+    skipped = set(bad)
+    return [j for j in range(start, start + labels + len(bad)) if samples.describe(j) not in skipped]
+
+
 def evaluate(
-    clf: Classifier,
+    clf: Classifier | Ensemble,
     data: str | Path,
     split: str = "val",
     batch_size: int = 32,
@@ -154,35 +227,52 @@ def evaluate(
     tta: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
-    """Score `clf` on the `split` of the dataset at `data`; `on_progress(done, total)` per batch.
+    """Score `clf` (a model or an Ensemble) on the `split` of the dataset at `data`;
+    `on_progress(done, total)` per batch.
 
     Example:
         >>> ev = evaluate(stagewise.load("runs/pets"), "data/pets", split="test")  # doctest: +SKIP
-        >>> ev.top1, ev.ece  # doctest: +SKIP
+        >>> ev.top1, ev.ece, ev.most_confused[:3]  # doctest: +SKIP
     """
+    parse_tta(tta)  # a bad value fails before any image is decoded
     samples, notes = split_samples(Path(data), split, clf.class_ids)
-    loader = make_loader(ImageDataset(samples, clf.transform, seeded=False), batch_size,
-                         shuffle=False, seed=0, num_workers=num_workers,
+    dataset = ImageDataset(samples, clf.input_transform(tta), seeded=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=num_workers,
                          pin_memory=clf.device.type == "cuda")
     metrics = _metrics(clf.num_classes)
-    loss_sum, seen, bad = 0.0, 0, []
+    tally = _Tally(len(clf.members) if isinstance(clf, Ensemble) else 0)
+    position, bad = 0, []
     for batch in loader:
         bad += batch.bad
-        if batch.images.numel():
-            logits = clf.logits(batch.images, tta).cpu()
-            metrics.update(logits.softmax(dim=1), batch.labels)
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum"))
-            seen += batch.labels.shape[0]
+        n = batch.labels.shape[0]
+        if n:
+            probs = tally.add(clf, batch.images, batch.labels, tta,
+                              _good_positions(samples, position, n, batch.bad))
+            metrics.update(probs, batch.labels)
+        position += n + len(batch.bad)
         if on_progress is not None:
-            on_progress(seen + len(bad), len(samples))
-    if seen == 0:
+            on_progress(position, len(samples))
+    if position == len(bad):
         raise DataError(f"{data}: none of the {len(samples)} images of the '{split}' split could be "
                         f"read, e.g. {bad[0] if bad else '-'}")
-    return _summarise(clf, metrics.compute(), seen, loss_sum, str(data), split, bad, notes)
+    result = _summarise(clf, metrics.compute(), tally, str(data), split, bad, notes)
+    result.tta = tta
+    _add_top_losses(result, tally, dataset, clf.class_ids)
+    return result
 
 
-def _summarise(clf: Classifier, m: dict[str, torch.Tensor], seen: int, loss_sum: float, data: str,
+def _add_top_losses(result: Evaluation, tally: _Tally, dataset: ImageDataset, class_ids: list[str]) -> None:
+    """The top losses with their sources and thumbnails (decoded again: only a few images)."""
+    result.top_losses = tally.top_losses(class_ids)
+    for item in result.top_losses:
+        item["source"] = dataset.samples.describe(item["position"])
+        result.thumbnails.append(thumbnail(dataset.image(item["position"])))
+
+
+def _summarise(clf: Classifier | Ensemble, m: dict[str, torch.Tensor], tally: _Tally, data: str,
                split: str, bad: list[str], notes: list[str]) -> Evaluation:
+    losses = torch.cat(tally.losses)
+    seen = losses.numel()
     confusion = m["confusion"].long()
     support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
     involved = [i for i in range(clf.num_classes) if support[i] > 0 or predicted[i] > 0]
@@ -197,11 +287,16 @@ def _summarise(clf: Classifier, m: dict[str, torch.Tensor], seen: int, loss_sum:
         return sum(r[key] for r in present) / len(present)
 
     sub = confusion[involved][:, involved]
+    ids = [clf.class_ids[i] for i in involved]
+    members = [{"model": src, "top1": hits / seen}
+               for src, hits in zip(getattr(clf, "sources", []), tally.member_hits, strict=False)]
     return Evaluation(
-        model=str(clf.source or "in memory"), data=data, split=split, images=seen,
-        top1=float(m["top1"]), top5=float(m["top5"]), loss=loss_sum / seen, ece=float(m["ece"]),
+        model=", ".join(clf.sources) if isinstance(clf, Ensemble) else str(clf.source or "in memory"),
+        data=data, split=split, images=seen, members=members,
+        most_confused=most_confused(sub.tolist(), ids),
+        top1=float(m["top1"]), top5=float(m["top5"]), loss=float(losses.sum()) / seen, ece=float(m["ece"]),
         macro_precision=macro("precision"), macro_recall=macro("recall"), macro_f1=macro("f1"),
         per_class=per_class,
-        confusion={"class_ids": [clf.class_ids[i] for i in involved], "matrix": sub.tolist()},
+        confusion={"class_ids": ids, "matrix": sub.tolist()},
         bad_images=bad, notes=notes,
     )

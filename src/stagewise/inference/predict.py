@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .classifier import Classifier, Prediction
+from .ensemble import Ensemble
 from .files import expand_paths, file_loader
 
 
@@ -30,7 +31,7 @@ def expand_inputs(items: Sequence[str | Path]) -> list[FileResult]:
 
 
 def predict_files(
-    clf: Classifier,
+    clf: Classifier | Ensemble,
     entries: list[FileResult],
     top_k: int = 5,
     batch_size: int = 32,
@@ -47,7 +48,7 @@ def predict_files(
     results = list(entries)
     if not paths:
         return results
-    loader = file_loader(paths, clf.transform, batch_size, num_workers,
+    loader = file_loader(paths, clf.input_transform(tta), batch_size, num_workers,
                          pin_memory=clf.device.type == "cuda")
     done = 0
     for batch, ok, bad in loader:
