@@ -43,21 +43,40 @@ def run_lock(folder: Path, markers: tuple[str, ...]) -> Iterator[None]:
     refuse_foreign(folder, markers)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _take(folder)
     try:
-        if not _flock(fd):
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(f"{folder} is in use by another stagewise process (PID {holder}); "
-                              "wait for it to finish, or choose another --out")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)
+        # Cleaned up while still held, so no other process can take a lock file about to vanish.
         if created and {p.name for p in folder.iterdir()} <= _OURS:
             with contextlib.suppress(OSError):
                 (folder / LOCK).unlink()
                 folder.rmdir()
+        os.close(fd)
+
+
+def _take(folder: Path) -> int:
+    """An open, locked descriptor of folder/LOCK (exit 2 naming the holder if it is taken).
+
+    A holder that was cleaning up may have unlinked the file we opened: a lock on it would hold
+    nothing, so the path is checked to still be that file, and opened again if not.
+    """
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _flock(fd):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{folder} is in use by another stagewise process (PID {holder}); "
+                              "wait for it to finish, or choose another --out")
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+        os.close(fd)
 
 
 def refuse_foreign(folder: Path, markers: tuple[str, ...]) -> None:

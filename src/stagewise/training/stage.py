@@ -169,7 +169,7 @@ def _epochs(
         try:
             for epoch in range(state.epoch, cfg.epochs):
                 trainable = start_epoch(setup, epoch)
-                stats = _run_epoch(setup, state, epoch, rep, flag)
+                stats = _run_epoch(setup, state, epoch, rep, flag, clock)
                 if stats.interrupted is not None:
                     _interrupt(setup, state, epoch, stats, len(history), clock, rep)
                 record, confusion = _make_record(setup, state, epoch, stats, trainable, history, rep)
@@ -217,7 +217,8 @@ class _Clock:
         self.tracker["elapsed"] = time.perf_counter() - self.started
 
 
-def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, flag: StopFlag) -> EpochStats:
+def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, flag: StopFlag,
+               clock: _Clock) -> EpochStats:
     """Train one epoch, skipping the batches a resumed epoch has already done."""
     skip = state.batches_done if epoch == state.epoch else 0
     setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
@@ -228,6 +229,7 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
     def on_step(batches_done: int) -> None:
         state.global_step += 1
         if every and state.global_step % every == 0:  # a crash in a long epoch loses < N steps
+            clock.update()  # the time spent so far counts towards max_minutes after a resume
             _checkpoint(setup, Resumable(epoch, batches_done, state.global_step, state.tracker,
                                          state.history_len, setup.parts.accelerator.num_processes))
 
