@@ -88,3 +88,27 @@ def tiny_config(data: Path, out: Path, **kw) -> dict:
            "epochs": 2, "num_workers": 0, "out": str(out), "seed": 0, "lr": 1e-2, "report": False}
     cfg.update(kw)
     return cfg
+
+
+class Crash(Exception):
+    """A crash injected right after a checkpoint was written."""
+
+
+def crash_then_resume(config: dict, monkeypatch: pytest.MonkeyPatch, *, mid_epoch: bool = True):
+    """Train `config`, crash right after the first checkpoint of its second epoch (one saved inside
+    it by checkpoint_every with `mid_epoch`, else the one at its start), then resume to the end."""
+    import stagewise
+    import stagewise.training.stage as stage
+
+    real = stage._checkpoint
+
+    def crash_after(setup, where) -> None:
+        real(setup, where)
+        if where.epoch == 1 and (where.batches_done > 0) == mid_epoch:
+            raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stage, "_checkpoint", crash_after)
+        with pytest.raises(Crash):
+            stagewise.train(config, reporter="quiet")
+    return stagewise.train(resume=True, reporter="quiet", out=config["out"])

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import stagewise
-from conftest import make_image_folder, tiny_config
+from conftest import crash_then_resume, make_image_folder, tiny_config
 from stagewise.errors import ConfigError
 
 PROBE = dict(strategy="probe", augmentation="none", epochs=3, batch_size=8)
@@ -55,22 +55,9 @@ def test_auto_uses_features_only_where_exact(data: Path, tmp_path: Path, capsys)
 
 def test_cached_feature_probe_resumes_exactly(data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import stagewise.training.stage as stage
-
     cfg = dict(PROBE, cache="features", checkpoint_every=2)
     straight = stagewise.train(tiny_config(data, tmp_path / "straight", **cfg), reporter="quiet")
-    real = stage._checkpoint
-
-    def crash_mid_second_epoch(setup, where):
-        real(setup, where)
-        if where.epoch == 1 and where.batches_done > 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(stage, "_checkpoint", crash_mid_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        stagewise.train(tiny_config(data, tmp_path / "crashed", **cfg), reporter="quiet")
-    monkeypatch.setattr(stage, "_checkpoint", real)
-    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    resumed = crash_then_resume(tiny_config(data, tmp_path / "crashed", **cfg), monkeypatch)
     a, b = _weights(straight.run_dir), _weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -93,20 +80,8 @@ def test_progressive_resize_grows_the_training_size_and_resumes_on_it(data: Path
     assert [r["image_size"] for r in straight.history] == [16, 24, 32, 32]
     assert all(r["val_images"] == 24 for r in straight.history)  # validation at the full size
 
-    import stagewise.training.stage as stage
-
-    real = stage._checkpoint
-
-    def crash_after_first_epoch(setup, where):
-        real(setup, where)
-        if where.epoch == 1 and where.batches_done == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(stage, "_checkpoint", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        stagewise.train(tiny_config(data, tmp_path / "crashed", **cfg), reporter="quiet")
-    monkeypatch.setattr(stage, "_checkpoint", real)
-    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    resumed = crash_then_resume(tiny_config(data, tmp_path / "crashed", **cfg), monkeypatch,
+                                mid_epoch=False)
     assert [r["image_size"] for r in resumed.history] == [16, 24, 32, 32]
     a, b = _weights(straight.run_dir), _weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import stagewise
-from conftest import make_image_folder, tiny_config
+from conftest import crash_then_resume, make_image_folder, tiny_config
 from stagewise.cli import main
 
 # The children run single-threaded; the in-process runs they are compared with must too, or the
@@ -188,25 +188,9 @@ def test_mid_epoch_checkpoint_then_crash_resumes_exactly(small_data: Path, tmp_p
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """checkpoint_every: N saves last/ inside an epoch; a crash right after such a save and a
     resume continue with the same batches and end with the same weights as no crash."""
-    import stagewise.training.stage as stage
-
     cfg = dict(epochs=2, batch_size=4, checkpoint_every=3)
     straight = stagewise.train(tiny_config(small_data, tmp_path / "straight", **cfg), reporter="quiet")
-    real = stage._checkpoint
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_mid_epoch_save(setup, where):
-        real(setup, where)
-        if where.epoch == 1 and where.batches_done > 0:  # inside the second epoch
-            raise Crash
-
-    monkeypatch.setattr(stage, "_checkpoint", crash_after_mid_epoch_save)
-    with pytest.raises(Crash):
-        stagewise.train(tiny_config(small_data, tmp_path / "crashed", **cfg), reporter="quiet")
-    monkeypatch.setattr(stage, "_checkpoint", real)
-    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    resumed = crash_then_resume(tiny_config(small_data, tmp_path / "crashed", **cfg), monkeypatch)
     assert resumed.history[-1]["epoch"] == 2
     _assert_same_weights(straight.run_dir / "last" / "model.safetensors",
                          resumed.run_dir / "last" / "model.safetensors")

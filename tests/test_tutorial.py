@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import stagewise
-from conftest import make_image_folder, tiny_config
+from conftest import crash_then_resume, make_image_folder, tiny_config
 from stagewise.cli import main
 from stagewise.config import TrainConfig, build_config
 from stagewise.data import AugmentPlan, ImageDataset, Preprocess, build_transform
@@ -198,27 +198,11 @@ def test_augment_list_timm_optimizer_and_schedule_tail_resume_exactly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash inside epoch 2 and --resume end with the same weights as no crash: the augment
     list's draws, lamb's state and the restarts + cooldown schedule all come back as they were."""
-    import stagewise.training.stage as stage
-
     data = make_image_folder(tmp_path / "data", per_class=4)
     cfg = dict(epochs=3, batch_size=4, checkpoint_every=2, augment=AUGMENT, optimizer="lamb",
                restarts=1, cooldown_epochs=1, min_lr=1e-4)
     straight = stagewise.train(tiny_config(data, tmp_path / "straight", **cfg), reporter="quiet")
-    real = stage._checkpoint
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_mid_epoch_save(setup, where):
-        real(setup, where)
-        if where.epoch == 1 and where.batches_done > 0:
-            raise Crash
-
-    monkeypatch.setattr(stage, "_checkpoint", crash_after_mid_epoch_save)
-    with pytest.raises(Crash):
-        stagewise.train(tiny_config(data, tmp_path / "crashed", **cfg), reporter="quiet")
-    monkeypatch.setattr(stage, "_checkpoint", real)
-    resumed = stagewise.train(resume=True, reporter="quiet", out=str(tmp_path / "crashed"))
+    resumed = crash_then_resume(tiny_config(data, tmp_path / "crashed", **cfg), monkeypatch)
     a, b = load_file(str(straight.weights)), load_file(str(resumed.weights))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert [r["lr"] for r in straight.history] == [r["lr"] for r in resumed.history]
