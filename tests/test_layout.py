@@ -22,17 +22,18 @@ ALLOWED: dict[str, set[str]] = {
     "defaults": set(),
     "io": BASE,
     "lock": BASE,
+    "ranking": BASE,  # exact search and retrieval metrics: for training's epochs and inference
     "data": BASE | {"io"},
     "models": BASE | {"io", "data"},
     # data: the `augment:` list is checked against torchvision's transforms at config load.
     "config": BASE | {"io", "models", "data"},
     "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
-    "training": BASE | {"io", "data", "models", "config", "runfolder"},
-    "inference": BASE | {"io", "data", "models", "config", "runfolder"},
-    "reporting": BASE | {"io", "data", "config", "runfolder", "inference"},
-    "runs": BASE | {"io", "lock", "data", "models", "config", "runfolder", "training", "reporting",
+    "training": BASE | {"ranking", "io", "data", "models", "config", "runfolder"},
+    "inference": BASE | {"ranking", "io", "data", "models", "config", "runfolder"},
+    "reporting": BASE | {"ranking", "io", "data", "config", "runfolder", "inference"},
+    "runs": BASE | {"ranking", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting",
                     "inference"},
-    "cli": BASE | {"io", "lock", "data", "models", "config", "runfolder", "training", "reporting", "inference",
+    "cli": BASE | {"ranking", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting", "inference",
                    "runs"},
     "__init__": BASE | {"config", "inference", "runs", "training", "reporting"},
     "__main__": {"cli"},

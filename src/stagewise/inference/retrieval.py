@@ -20,11 +20,17 @@ import torch
 from .._version import __version__
 from ..data.folder import class_dirs
 from ..data.images import is_image_file
-from ..errors import StagewiseError
 from ..io import write_json, write_with
+from ..ranking import (  # noqa: F401  (re-exported: the names retrieval users import from here)
+    EXTRA_HINT,
+    RetrievalError,
+    flat_index,
+    normalise,
+    require_faiss,
+    search_index,
+)
 from .files import expand_paths, file_loader
 
-EXTRA_HINT = "pip install 'stagewise[retrieval]'"
 SIDECAR_SUFFIX = ".json"  # gallery.index -> gallery.index.json
 
 
@@ -37,19 +43,6 @@ class Embedder(Protocol):
     source: Path | None
 
     def embed(self, inputs: Any, batch_size: int = 32) -> torch.Tensor: ...
-
-
-class RetrievalError(StagewiseError):
-    """Retrieval cannot run as asked: a missing extra, an unusable index or gallery."""
-
-
-def require_faiss() -> Any:
-    """The faiss module, or an error that names the extra to install."""
-    try:
-        import faiss
-    except ImportError:
-        raise RetrievalError(f"retrieval needs faiss-cpu, which is not installed: {EXTRA_HINT}") from None
-    return faiss
 
 
 @dataclass(frozen=True)
@@ -97,13 +90,6 @@ def identity_items(folder: Path) -> list[Item]:
         raise RetrievalError(f"{folder}: no images in identity folders; expected "
                              f"{folder}/<identity>/*.jpg (one folder per person, animal or object)")
     return items
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32, contiguous: what faiss takes)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return np.ascontiguousarray(v / np.maximum(norms, 1e-12))
 
 
 @dataclass
@@ -159,29 +145,6 @@ def embed_items(clf: Embedder, items: list[Item], batch_size: int = 32,
     vectors = normalise(np.concatenate(chunks)) if chunks else np.zeros((0, dim), np.float32)
     return Embeddings(vectors, [paths[i] for i in kept], [items[i].label for i in kept],
                       str(clf.source or "in memory"), failed)
-
-
-def flat_index(vectors: np.ndarray) -> Any:
-    """An exact inner-product index of unit rows: its scores are cosine similarities."""
-    faiss = require_faiss()
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(normalise(vectors))
-    return index
-
-
-def search_index(index: Any, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine distances, gallery rows), each (Q, k), nearest first; k is capped at the gallery."""
-    if top_k < 1:
-        raise RetrievalError(f"top_k must be at least 1, got {top_k}")
-    k = min(top_k, index.ntotal)
-    if k == 0 or len(queries) == 0:
-        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    if queries.shape[1] != index.d:
-        raise RetrievalError(f"query embeddings have {queries.shape[1]} dimensions, the index "
-                             f"{index.d}; search with the model that built the index")
-    sims, rows = index.search(normalise(queries), k)
-    # Clipped: rounding makes 1 - cos of an image with itself slightly negative.
-    return np.clip(1.0 - sims, 0.0, 2.0), rows
 
 
 class Retriever:
