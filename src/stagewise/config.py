@@ -39,7 +39,16 @@ HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[
     "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
 ]
-Monitor = Literal["val_top1", "val_top5", "val_loss"]
+Monitor = Literal["val_top1", "val_top5", "val_loss", "val_recall1", "val_recall5", "val_map", "val_map_at_r"]
+Task = Literal["classify", "embed"]
+# What each task's validation measures: a monitor from the other task's list is refused.
+TASK_MONITORS = {"classify": ("val_top1", "val_top5", "val_loss"),
+                 "embed": ("val_map", "val_map_at_r", "val_recall1", "val_recall5")}
+MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
+                     "multi_similarity"]
+Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",
+                "batch_easy_hard"]
+LossArg = float | int | bool | Annotated[str, Field(max_length=100)]
 
 
 MAX_CONFIG_BYTES = 2**20
@@ -131,6 +140,16 @@ class TrainConfig(_Strict):
     )
     head_activation: str = Field("relu", description="activation between the head's hidden layers")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden head layer")
+    task: Task = Field("classify", description="classify: a classifier; embed: an embedding head "
+                       "trained with a metric loss, for retrieval of identities unseen in training")
+    embedding_dim: int = Field(defaults.EMBEDDING_DIM, ge=2, le=8192, description="embed: vector size")
+    metric_loss: MetricLoss = Field("arcface", description="embed: pytorch-metric-learning loss")
+    loss_args: dict[str, LossArg] = Field(default_factory=dict, max_length=20, description="embed: "
+                                          "arguments of the loss, e.g. {margin: 28.6, scale: 64}")
+    miner: Miner = Field("auto", description="embed: pair/triplet miner; auto: the loss's usual one")
+    miner_args: dict[str, LossArg] = Field(default_factory=dict, max_length=20)
+    m_per_class: int | None = Field(None, ge=2, le=1024, description="embed: batches made of groups "
+                                    "of m images of one identity (pair and triplet losses need positives)")
 
     # strategy
     strategy: Strategy = "finetune"
@@ -302,7 +321,43 @@ class TrainConfig(_Strict):
         if not self.head_layers and (self.head_dropout or self.head_activation != "relu"):
             raise ValueError("head_dropout and head_activation act between hidden head layers: set "
                              "head_layers (e.g. [512]), or use drop_rate for a linear head")
+        self._consistent_task()
         return self
+
+    def _consistent_task(self) -> None:
+        from .models.embedding import METRIC_LOSSES, MINERS, check_args
+
+        valid = TASK_MONITORS[self.task]
+        if self.monitor not in valid:
+            if "monitor" in self.model_fields_set:
+                raise ValueError(f"monitor {self.monitor!r} is not measured by task {self.task!r}; "
+                                 f"choose one of {', '.join(valid)}")
+            # Not set by the user: the task's own default (mAP ranks every true match, recall@1
+            # only the first). Set in __dict__: an assignment would re-run these validators.
+            self.__dict__["monitor"] = valid[0]
+        if self.task == "classify":
+            return
+        clash = [k for k in ("mixup", "cutmix", "label_smoothing", "class_weights") if getattr(self, k)]
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: classification settings; task: embed trains with a "
+                             "metric loss on identity labels, so remove them")
+        if self.split is not None:
+            raise ValueError("split: task: embed holds out whole identities for validation "
+                             "(val_fraction of them, or a val/ folder); remove split")
+        if self.target is not None:
+            raise ValueError("target: a val top-1 to stop at; task: embed has none (use early_stopping)")
+        kind = METRIC_LOSSES[self.metric_loss]
+        check_args("losses", kind.pml, self.loss_args, "loss_args")
+        if self.miner not in ("auto", "none"):
+            if kind.classes:
+                raise ValueError(f"miner: {self.metric_loss} compares each image with class centres, "
+                                 "not pairs; use miner: none (or a pair loss such as triplet)")
+            check_args("miners", MINERS[self.miner], self.miner_args, "miner_args")
+        elif self.miner_args and self.miner == "none":
+            raise ValueError("miner_args: there is no miner (miner: none)")
+        if self.m_per_class and self.batch_size % self.m_per_class:
+            raise ValueError(f"m_per_class {self.m_per_class} must divide batch_size {self.batch_size} "
+                             "(each batch holds whole groups of one identity)")
 
     def _consistent_augmentation(self) -> None:
         if self.augment and (self.auto_augment or self.re_prob is not None):

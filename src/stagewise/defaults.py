@@ -4,3 +4,4 @@ do the data readers and the CLI): a reader never re-declares a default of its ow
 VAL_FRACTION = 0.2  # held out for validation when a dataset has no val split
 SEED = 0
 TRAIN_OUT = "runs/train"  # where `stagewise train` writes without --out
+EMBEDDING_DIM = 128  # embed stages: the size of the L2-normalised vectors

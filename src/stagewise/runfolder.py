@@ -73,11 +73,20 @@ class EpochRecord(TypedDict, total=False):
     bad_images: int  # training images that could not be decoded this epoch
     bad_val_images: int  # validation images left out of the metrics for the same reason
     skipped_steps: int
+    # task: embed, leave-one-out over the validation identities (ranking.py); no val_top1/loss
+    val_recall1: float | None
+    val_recall5: float | None
+    val_recall10: float | None
+    val_map: float | None
+    val_map_at_r: float | None
+    val_threshold: float | None  # cosine distance keeping 95% of true matches (open-set use)
+    val_identities: int
     event: str  # something that happened at the start of the epoch (unfreezing, start note)
 
 
 # The metrics of the best epoch that model.json keeps (the full record is in history.jsonl).
-CARD_METRICS = ("epoch", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss")
+CARD_METRICS = ("epoch", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss",
+                "val_recall1", "val_recall5", "val_recall10", "val_map", "val_map_at_r", "val_threshold")
 
 
 def write_history(run_dir: Path, records: list[EpochRecord]) -> None:
@@ -147,6 +156,9 @@ class ModelCard:
     head_layers: list[int] = field(default_factory=list)  # an MLP head's hidden sizes ([]: linear)
     head_activation: str = "relu"
     head_dropout: float = 0.0
+    task: str = "classify"  # "embed": the weights map images to vectors; class_ids are the
+    # training identities (the loss's class centres), not labels the model predicts
+    embedding: dict[str, Any] = field(default_factory=dict)  # embed: EmbeddingSpec.as_dict()
     stagewise_version: str = __version__
     format: str = MODEL_FORMAT
 

@@ -34,9 +34,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         require(data, "data", "train", "--data DIR")
         result = train(data, reporter=reporter_kind(args))
     best = result.best
-    top1 = best.get("val_top1")
-    shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
+    # An embed stage's best is chosen by retrieval (val_map unless monitor says otherwise).
+    key, name = ("val_map", "mAP") if "val_map" in best else ("val_top1", "top1")
+    value = best.get(key)
+    shown = f"{value:.4f}" if isinstance(value, float) else "-"
     print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best},
-               f"done ({result.stopped}): best val top1 {shown} at epoch {best.get('epoch', '-')}; "
+               f"done ({result.stopped}): best val {name} {shown} at epoch {best.get('epoch', '-')}; "
                f"run folder {result.run_dir}")
     return 0

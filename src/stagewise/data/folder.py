@@ -226,4 +226,5 @@ def load_split(index: DatasetIndex, path: Path) -> DatasetIndex:
         kept = [label_of[r] for r in rels if r in label_of]
         splits[name] = Samples(labels=[lab for _, lab in kept], paths=[p for p, _ in kept])
     return DatasetIndex(root=index.root, layout=index.layout, class_ids=index.class_ids,
-                        class_names=index.class_names, splits=splits, skipped=index.skipped)
+                        class_names=index.class_names, splits=splits, skipped=index.skipped,
+                        eval_ids=index.eval_ids)

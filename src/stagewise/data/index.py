@@ -65,6 +65,9 @@ class DatasetIndex:
     class_names: list[str]
     splits: dict[str, Samples]
     skipped: list[str] = field(default_factory=list)  # files found unreadable while indexing
+    # Identity folders (task: embed): val/test labels index this list, not class_ids, since the
+    # identities searched for at validation need not be trained ones. None: class_ids.
+    eval_ids: list[str] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -104,9 +104,11 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1,
-                 batch_size: int = 1, pad: bool = True):
+                 batch_size: int = 1, pad: bool = True, groups: list[int] | None = None,
+                 m_per_class: int | None = None):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
         self.batch_size, self.pad = batch_size, pad
+        self.groups, self.m = groups, m_per_class
         self.epoch = 0
         self.skip = 0
 
@@ -114,7 +116,9 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.skip = epoch, skip_samples
 
     def _indices(self) -> list[int]:
-        if self.shuffle:
+        if self.shuffle and self.m and self.groups is not None:
+            order = m_per_class_order(self.groups, self.m, self.seed * 1_000_003 + self.epoch)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -140,6 +144,32 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._indices()) - self.skip
+
+
+def m_per_class_order(labels: list[int], m: int, seed: int) -> list[int]:
+    """One epoch's order as runs of `m` images of one class, the runs shuffled: a batch of
+    B = k x m then holds k whole runs, so pair and triplet losses always find positives.
+
+    Each class's images are shuffled and cut into runs of m; a class's last short run is filled
+    from the start of its own shuffled list (a class with fewer than m images repeats some).
+    Every image appears at least once per epoch, and the length is the same every epoch.
+    pytorch-metric-learning's MPerClassSampler draws from the global RNG with a fixed length
+    unrelated to the data; this one is a pure function of (labels, m, seed), so a resumed epoch
+    skips to the same position.
+    """
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    runs: list[list[int]] = []
+    for label in sorted(by_class):
+        idx = by_class[label]
+        shuffled = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        padded = shuffled * (-(-m // len(shuffled)))  # at least m items
+        n_runs = -(-len(shuffled) // m)
+        cycle = (padded * (n_runs + 1))[: n_runs * m]
+        runs += [cycle[k * m:(k + 1) * m] for k in range(n_runs)]
+    return [i for r in torch.randperm(len(runs), generator=g).tolist() for i in runs[r]]
 
 
 @dataclass
@@ -176,11 +206,14 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    m_per_class: int | None = None,
 ) -> DataLoader:
     workers = default_workers() if num_workers is None else num_workers
     # A shuffled (training) loader pads so that every rank runs the same number of steps;
     # an ordered (evaluation) one counts every sample exactly once.
-    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, batch_size, pad=shuffle)
+    groups = list(dataset.samples.labels) if m_per_class else None
+    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, batch_size, pad=shuffle,
+                           groups=groups, m_per_class=m_per_class)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from . import tv
+from .embedding import EmbeddingSpec, adapt_embedding_head, install_embedding_head
 from .head import (
     HeadReport,
     HeadSpec,
@@ -86,6 +87,8 @@ def build_model(
     image_size: int | None = None,
     class_names: list[str] | None = None,
     head: HeadSpec | None = None,
+    embedding: EmbeddingSpec | None = None,
+    train_embedding: bool = True,
 ) -> ModelBundle:
     """Create `name` with a classifier for `class_ids` and load its starting weights.
 
@@ -106,6 +109,9 @@ def build_model(
         data_config = None
         if incoming is None and weights:
             incoming = _fetch_weights(name, weights)
+    if embedding is not None:
+        return _embedding_bundle(model, class_ids, embedding, head, incoming, name, head_mode,
+                                 data_config, train_embedding)
     if head.layers:
         install_mlp_head(model, head)
     notes: list[str] = []
@@ -116,6 +122,23 @@ def build_model(
     else:
         notes = _load_backbone(model, incoming, name)
         report = adapt_head(model, incoming, class_ids, head_mode, class_names)
+    if data_config is None:
+        import timm
+
+        data_config = timm.data.resolve_data_config({}, model=model)
+    return ModelBundle(model=model, data_config=data_config, head=report, load_notes=notes)
+
+
+def _embedding_bundle(model: nn.Module, class_ids: list[str], spec: EmbeddingSpec, head: HeadSpec,
+                      incoming: LoadedWeights | None, name: str, head_mode: str | None,
+                      data_config: dict[str, Any] | None, train: bool) -> ModelBundle:
+    install_embedding_head(model, spec, head, len(class_ids) if train else None)
+    notes: list[str] = []
+    if incoming is None:
+        report = HeadReport(mode="new", kept=0, total=len(class_ids), embedding=f"new ({spec.describe()})")
+    else:
+        notes = _load_backbone(model, incoming, name)
+        report = adapt_embedding_head(model, incoming, class_ids, head_mode)
     if data_config is None:
         import timm
 

@@ -62,6 +62,8 @@ class MLPHead(nn.Module):
     Conv classifiers (SqueezeNet's 1x1 conv) get 1x1 conv hidden layers: the same MLP, per pixel.
     """
 
+    installed_head = True  # found by head_paths (embedding.py's EmbeddingHead says the same)
+
     def __init__(self, in_features: int, num_classes: int, spec: HeadSpec, conv: bool = False,
                  bias: bool = True) -> None:
         super().__init__()
@@ -88,10 +90,13 @@ class HeadReport:
     total: int
     by_name: int = 0
     source: str | None = None
+    embedding: str | None = None  # embedding heads: what was carried over, in words
     hidden: str | None = None  # MLP heads: "kept" or "new (<why>)"; None for a linear head
     reason: str | None = None  # why the head was reset although rows could have been copied
 
     def describe(self) -> str:
+        if self.embedding is not None:
+            return f"embedding head: {self.embedding}"
         if self.mode in ("reset", "new"):
             text = f"head: new ({self.total} rows, freshly initialised)"
             text += f"; {self.reason}" if self.reason else ""
@@ -108,6 +113,8 @@ class HeadReport:
             out["hidden"] = self.hidden
         if self.reason:
             out["reason"] = self.reason
+        if self.embedding is not None:
+            out["embedding"] = self.embedding
         return out
 
 
@@ -116,7 +123,7 @@ def head_paths(model: nn.Module) -> list[str]:
     classifier, else (torchvision) the last Linear or Conv2d, which is the classifier in every
     torchvision classification model."""
     modules = dict(model.named_modules())
-    mlp = [n for n, m in modules.items() if isinstance(m, MLPHead)]
+    mlp = [n for n, m in modules.items() if getattr(m, "installed_head", False)]
     if mlp:
         return mlp
     cfg = getattr(model, "pretrained_cfg", None)

@@ -37,7 +37,7 @@ class LoopParts:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Any
-    criterion: nn.Module
+    criterion: Any  # an nn loss, or training/embedding.py's EmbedCriterion
     train_loader: DataLoader
     val_loader: DataLoader
     num_classes: int
@@ -96,24 +96,32 @@ def _to_device(parts: LoopParts, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Tally:
-    """Loss and accuracy sums kept on the device: pulling them (.item()) is a sync on a GPU."""
+    """Loss and accuracy sums kept on the device: pulling them (.item()) is a sync on a GPU.
+
+    Accuracy counts the batches that have class scores (an embed stage with a pair loss has none:
+    its accuracy is NaN, and the record leaves it out)."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
         self.seen = 0
+        self.scored = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, scores: torch.Tensor | None, y: torch.Tensor) -> None:
         n = y.shape[0]
         self.seen += n
         self.loss += loss.detach().float() * n
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        if scores is not None:
+            self.scored += n
+            self.correct += (scores.detach().argmax(1) == y).sum()
 
     def means(self, acc: Accelerator) -> tuple[float, float, int]:
         """Mean loss and accuracy over every rank's images so far (a collective with N ranks:
         call it at the same batch on all of them)."""
-        loss, correct, seen = sum_over_ranks(acc, [self.loss.item(), self.correct.item(), self.seen])
-        return loss / max(1.0, seen), correct / max(1.0, seen), int(seen)
+        loss, correct, seen, scored = sum_over_ranks(
+            acc, [self.loss.item(), self.correct.item(), self.seen, self.scored])
+        top1 = correct / scored if scored else math.nan
+        return loss / max(1.0, seen), top1, int(seen)
 
 
 def _usable(batch: Any, loader: DataLoader) -> bool:
@@ -124,7 +132,7 @@ def _usable(batch: Any, loader: DataLoader) -> bool:
 
 
 def _micro_step(parts: LoopParts, batch: Any, sync: bool,
-                window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                window: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Forward and backward of one batch; gradients are all-reduced only when `sync`.
 
     Accumulation is done here rather than with `Accelerator.accumulate`, whose window counter
@@ -139,11 +147,13 @@ def _micro_step(parts: LoopParts, batch: Any, sync: bool,
             x, y = x[:-1], y[:-1]
         x, target = parts.mixup(x, y)
     with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-        logits = model(x)
-        loss = parts.criterion(logits, target)
+        out = model(x)  # logits, or an embed stage's embeddings
+        loss = parts.criterion(out, target)
     with nullcontext() if sync else acc.no_sync(model):
         acc.backward(loss / window)  # a mean over the window's micro-batches
-    return loss, logits, y
+    scores = getattr(parts.criterion, "scores", None)
+    with torch.no_grad():
+        return loss, scores(out) if scores is not None else out, y
 
 
 def _window_size(batch: int, accum: int, end: int) -> int:

@@ -29,11 +29,22 @@ from ..data import (
 )
 from ..data.cache import attach_cache
 from ..data.folder import load_split, resplit
+from ..data.identities import EXPECTED, check_identities, read_identities
+from ..data.loader import m_per_class_order
 from ..data.resize import SizedTransforms, size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
-from ..models import HeadSpec, LoadedWeights, ModelBundle, build_model
+from ..models import (
+    EmbeddingSpec,
+    HeadSpec,
+    LoadedWeights,
+    ModelBundle,
+    build_model,
+    embedding_head,
+)
+from ..ranking import require_faiss, require_metrics
 from ..runfolder import CONFIG, SPLIT
+from .embedding import EmbedCriterion
 from .features import (
     FeatureDataset,
     HeadOnFeatures,
@@ -122,6 +133,8 @@ class StageSetup:
 def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any = False) -> DatasetIndex:
     """The dataset of `cfg`, with the train/val[/test] split of `split_file` when given (a
     resume), else re-split by `cfg.split` when set."""
+    if cfg.task == "embed":
+        return _load_identities(cfg, split_file, progress)
     index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
     if cfg.split is not None:
         # Also on a resume: it checks the layout, and load_split then restores the saved lists.
@@ -129,6 +142,20 @@ def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any =
     if split_file is not None and split_file.is_file():
         index = load_split(index, split_file)
     index.check()
+    return index
+
+
+def _load_identities(cfg: TrainConfig, split_file: Path | None, progress: Any) -> DatasetIndex:
+    if cfg.format not in ("auto", "folder"):
+        raise ConfigError(f"format: {cfg.format}: task: embed reads identity folders ({EXPECTED}); "
+                          "use format: auto or folder")
+    from ..data.progress import task
+
+    with task(progress, f"indexing {cfg.data.name or cfg.data}") as advance:
+        index = read_identities(cfg.data, cfg.val_fraction, cfg.seed, advance)
+    if split_file is not None and split_file.is_file():
+        index = load_split(index, split_file)
+        check_identities(index)
     return index
 
 
@@ -150,6 +177,8 @@ def prepare_stage(
     `start_epoch`. `split_from` is a run folder whose saved split is reused."""
     from accelerate.utils import set_seed
 
+    if cfg.task == "embed":  # optional packages, checked before anything is read or written
+        require_faiss(), require_metrics()
     index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
     bad_val = _check_val(index, rep)
     if index.skipped:
@@ -160,6 +189,7 @@ def prepare_stage(
         cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
         class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
+        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if cfg.task == "embed" else None,
     )
     for note in bundle.load_notes:
         rep.message(note)
@@ -225,7 +255,8 @@ def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: R
                              parts.accelerator.device, cfg.channels_last)
         setattr(parts, name, make_loader(FeatureDataset(feats, dataset.samples, bad),
                                          loader.batch_size or 1, name == "train_loader", cfg.seed,
-                                         0, drop_last=loader.drop_last))
+                                         0, drop_last=loader.drop_last,
+                                         m_per_class=cfg.m_per_class if name == "train_loader" else None))
     rep.message(f"features: {views} view(s) of {len(parts.train_loader.dataset)} train and "
                 f"{len(parts.val_loader.dataset)} val images extracted once in "
                 f"{time.perf_counter() - start:.1f}s")
@@ -270,12 +301,14 @@ def _loop_parts(
     train_ds, val_ds = _datasets(cfg, index, pre, cache, progress)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
-    per_rank = -(-len(train_ds) // world)  # the sampler pads every rank to the same count
+    # The sampler pads every rank to the same count (runs of m_per_class may repeat images).
+    per_rank = -(-len(train_ds.samples if not cfg.m_per_class else
+                      m_per_class_order(train_ds.samples.labels, cfg.m_per_class, 0)) // world)
     # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.
     small_tail = bool(cfg.mixup or cfg.cutmix) or per_rank % cfg.batch_size == 1
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                                drop_last=small_tail and per_rank > cfg.batch_size,
-                               rank=rank, world=world, pin_memory=pin)
+                               rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class)
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)
     if cfg.channels_last:
@@ -284,7 +317,7 @@ def _loop_parts(
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = create_optimizer(model, cfg)
     schedule = Schedule(optimizer, cfg, math.ceil(len(train_loader) / cfg.grad_accum))
-    mixup, criterion = _loss(cfg, index)
+    mixup, criterion = _loss(cfg, index, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema) if cfg.ema else None
     parts = LoopParts(accelerator=accelerator, model=model, optimizer=optimizer, schedule=schedule,
@@ -295,8 +328,12 @@ def _loop_parts(
     return parts, train_loader.sampler, model
 
 
-def _loss(cfg: TrainConfig, index: DatasetIndex) -> tuple[Any, nn.Module]:
-    """(mixup or None, criterion): mixed targets are soft, so they need a soft-target loss."""
+def _loss(cfg: TrainConfig, index: DatasetIndex, model: nn.Module) -> tuple[Any, Any]:
+    """(mixup or None, criterion): mixed targets are soft, so they need a soft-target loss; an
+    embed stage's criterion is its embedding head's metric loss."""
+    head = embedding_head(model)
+    if head is not None:
+        return None, EmbedCriterion(head)
     if cfg.mixup or cfg.cutmix:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy

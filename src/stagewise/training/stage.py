@@ -10,9 +10,10 @@ writes, `_decide_stop` applies the stop rules, and `_checkpoint` saves where the
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
-from ..models import HeadSpec, LoadedWeights
+from ..models import EmbeddingSpec, HeadSpec, LoadedWeights, pretrained_features
 from ..runfolder import (
     BEST,
     HISTORY,
@@ -46,9 +47,10 @@ from ..runfolder import (
 )
 from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
 from .distributed import from_main, is_main_process, wait_for_everyone
+from .embedding import evaluate_embeddings
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
-from .progress import Reporter, bar
+from .progress import Reporter, bar, describe_metrics
 from .setup import StageSetup, prepare_stage, start_epoch
 from .stopping import improved, new_tracker, stop_reason
 from .strategies import Trainable
@@ -91,7 +93,9 @@ def run_stage(
     card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
-                     data=str(setup.index.root), layout=setup.index.layout,
+                     data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
+                     embedding=EmbeddingSpec.from_mapping(cfg.model_dump()).as_dict()
+                     if cfg.task == "embed" else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
     if not (run_dir / BEST).exists() and is_main_process():
@@ -152,8 +156,9 @@ def _epochs(
     """Train the remaining epochs; returns why the stage ended."""
     cfg, tracker = setup.cfg, state.tracker
     fresh = not history and state.epoch == 0 and state.batches_done == 0
-    # A matched head already knows some classes: measure that before training changes it.
-    if cfg.epochs == 0 or (fresh and card.head.get("kept", 0) > 0):
+    # A matched head already knows some classes: measure that before training changes it. An
+    # embed stage always measures where it starts: the gain over pretrained features is its point.
+    if cfg.epochs == 0 or (fresh and (card.head.get("kept", 0) > 0 or cfg.task == "embed")):
         _evaluate_start(setup, history, rep, card)
     if cfg.epochs == 0:
         return "evaluated"
@@ -252,20 +257,22 @@ def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStat
 def _make_record(
     setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, trainable: Trainable,
     history: list[EpochRecord], rep: Reporter,
-) -> tuple[EpochRecord, list[list[int]]]:
+) -> tuple[EpochRecord, list[list[int]] | None]:
     """The epoch's record (train stats, validation metrics, LRs, what trained) and confusion."""
     parts = setup.parts
     metrics = _validate(setup, rep)
-    confusion = metrics.pop("confusion")
+    confusion = metrics.pop("confusion", None)
     record: EpochRecord = {
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
-        "train_loss": stats.loss, "train_top1": stats.top1, **metrics,  # type: ignore[typeddict-item]
+        "train_loss": stats.loss, **metrics,  # type: ignore[typeddict-item]
         "lr": group_lrs(parts.optimizer),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
         "epoch_seconds": stats.seconds, "images_per_sec": stats.images / max(stats.seconds, 1e-9),
         "bad_images": len(stats.bad), "skipped_steps": stats.skipped_steps,
     }
+    if not math.isnan(stats.top1):  # an embed stage's pair loss has no class scores
+        record["train_top1"] = stats.top1
     previous = history[-1].get("groups_unfrozen") if history else None
     if previous is not None and trainable.groups_unfrozen != previous:
         record["event"] = f"unfreeze: {trainable.groups_unfrozen}/{trainable.groups_total} groups"
@@ -273,7 +280,7 @@ def _make_record(
 
 
 def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochRecord], card: ModelCard,
-             confusion: list[list[int]]) -> None:
+             confusion: list[list[int]] | None) -> None:
     """history.jsonl after every epoch; best weights, model.json and confusion on improvement."""
     record = history[-1]
     better = improved(setup.cfg, tracker, record)  # on every process: the tracker is shared state
@@ -283,7 +290,8 @@ def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochReco
         write_history(setup.cfg.out, history)
     if better:
         _save_best(setup, card, record)
-        write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, record["epoch"], confusion))
+        if confusion is not None:
+            write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, record["epoch"], confusion))
 
 
 def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord, clock: _Clock) -> str | None:
@@ -313,26 +321,33 @@ def _closing(logger: Any) -> Iterator[None]:
 
 
 def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter, card: ModelCard) -> None:
-    """Record epoch 0: the starting weights on the validation set, before any training."""
-    parts = setup.parts
-    metrics = _validate(setup, rep)
-    confusion = metrics.pop("confusion")
+    """Record epoch 0: the starting weights on the validation set, before any training. A fresh
+    embedding head is measured as the pretrained features it reads (a random projection of them
+    would say nothing)."""
     head = card.head
+    fresh_embedding = setup.cfg.task == "embed" and head.get("mode") in ("new", "reset")
+    with pretrained_features(setup.model) if fresh_embedding else nullcontext():
+        metrics = _validate(setup, rep)
+    confusion = metrics.pop("confusion", None)
+    event = ("start: pretrained features (the embedding head is new)" if fresh_embedding else
+             f"start: head {head.get('mode')}, kept {head.get('kept', 0)}/{head.get('total')} rows")
     record: EpochRecord = {"epoch": 0, "image_size": setup.pre.image_size, **metrics,  # type: ignore[typeddict-item]
-                           "event": f"start: head {head.get('mode')}, kept "
-                                    f"{head.get('kept', 0)}/{head.get('total')} rows"}
+                           "event": event}
     history.append(record)
-    rep.message(f"before training: val top1 {record['val_top1']:.4f} top5 {record['val_top5']:.4f} "
-                f"({record['event']})")
-    if parts.accelerator.is_main_process:
+    rep.message(f"before training: {describe_metrics(record).split(' | ', 1)[1]} ({event})")
+    if setup.parts.accelerator.is_main_process:
         write_history(setup.cfg.out, history)
-        write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, 0, confusion))
+        if confusion is not None:
+            write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, 0, confusion))
 
 
 def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
     """`evaluate` on the validation loader, with a progress bar where the reporter draws them."""
     parts = setup.parts
     with bar(rep, "validating", len(parts.val_loader)) as advance:
+        if setup.cfg.task == "embed":
+            return evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
+                                       setup.cfg.channels_last, progress=advance)
         return evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
                         setup.cfg.channels_last, progress=advance)
 
