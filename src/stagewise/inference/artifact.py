@@ -104,14 +104,20 @@ def _no_model_json(folder: Path) -> str:
 
 def build_network(artifact: Artifact) -> nn.Module:
     """The timm model of `artifact` with its weights loaded (strictly), in eval mode, no grads."""
-    from ..models import HeadSpec, build_model, load_state_dict_file
+    from ..models import EmbeddingSpec, HeadSpec, build_model, load_state_dict_file
 
-    # build_model constructs the network exactly as training did (e.g. a ViT's img_size).
+    embed = artifact.meta.get("task") == "embed"
+    # build_model constructs the network exactly as training did (e.g. a ViT's img_size); an
+    # embedding head without its training loss (whose class centres inference has no use for).
     bundle = build_model(artifact.architecture, artifact.class_ids,
                          image_size=artifact.preprocess.image_size, class_names=artifact.class_names,
-                         head=HeadSpec.from_mapping(artifact.meta))
+                         head=HeadSpec.from_mapping(artifact.meta),
+                         embedding=EmbeddingSpec.from_mapping(artifact.meta.get("embedding") or {})
+                         if embed else None, train_embedding=False)
     model = bundle.model
     state = load_state_dict_file(artifact.weights_path).state_dict
+    if embed:
+        state = {k: v for k, v in state.items() if ".objective." not in k}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys and shape mismatches alike

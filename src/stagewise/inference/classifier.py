@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,16 @@ class Classifier:
     def num_classes(self) -> int:
         return len(self.class_ids)
 
+    @property
+    def is_embedding(self) -> bool:
+        """Whether the model maps images to vectors (a task: embed run) rather than classes."""
+        return self.meta.get("task") == "embed"
+
+    def _classifier_only(self, what: str) -> None:
+        if self.is_embedding:
+            raise DataError(f"{self.source}: an embed run (task: embed) maps images to vectors and "
+                            f"has no classes to {what}; use embed, index/search or evaluate --retrieval")
+
     def __repr__(self) -> str:
         return (f"Classifier({self.source or 'in memory'}: {self.num_classes} classes, "
                 f"{self.preprocess.image_size}px, {self.device})")
@@ -85,6 +96,7 @@ class Classifier:
     def predict(self, inputs: Inputs, top_k: int = 5, batch_size: int = 32,
                 tta: str | TTA | None = None) -> Prediction | list[Prediction]:
         """One Prediction for one image; a list for a list (or a (N, 3, H, W) tensor)."""
+        self._classifier_only("predict")
         if top_k < 1:
             raise DataError(f"top_k must be at least 1, got {top_k}")
         preds: list[Prediction] = []
@@ -93,11 +105,13 @@ class Classifier:
         return preds[0] if _is_single(inputs) else preds
 
     def embed(self, inputs: Inputs, batch_size: int = 32) -> torch.Tensor:
-        """Pre-logits features: (D,) for one image, (N, D) for several; for retrieval or re-id."""
+        """Pre-logits features (an embed run: its L2-normalised embeddings): (D,) for one image,
+        (N, D) for several; for retrieval or re-id."""
         chunks = []
+        features = self.model if self.is_embedding else partial(pre_logits, self.model)
         with torch.inference_mode():
             for batch, _ in self._batches(inputs, batch_size):
-                chunks.append(pre_logits(self.model, batch.to(self.device)).float().cpu())
+                chunks.append(features(batch.to(self.device)).float().cpu())
         out = torch.cat(chunks) if chunks else torch.empty(0)
         return out[0] if _is_single(inputs) else out
 
@@ -126,6 +140,7 @@ class Classifier:
     def logits(self, batch: torch.Tensor, tta: str | TTA | None = None) -> torch.Tensor:
         """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
         tta='flip', averaged with those of the mirrored batch."""
+        self._classifier_only("score")
         mode = parse_tta(tta)
         if mode.multi_view:
             raise DataError(f"tta '{mode.mode}' averages probabilities, not logits; use probabilities()")
