@@ -291,18 +291,28 @@ def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
     return stage.config.model_copy(update={"out": folder, "report": False})
 
 
+def _score_key(history: list) -> str:
+    """What a stage is scored by: val top-1, or val mAP for an embed stage (no top-1 there)."""
+    return "val_map" if any("val_map" in r for r in history) else "val_top1"
+
+
 def _stage_summary(result: TrainResult) -> StageSummary:
     hist = trained_epochs(result.history)
-    return {
+    key = _score_key(result.history)
+    summary: StageSummary = {
         "best_val_top1": result.best.get("val_top1"),
         "best_epoch": result.best.get("epoch"),
-        "first_epoch_val_top1": hist[0]["val_top1"] if hist else None,
+        "first_epoch_val_top1": hist[0].get("val_top1") if hist else None,
         "epochs_run": len(hist),
         "seconds": sum(r.get("epoch_seconds", 0.0) for r in hist),
         "stopped": result.stopped,
         "head": result.head,
         "classes": len(result.class_ids),
     }
+    if key == "val_map":
+        summary.update(best_val_map=result.best.get("val_map"),  # type: ignore[typeddict-unknown-key]
+                       first_epoch_val_map=hist[0].get("val_map") if hist else None)
+    return summary
 
 
 def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> BaselineEntry:
@@ -317,22 +327,24 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
         cfg = resume_config(bdir, cfg.model_dump())
     result = train_stage(cfg, rep, resume, hint)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
-            "curve": [r["val_top1"] for r in trained_epochs(result.history)]}
+            "curve": [r.get(_score_key(result.history)) for r in trained_epochs(result.history)]}
 
 
 def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
     hist = trained_epochs(result.history)
-    target = base.get("best_val_top1") or 0.0
+    key = _score_key(result.history)
+    target = base.get(f"best_{key}") or 0.0  # type: ignore[misc]
     elapsed, reached_s, reached_e = 0.0, None, None
     for r in hist:
         elapsed += r.get("epoch_seconds", 0.0)
-        if r["val_top1"] >= target:
+        if (r.get(key) or 0.0) >= target:
             reached_s, reached_e = elapsed, r["epoch"]
             break
-    first = hist[0]["val_top1"] if hist else None
+    first = hist[0].get(key) if hist else None
+    base_first = base.get(f"first_epoch_{key}")  # type: ignore[misc]
     return {
-        "first_epoch": (first - base["first_epoch_val_top1"]) if first is not None and base.get("first_epoch_val_top1") is not None else None,
-        "best": (result.best.get("val_top1", 0.0) - target),
+        "first_epoch": (first - base_first) if first is not None and base_first is not None else None,
+        "best": ((result.best.get(key) or 0.0) - target),
         "epochs_to_baseline_best": reached_e,
         "seconds_to_baseline_best": reached_s,
         "baseline_seconds": base.get("seconds"),
