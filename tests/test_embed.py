@@ -155,3 +155,13 @@ def test_m_per_class_order_groups_runs_of_one_identity():
     assert order == m_per_class_order(labels, 4, seed=3)
     assert order != m_per_class_order(labels, 4, seed=4)
     assert len(order) == len(m_per_class_order(labels, 4, seed=4))
+
+
+def test_report_shows_retrieval_curves_and_query_grid(identities: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    stagewise.train(embed_config(identities, run, epochs=1, report=True), reporter="quiet")
+    text = (run / "report.md").read_text()
+    assert "## Retrieval" in text and "## Retrieval examples" in text
+    assert "could not be made" not in text and "Confusion matrix" not in text
+    assert (run / "plots" / "retrieval.png").stat().st_size > 0
+    assert (run / "plots" / "retrieval-examples.png").stat().st_size > 0

@@ -34,6 +34,7 @@ from .document import (
 from .history import ReportError, RunHistory, StageRun, baseline_top1, read_run
 from .html import render_html
 from .markdown import render_markdown
+from .retrieval_report import is_embed, retrieval_curves, retrieval_examples
 from .samples import (
     augmentation_views,
     load_model,
@@ -84,12 +85,19 @@ def build_document(history: RunHistory, plot_dir: Path, predictions: bool = True
         ("Training curves", lambda: _curves(history, plot_dir)),
         ("Learning rate", lambda: _lr(history, plot_dir)),
     ]
+    if any(is_embed(s) for s in history.stages):
+        parts.append(("Retrieval", lambda: retrieval_curves(history, plot_dir)))
     for stage in history.stages:
+        if is_embed(stage):  # identities never trained on: no confusion matrix, a search instead
+            if predictions:
+                parts.append((_titled("Retrieval examples", stage, history),
+                              lambda s=stage: retrieval_examples(s, plot_dir, _slug(s, history))))
+            continue
         parts.append((_titled("Confusion matrix", stage, history),
                       lambda s=stage: _confusion(s, history, plot_dir)))
         parts.append((_titled("Per-class accuracy", stage, history),
                       lambda s=stage: _per_class(s, history, plot_dir)))
-    if predictions:
+    if predictions and history.final_info.get("task") != "embed":
         parts.append(("Sample predictions", lambda: _predictions(history, plot_dir)))
     parts.append(("Augmentation preview", lambda: _augmentation(history, plot_dir)))
     parts.append(("Configuration", lambda: _configs(history)))

@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import nn
 from .. import defaults
 from ..data import AugmentPlan, Preprocess, Samples, build_transform, load_dataset
 from ..data.folder import load_split
+from ..data.identities import read_identities
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb
 from ..runfolder import SPLIT
 from .history import ReportError
@@ -51,17 +53,21 @@ def load_model(weights: Path) -> tuple[nn.Module, Preprocess]:
 
 
 def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Samples, list[str]]:
-    """The images of `split` as the run used them (split.json when saved), with the class ids."""
+    """The images of `split` as the run used them (split.json when saved), with the ids their
+    labels index (class ids; an embed stage's validation identities)."""
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")
-    index = load_dataset(Path(config["data"]), config.get("format", "auto"),
-                         float(config.get("val_fraction", defaults.VAL_FRACTION)),
-                         int(config.get("seed", defaults.SEED)))
+    read = read_identities if config.get("task") == "embed" else partial(
+        load_dataset, fmt=config.get("format", "auto"))
+    index = read(Path(config["data"]), val_fraction=float(config.get("val_fraction", defaults.VAL_FRACTION)),
+                 seed=int(config.get("seed", defaults.SEED)))
     if (run_dir / SPLIT).is_file():
         index = load_split(index, run_dir / SPLIT)
     if split not in index.splits or len(index.splits[split]) == 0:
         raise ReportError(f"{config['data']}: no '{split}' images")
-    return index.splits[split], index.class_ids
+    # An embed stage's validation identities are not its classes: its labels index eval_ids.
+    ids = index.eval_ids if split != "train" and index.eval_ids is not None else index.class_ids
+    return index.splits[split], ids
 
 
 def spread(n: int, limit: int) -> list[int]:

@@ -1,0 +1,128 @@
+"""The report's parts for embed stages: retrieval curves per epoch, and queries with their top-5.
+
+An embed stage has no confusion matrix or class predictions: its validation identities were never
+trained on. What a user wants to see is whether searching works: recall@k and mAP over the epochs
+(epoch 0 is the pretrained features), and real queries next to what the search returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from ..data import build_transform
+from ..data.images import BAD_IMAGE_ERRORS
+from ..ranking import flat_index, search_index
+from .document import Block, Image, Table, Text, fmt_pct
+from .history import RunHistory, StageRun
+from .plots import _finite, mark_stages, new_figure, plot_image_grid, save_figure
+from .samples import _image, split_samples, spread, thumbnail
+
+MAX_SEARCHED = 256  # validation images embedded for the example grid
+QUERIES = 8
+TOP_K = 5
+_SERIES = (("val_recall1", "recall@1", "-"), ("val_recall5", "recall@5", "--"),
+           ("val_map", "mAP", "-"), ("val_map_at_r", "mAP@R", ":"))
+
+
+def is_embed(stage: StageRun) -> bool:
+    return stage.config.get("task") == "embed" or stage.model_info.get("task") == "embed"
+
+
+def retrieval_curves(history: RunHistory, plot_dir: Path) -> list[Block]:
+    """Recall@k and mAP of the validation identities per epoch, epoch 0 included."""
+    fig, axes = new_figure(7, 4)
+    ax = axes[0][0]
+    for i, (key, label, style) in enumerate(_SERIES):
+        for stage in history.stages:
+            if not is_embed(stage):
+                continue
+            pts = [(r["x"], r[key]) for r in stage.global_records() if _finite(r.get(key))]
+            if pts:
+                shown = any(line.get_label() == label for line in ax.get_lines())
+                ax.plot(*zip(*pts, strict=True), style, color=f"C{i}", marker="o", ms=3,
+                        label="_" + label if shown else label)
+    mark_stages(ax, history)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch (all stages; 0: before training)", title="retrieval on validation identities",
+           ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8, loc="best")
+    path = save_figure(fig, plot_dir / "retrieval.png")
+    rows = [[s.name, str(s.best.get("epoch", "-")), *(fmt_pct(s.best.get(k)) for k, _, _ in _SERIES),
+             fmt_pct(_start(s).get("val_map"))] for s in history.stages if is_embed(s)]
+    return [Image(path, "Leave-one-out search over the validation identities (never trained on): "
+                        "each image queries all the others."),
+            Table(["stage", "best epoch", "recall@1", "recall@5", "mAP", "mAP@R", "mAP at epoch 0"],
+                  rows, caption="Best epoch of each embed stage (by its monitor)")]
+
+
+def _start(stage: StageRun) -> dict[str, Any]:
+    return next((r for r in stage.records if r.get("epoch") == 0), {})
+
+
+def retrieval_examples(stage: StageRun, plot_dir: Path, slug: str = "") -> list[Block]:
+    """A grid of validation queries (wrong first) with their top-5 gallery matches."""
+    from ..inference import load
+
+    if stage.weights is None:
+        return [Text("No trained weights yet.", note=True)]
+    clf = load(stage.weights, device="cpu")
+    samples, ids = split_samples(stage.config, stage.run_dir, "val")
+    chosen = spread(len(samples), MAX_SEARCHED)
+    kept, vectors = _embed(clf, samples, chosen)
+    if len(kept) < 2:
+        return [Text("Fewer than two readable validation images: nothing to search.", note=True)]
+    dist, rows = search_index(flat_index(vectors), vectors, min(TOP_K + 1, len(kept)))
+    labels = [samples.labels[i] for i in kept]
+    results = []
+    for q, (d_row, r_row) in enumerate(zip(dist, rows, strict=True)):
+        matches = [(int(r), float(d)) for r, d in zip(r_row, d_row, strict=True) if r != q][:TOP_K]
+        results.append((q, matches, bool(matches) and labels[matches[0][0]] == labels[q]))
+    wrong = _one_per_identity([r for r in results if not r[2]], labels)
+    right = [r for r in results if r[2]]
+    picked = wrong[:QUERIES // 2] + [right[i] for i in spread(len(right), QUERIES - min(len(wrong), QUERIES // 2))]
+    tiles = []
+    for q, matches, _ in picked:
+        tiles.append((thumbnail(samples, kept[q]), f"query\n{ids[labels[q]][:14]}", "black"))
+        for r, d in matches:
+            same = labels[r] == labels[q]
+            tiles.append((thumbnail(samples, kept[r]), f"{'✓' if same else '✗'} {ids[labels[r]][:12]}\n"
+                          f"d={d:.2f}", "tab:green" if same else "tab:red"))
+        tiles += [(np.ones((8, 8, 3)), "", "black")] * (TOP_K - len(matches))
+    fig = plot_image_grid(tiles, cols=TOP_K + 1, title=f"{stage.name}: queries and their top-{TOP_K}")
+    path = save_figure(fig, plot_dir / f"retrieval-examples{slug}.png")
+    return [Image(path, f"Each row: a validation image (left) and the {TOP_K} nearest other validation "
+                        "images by cosine distance d; green: same identity, red: another. Queries "
+                        f"whose nearest match is wrong come first (one per identity; "
+                        f"{sum(not r[2] for r in results)} of {len(results)} queries).")]
+
+
+def _one_per_identity(results: list[Any], labels: list[int]) -> list[Any]:
+    seen: set[int] = set()
+    out = []
+    for r in results:
+        if labels[r[0]] not in seen:
+            seen.add(labels[r[0]])
+            out.append(r)
+    return out
+
+
+@torch.inference_mode()
+def _embed(clf: Any, samples: Any, indices: list[int]) -> tuple[list[int], np.ndarray]:
+    transform = build_transform(clf.preprocess, "none", False)
+    kept, xs = [], []
+    for i in indices:
+        try:
+            xs.append(transform(_image(samples, i)))
+            kept.append(i)
+        except BAD_IMAGE_ERRORS:
+            continue
+    if not xs:
+        return [], np.zeros((0, 1), np.float32)
+    return kept, clf.embed(torch.stack(xs)).numpy()
