@@ -165,3 +165,20 @@ def test_report_shows_retrieval_curves_and_query_grid(identities: Path, tmp_path
     assert "could not be made" not in text and "Confusion matrix" not in text
     assert (run / "plots" / "retrieval.png").stat().st_size > 0
     assert (run / "plots" / "retrieval-examples.png").stat().st_size > 0
+
+
+def test_compare_classifier_features_against_metric_learned_ones(tmp_path: Path, capsys):
+    """`task` as a grid axis: both cells train on the same identities and search others."""
+    train = make_identity_folder(tmp_path / "train_ids", identities=16, views=5)
+    held = make_identity_folder(tmp_path / "held_ids", identities=6, views=4, seed=1)
+    args = ["compare", "--data", str(train), "--models", "test_resnet", "--strategies", "scratch",
+            "--tasks", "classify,embed", "--epochs", "1", "--out", str(tmp_path / "cmp"),
+            "--set", "image_size=32", "--set", "batch_size=16", "--set", "num_workers=0"]
+    assert main(args) == 2
+    assert "--retrieval-data" in capsys.readouterr().err
+    assert main([*args, "--retrieval-data", str(held)]) == 0
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["cells"]
+    assert [r["task"] for r in rows] == ["classify", "embed"]
+    assert all(0.0 <= r["retrieval_map"] <= 1.0 and r["retrieval_recall1"] is not None for r in rows)
+    assert rows[0]["val_top1"] is not None and rows[1]["val_map"] is not None
+    assert "search mAP" in (tmp_path / "cmp" / "compare.md").read_text()

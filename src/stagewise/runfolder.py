@@ -397,6 +397,8 @@ class CompareRow(TypedDict, total=False):
     strategy: str
     optimizer: str | None
     scheduler: str | None
+    task: str  # classify or embed
+    val_map: float | None  # an embed cell's own validation identities
     train_top1: float | None
     val_top1: float | None
     val_top5: float | None
@@ -410,6 +412,10 @@ class CompareRow(TypedDict, total=False):
     images_per_sec: float | None
     epochs_run: int
     curve: list[list[Any]]  # [elapsed seconds, val top-1, epoch] per trained epoch
+    # compare --retrieval-data: the best weights searching identities no cell trained on
+    retrieval_map: float | None
+    retrieval_recall1: float | None
+    retrieval_map_at_r: float | None
     split: str | None  # fingerprint of the train/val split
     run_dir: str
 

@@ -32,6 +32,10 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategies", default="finetune", help="comma-separated: scratch,probe,finetune,gradual")
     p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
     p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")
+    p.add_argument("--tasks", help="comma-separated: classify,embed (a classifier's features against "
+                                   "metric-learned ones; needs --retrieval-data)")
+    p.add_argument("--retrieval-data", help="identity folders no cell trains on: every cell's best "
+                                            "weights search them (recall@1, mAP)")
     p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
     p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
     p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
@@ -71,7 +75,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
-                     settings=settings(args, _GRID_KEYS), reporter=reporter_kind(args))
+                     settings=settings(args, _GRID_KEYS), reporter=reporter_kind(args),
+                     tasks=_split(args.tasks), retrieval_data=args.retrieval_data)
     if args.quiet:
         return 0
     if args.log_format == "json":
@@ -80,11 +85,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return 0
     for row in result.rows:
         top1 = row.get("val_top1")
-        shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
-        print(f"{row['cell']}: val top1 {shown}, {row.get('seconds', 0):.1f}s")
+        shown = f"val top1 {top1:.4f}" if isinstance(top1, float) else f"val mAP {_num(row.get('val_map'))}"
+        if "retrieval_map" in row:
+            shown += (f", search R@1 {_num(row['retrieval_recall1'])} mAP {_num(row['retrieval_map'])}")
+        print(f"{row['cell']}: {shown}, {row.get('seconds', 0):.1f}s")
     kept = f" ({len(result.skipped)} finished cell(s) kept)" if result.skipped else ""
     print(f"comparison: {result.html}{kept}")
     return 0
+
+
+def _num(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:

@@ -46,16 +46,22 @@ def write_compare(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any
 
 
 def table(rows: list[dict[str, Any]]) -> Table:
-    """The comparison table; a test-accuracy column only when some cell has a test split."""
+    """The comparison table; a test-accuracy column only when some cell has a test split, and
+    retrieval columns when the grid has embed cells or searched held-out identities (`search`:
+    compare --retrieval-data)."""
     with_test = any(r.get("test_top1") is not None for r in rows)
+    with_search = any("retrieval_map" in r or r.get("task") == "embed" for r in rows)
     columns = ["cell", "model", "strategy", "optimizer", "scheduler", "train acc", "val acc"]
     columns += ["test acc"] if with_test else []
+    columns += ["task", "val mAP", "search R@1", "search mAP"] if with_search else []
     columns += ["time", "trainable params", "trainable %", "size MB", "images/s"]
     body = []
     for r in rows:
         line = [r["cell"], r["model"], r["strategy"], str(r.get("optimizer") or "-"),
                 str(r.get("scheduler") or "-"), fmt_pct(r.get("train_top1")), fmt_pct(r.get("val_top1"))]
         line += [fmt_pct(r.get("test_top1"))] if with_test else []
+        line += [str(r.get("task") or "classify"), fmt_pct(r.get("val_map")),
+                 fmt_pct(r.get("retrieval_recall1")), fmt_pct(r.get("retrieval_map"))] if with_search else []
         pct = r.get("trainable_pct")
         line += [fmt_seconds(r.get("seconds")), fmt_count(r.get("trainable_params")),
                  "-" if pct is None else f"{pct:.2f}%" if pct < 1 else f"{pct:.0f}%",

@@ -45,6 +45,8 @@ log = logging.getLogger("stagewise")
 
 # Keys a finished cell may differ in without its result being different.
 _FREE_KEYS = {"num_workers", "out"}
+# Not a TrainConfig key: the grid's held-out identities, kept in its settings (compare.json).
+_RETRIEVAL_KEY = "retrieval_data"
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,11 @@ class Cell:
     strategy: str
     optimizer: str | None = None
     scheduler: str | None = None
+    task: str | None = None  # classify or embed, when the grid compares them
 
     @property
     def name(self) -> str:
-        parts = [self.model, self.strategy, self.optimizer, self.scheduler]
+        parts = [self.model, self.strategy, self.optimizer, self.scheduler, self.task]
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p))
 
 
@@ -73,12 +76,13 @@ class CompareResult:
 
 
 def plan_cells(models: list[str], strategies: list[str], optimizers: list[str] | None = None,
-               schedulers: list[str] | None = None) -> list[Cell]:
+               schedulers: list[str] | None = None, tasks: list[str] | None = None) -> list[Cell]:
     """Every combination, in the order given (models outermost)."""
     if not models or not strategies:
         raise ConfigError("compare needs at least one model (--models) and one strategy (--strategies)")
-    cells = [Cell(m, s, o, c) for m, s, o, c in
-             itertools.product(models, strategies, optimizers or [None], schedulers or [None])]
+    cells = [Cell(m, s, o, c, k) for m, s, o, c, k in
+             itertools.product(models, strategies, optimizers or [None], schedulers or [None],
+                               tasks or [None])]
     names = [c.name for c in cells]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -95,8 +99,9 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
     wants a higher LR than a whole network). Scratch cells get no weights; `weights` is one file
     for every model or a model -> file map.
     """
-    axes = [v for v in (cell.model, cell.strategy, cell.optimizer, cell.scheduler) if v]
-    shared = {k: v for k, v in base.items() if not (isinstance(v, dict) and k in _axis_values(base))}
+    axes = [v for v in (cell.model, cell.strategy, cell.optimizer, cell.scheduler, cell.task) if v]
+    shared = {k: v for k, v in base.items()
+              if not (isinstance(v, dict) and k in _axis_values(base)) and k != _RETRIEVAL_KEY}
     cfg = dict(shared)
     for value in axes:
         if isinstance(base.get(value), dict):
@@ -106,6 +111,8 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
         cfg["optimizer"] = cell.optimizer
     if cell.scheduler:
         cfg["scheduler"] = cell.scheduler
+    if cell.task:
+        cfg["task"] = cell.task
     chosen = weights.get(cell.model) if isinstance(weights, dict) else weights
     cfg.pop("weights", None)
     if chosen and cell.strategy != "scratch":
@@ -143,8 +150,14 @@ def compare(
     settings: dict[str, Any] | None = None,
     reporter: str = "quiet",
     log_with: str | None = None,
+    tasks: list[str] | None = None,
+    retrieval_data: str | Path | None = None,
 ) -> CompareResult:
     """Train every cell of the grid (skipping finished ones) and write the comparison.
+
+    `tasks` (classify, embed) adds the task as an axis; every cell is then also searched on
+    `retrieval_data`, identity folders none of the cells trained on (a classifier by its
+    pre-logits features): "classifier features" against "metric-learned features".
 
     Example:
         >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
@@ -156,8 +169,9 @@ def compare(
     base.setdefault("report", False)  # the comparison has its own report; a cell's is on request
     if log_with:  # every cell logs its epochs live, like any training run
         base["log_with"] = log_with
-    cells = plan_cells(models, strategies, optimizers, schedulers)
-    values = {v for c in cells for v in (c.model, c.strategy, c.optimizer, c.scheduler) if v}
+    cells = plan_cells(models, strategies, optimizers, schedulers, tasks)
+    base.update(_retrieval_setting(tasks, retrieval_data))
+    values = {v for c in cells for v in (c.model, c.strategy, c.optimizer, c.scheduler, c.task) if v}
     stray = sorted(_axis_values(base) - values)
     if stray:
         raise ConfigError(f"--set {stray[0]}.KEY=...: '{stray[0]}' is not a model, strategy, "
@@ -173,11 +187,31 @@ def compare(
         return _run_cells(out, cells, configs, base, reporter)
 
 
+def _retrieval_setting(tasks: list[str] | None, data: str | Path | None) -> dict[str, Any]:
+    """The held-out identities every cell is searched on, checked before any cell trains."""
+    unknown = sorted(set(tasks or []) - {"classify", "embed"})
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from classify, embed")
+    if data is None:
+        if "embed" in (tasks or []) and "classify" in (tasks or []):
+            raise ConfigError("--tasks classify,embed compares the tasks by searching identities no "
+                              "cell trained on: add --retrieval-data DIR (a folder of identity folders)")
+        return {}
+    if not Path(data).is_dir():
+        raise ConfigError(f"--retrieval-data {data}: not a folder (expected identity folders)")
+    from ..ranking import require_faiss, require_metrics
+
+    require_faiss(), require_metrics()
+    return {_RETRIEVAL_KEY: str(data)}
+
+
 def _run_cells(out: Path, cells: list[Cell], configs: dict[str, dict[str, Any]], base: dict[str, Any],
                reporter: str) -> CompareResult:
     result = CompareResult(out=out, rows=[])
     for cell in cells:
         row, trained = run_cell(cell, configs[cell.name], reporter)
+        if base.get(_RETRIEVAL_KEY) and "retrieval_map" not in row:
+            row.update(_retrieval_row(Path(configs[cell.name]["out"]), base[_RETRIEVAL_KEY]))
         result.rows.append(row)
         (result.trained if trained else result.skipped).append(cell.name)
         write_compare(out, result.rows, base, cells)  # after every cell: a partial grid is readable
@@ -259,6 +293,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
     return {
         "cell": cell.name, "model": cell.model, "strategy": cell.strategy,
         "optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler"),
+        "task": cfg.get("task", "classify"), "val_map": best.get("val_map"),
         "train_top1": best.get("train_top1"), "val_top1": best.get("val_top1"),
         "val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
         "test_top1": _test_top1(cell_dir, card.weights if card else BEST, cfg),
@@ -270,6 +305,16 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
         "epochs_run": len(history), "curve": curve,
         "split": _split_digest(cell_dir), "run_dir": f"cells/{cell.name}",
     }
+
+
+def _retrieval_row(cell_dir: Path, data: str) -> dict[str, Any]:
+    """The cell's best weights searching `data` leave-one-out (an embed cell by its embeddings, a
+    classifier by its pre-logits features), as `stagewise evaluate --retrieval` would."""
+    from ..inference import evaluate_retrieval, load
+
+    m = evaluate_retrieval(load(cell_dir, device="cpu"), data).metrics
+    return {"retrieval_map": m["map"], "retrieval_recall1": m["recall"]["1"],
+            "retrieval_map_at_r": m["map_at_r"]}
 
 
 def _test_top1(cell_dir: Path, weights: str, cfg: dict[str, Any]) -> float | None:
