@@ -147,3 +147,30 @@ def test_a_two_stage_pipeline_under_two_processes(data: Path, tmp_path: Path) ->
     assert [s["status"] for s in manifest["stages"].values()] == ["done", "done"]
     assert manifest["stages"]["two"]["baseline"]["epochs_run"] == 1
     assert (out / "final.safetensors").is_file()
+
+
+def test_embed_stage_on_two_processes_equals_one(tmp_path: Path) -> None:
+    """ArcFace's class centres live in the network (used outside its forward): DDP still averages
+    their gradients, and every rank scores the same gathered validation search."""
+    pytest.importorskip("pytorch_metric_learning")
+    pytest.importorskip("faiss")
+    from conftest import make_identity_folder
+
+    ids = make_identity_folder(tmp_path / "ids", identities=10, views=4)
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["train", "--data", str(ids), *TINY, "--epochs", "2", "--quiet", "--set", "task=embed",
+              "--set", "val_fraction=0.3", "--set", "loss_args={scale: 16}"]
+    single = subprocess.run([sys.executable, "-m", "stagewise", *common, "--batch-size", "16",
+                             "--out", str(one)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = torchrun([*common, "--batch-size", "8", "--out", str(two)], two)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = load_file(one / "last" / "model.safetensors"), load_file(two / "last" / "model.safetensors")
+    assert any(".objective." in k for k in a) and a.keys() == b.keys()
+    # The attention key bias gets a zero gradient in exact arithmetic (softmax ignores a shift),
+    # so AdamW turns rounding differences of summation order into full steps there: skipped.
+    for k in (k for k in a if not k.endswith("qkv.bias")):
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    for x, y in zip(_records(one), _records(two), strict=True):
+        assert y["val_images"] == x["val_images"]
+        assert y["val_map"] == pytest.approx(x["val_map"], abs=1e-5)
