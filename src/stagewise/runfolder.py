@@ -322,6 +322,7 @@ class StageSummary(TypedDict, total=False):
 
     best_val_top1: float | None
     best_epoch: int | None
+    test_top1: float | None  # the best weights on the test split, when the stage has one
     first_epoch_val_top1: float | None
     epochs_run: int
     seconds: float

@@ -36,7 +36,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best = result.best
     top1 = best.get("val_top1")
     shown = f"{top1:.4f}" if isinstance(top1, float) else "-"
-    print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best},
-               f"done ({result.stopped}): best val top1 {shown} at epoch {best.get('epoch', '-')}; "
-               f"run folder {result.run_dir}")
+    test = f", test top1 {result.test.top1:.4f}" if result.test is not None else ""
+    print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best,
+                      "test_top1": result.test.top1 if result.test is not None else None},
+               f"done ({result.stopped}): best val top1 {shown} at epoch {best.get('epoch', '-')}"
+               f"{test}; run folder {result.run_dir}")
     return 0

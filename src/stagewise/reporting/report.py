@@ -121,6 +121,12 @@ def _summary(history: RunHistory) -> list[Block]:
                "epochs", "best val top-1", "best val top-5", "best epoch", "time", "images/s",
                "trainable / total params", "transfer gain"]
     rows = [_summary_row(s) for s in history.stages]
+    tests = [s.test_top1 for s in history.stages]
+    if any(t is not None for t in tests):  # a column only where some stage has a test split
+        at = columns.index("best val top-1") + 1
+        columns.insert(at, "test top-1")
+        for row, top1 in zip(rows, tests, strict=True):
+            row.insert(at, fmt_pct(top1))
     blocks: list[Block] = [Table(columns, rows)]
     if any(s.baseline for s in history.stages):
         blocks.append(_transfer_table(history))
