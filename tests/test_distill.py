@@ -195,3 +195,22 @@ def test_pipeline_stage_learns_from_an_earlier_stage(data: Path, tmp_path: Path)
     bad = {**pipeline, "stages": [{**pipeline["stages"][0], "teacher": "small"}, pipeline["stages"][1]]}
     with pytest.raises(ConfigError, match="a later stage 'small'"):
         stagewise.run(bad, out=tmp_path / "bad", reporter="quiet")
+
+
+def test_distill_settings_are_checked_at_load(data: Path, tmp_path: Path) -> None:
+    from stagewise.config import build_config
+
+    cfg = build_config({"data": str(data), "teacher": "t"})
+    assert cfg.distill is None  # the defaults apply: alpha 0.5, temperature 4, cache on
+    with pytest.raises(ConfigError, match=r"distill.alpha: Input should be less than or equal to 1"):
+        build_config({"data": str(data), "teacher": "t", "distill": {"alpha": 1.5}})
+    with pytest.raises(ConfigError, match="distill.temperature"):
+        build_config({"data": str(data), "teacher": "t", "distill": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="cache: features trains a head"):
+        build_config({"data": str(data), "teacher": "t", "cache": "features"})
+    # A pipeline: a teacher that is neither an earlier stage nor a path is listed before training.
+    from stagewise.runs.plan import load_pipeline
+
+    with pytest.raises(ConfigError, match="teacher: 'nowhere' is neither an earlier stage"):
+        load_pipeline({"stages": [{"name": "a", "data": str(data)},
+                                  {"name": "b", "data": str(data), "teacher": "nowhere"}]})
