@@ -61,6 +61,15 @@ def test_soft_target_loss_is_hintons() -> None:
     # The teacher knows 4 classes in another order; the student learns three of them.
     tch = Teacher(net, "linear", ["d", "c", "b", "a"], pre, "mem", "0" * 64)
     dist = Distiller(tch, [3, 1, 2], pre, Distill(alpha=0.25, temperature=2.0), torch.device("cpu"))
+    # The teacher sees the student's batch in its own normalisation and at its own size.
+    own = Preprocess(image_size=4, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    seer = Distiller(Teacher(net, "linear", ["a"], own, "mem", "0" * 64), [0], pre, Distill(),
+                     torch.device("cpu"))
+    image = torch.rand(2, 3, 8, 8)
+    seen = seer.teacher_input((image - 0.5) / 0.5)
+    mean, std = torch.tensor(own.mean).view(1, 3, 1, 1), torch.tensor(own.std).view(1, 3, 1, 1)
+    expected_view = F.interpolate((image - mean) / std, size=(4, 4), mode="bilinear", antialias=True)
+    assert seen.shape == (2, 3, 4, 4) and torch.allclose(seen, expected_view, atol=1e-5)
     x, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1])
     student = torch.randn(5, 3)
     ce = F.cross_entropy(student, y)

@@ -249,7 +249,8 @@ def test_tutorial_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     student = yaml.safe_load((stages / "student" / "config.yaml").read_text())
     assert student["teacher"] == str(stages / "gradual") and student["distill"]["alpha"] == 0.5
     assert json.loads((stages / "student" / "model.json").read_text())["teacher"]["architecture"] == "tv:resnet18"
-    assert "test top-1" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "test top-1" in report and f"Stage 'student' was distilled from {stages / 'gradual'}" in report
     # The ensemble of teacher and student, scored on the test split.
     capsys.readouterr()
     target = tmp_path / "ensemble.json"
