@@ -175,7 +175,7 @@ def test_bad_teacher_exits_2_without_a_run_folder(data: Path, teacher: Path, tmp
     out = tmp_path / "s"
     base = ["train", "--data", str(data), "--model", "test_resnet", "--image-size", "32",
             "--epochs", "1", "--out", str(out), "--set", "num_workers=0", "--set", "report=false"]
-    assert main([*base, "--set", f"teacher={tmp_path / 'nope'}"]) == 2
+    assert main([*base, "--teacher", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "teacher:" in err and "not found" in err
     assert not out.exists()
