@@ -223,3 +223,10 @@ def test_distill_settings_are_checked_at_load(data: Path, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="teacher: 'nowhere' is neither an earlier stage"):
         load_pipeline({"stages": [{"name": "a", "data": str(data)},
                                   {"name": "b", "data": str(data), "teacher": "nowhere"}]})
+
+
+def test_lr_find_sweeps_the_distillation_loss(data: Path, teacher: Path, tmp_path: Path) -> None:
+    plain = stagewise.lr_find(tiny_config(data, tmp_path / "a"), steps=6)
+    taught = stagewise.lr_find(tiny_config(data, tmp_path / "b", teacher=str(teacher),
+                                           distill={"alpha": 1.0}), steps=6)
+    assert len(taught.losses) == len(plain.losses) and taught.losses[0] != plain.losses[0]
