@@ -54,8 +54,7 @@ def lr_range_test(
     Param groups keep their LR ratios (layer decay, explicit group LRs): the swept value is the
     largest group's LR. Stops early once the smoothed loss exceeds `diverge` x its minimum.
     The model is used in the mode it is in (frozen BatchNorm layers may be in eval mode).
-    `progress(1)` runs after each step (a progress bar's advance); `distill` (a stage's
-    teacher, `training.distill.Distiller`) mixes its soft targets into the loss, as in training.
+    `progress(1)` runs after each step (a bar's advance); `distill` mixes a teacher's soft targets in.
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find: need 0 < start_lr < end_lr (got {start_lr} and {end_lr})")
