@@ -50,6 +50,8 @@ def test_grid_table_matches_the_cells(grid: tuple[Path, Path, Path]) -> None:
         assert row["val_top1"] == info["metrics"]["val_top1"]
         assert row["train_top1"] == info["metrics"]["train_top1"]
         assert row["test_top1"] is not None and 0.0 <= row["test_top1"] <= 1.0
+        # The stage's own measurement of its best weights (test.json), not a second one.
+        assert row["test_top1"] == json.loads((cell / "test.json").read_text())["top1"]
         assert row["size_mb"] == pytest.approx((cell / "best.safetensors").stat().st_size / 1e6)
         history = [json.loads(x) for x in (cell / "history.jsonl").read_text().splitlines()]
         assert row["seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history), abs=1e-3)

@@ -137,3 +137,37 @@ def test_no_test_split_no_test_json(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "d", per_class=4)
     result = stagewise.train(tiny_config(data, tmp_path / "run", epochs=1), reporter="quiet")
     assert result.test is None and read_test(tmp_path / "run") is None
+
+
+def test_test_top1_beside_val_top1_in_reports_and_summaries(flat_data: Path, tmp_path: Path) -> None:
+    """The stage report, a pipeline's report and summary, and the CLI's last line show test top-1."""
+    from stagewise.reporting import write_report
+
+    run = tmp_path / "run"
+    result = stagewise.train(tiny_config(flat_data, run, epochs=1, split=[0.7, 0.15, 0.15]),
+                             reporter="quiet")
+    write_report(run)
+    header, row = _summary_lines((run / "report.md").read_text())
+    cells = [c.strip() for c in header.split("|")]
+    at = cells.index("test top-1")
+    assert cells[at - 1] == "best val top-1"
+    assert [c.strip() for c in row.split("|")][at] == f"{100 * result.test_top1:.1f}%"
+    # A run without a test split has no such column.
+    plain = stagewise.train(tiny_config(flat_data, tmp_path / "plain", epochs=1), reporter="quiet")
+    write_report(plain.run_dir)
+    assert "test top-1" not in _summary_lines((plain.run_dir / "report.md").read_text())[0]
+    # A pipeline: its manifest summary and its report.
+    fast = {k: v for k, v in tiny_config(flat_data, tmp_path).items() if k not in ("out", "report")}
+    out = tmp_path / "pipe"
+    piped = stagewise.run({"defaults": {**fast, "epochs": 1, "split": [0.7, 0.15, 0.15]},
+                           "stages": [{"name": "one"}]}, out=out, reporter="quiet")
+    (summary,) = piped.summary()
+    assert summary["test_top1"] == read_test(out / "stages" / "one").top1
+    assert "test top-1" in _summary_lines((out / "report.md").read_text())[0]
+
+
+def _summary_lines(markdown: str) -> tuple[str, str]:
+    """The header and first row of a report's summary table."""
+    lines = markdown.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("| stage |"))
+    return lines[i], lines[i + 2]

@@ -206,3 +206,56 @@ def test_augment_list_timm_optimizer_and_schedule_tail_resume_exactly(
     a, b = load_file(str(straight.weights)), load_file(str(resumed.weights))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert [r["lr"] for r in straight.history] == [r["lr"] for r in resumed.history]
+
+
+# ---- 6. a whole tutorial recipe, end to end ----
+
+RECIPE_AUGMENT = [{"RandomResizedCrop": {"size": 32, "scale": [0.6, 1.0]}}, "RandomHorizontalFlip",
+                  {"ColorJitter": {"brightness": 0.2}}]
+
+
+def test_tutorial_recipe_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """torchvision resnet18 file -> custom augmentation list -> MLP head -> probe stage ->
+    gradual stage -> distil into test_resnet -> ensemble of the two -> evaluate on the test split,
+    all from one pipeline file and the command line."""
+    from torchvision.models import resnet18
+
+    data = make_image_folder(tmp_path / "data", per_class=6, splits=("train", "val", "test"))
+    weights = tmp_path / "resnet18.pth"  # random init stands in for downloaded weights
+    torch.manual_seed(0)
+    torch.save(resnet18(num_classes=1000).state_dict(), weights)
+    common = {"data": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0, "seed": 0,
+              "epochs": 1, "lr": 0.01, "augment": RECIPE_AUGMENT}
+    pipeline = {"name": "recipe", "defaults": common, "stages": [
+        {"name": "probe", "model": "tv:resnet18", "weights": str(weights), "strategy": "probe",
+         "head_layers": [32]},
+        {"name": "gradual", "model": "tv:resnet18", "strategy": "gradual", "head_layers": [32],
+         "lr": 0.003},
+        {"name": "student", "model": "test_resnet", "init": "scratch", "strategy": "scratch",
+         "teacher": "gradual", "distill": {"alpha": 0.5, "temperature": 2.0}}]}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(pipeline))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    stages = out / "stages"
+    for name in ("probe", "gradual", "student"):
+        assert (stages / name / "best.safetensors").is_file() and (stages / name / "test.json").is_file()
+    manifest = json.loads((out / "pipeline.json").read_text())
+    assert manifest["stages"]["gradual"]["how"] == "starts from stage 'probe'"
+    assert all(manifest["stages"][n]["test_top1"] is not None for n in ("probe", "gradual", "student"))
+    probe_card = json.loads((stages / "probe" / "model.json").read_text())
+    assert probe_card["head_layers"] == [32] and probe_card["architecture"] == "tv:resnet18"
+    assert yaml.safe_load((stages / "probe" / "config.yaml").read_text())["augment"] == RECIPE_AUGMENT
+    student = yaml.safe_load((stages / "student" / "config.yaml").read_text())
+    assert student["teacher"] == str(stages / "gradual") and student["distill"]["alpha"] == 0.5
+    assert json.loads((stages / "student" / "model.json").read_text())["teacher"]["architecture"] == "tv:resnet18"
+    report = (out / "report.md").read_text()
+    assert "test top-1" in report and f"Stage 'student' was distilled from {stages / 'gradual'}" in report
+    # The ensemble of teacher and student, scored on the test split.
+    capsys.readouterr()
+    target = tmp_path / "ensemble.json"
+    assert main(["evaluate", str(stages / "gradual"), str(stages / "student"), "--data", str(data),
+                 "--split", "test", "--out", str(target), "--num-workers", "0"]) == 0
+    assert "ensemble (mean probability)" in capsys.readouterr().out
+    saved = json.loads(target.read_text())
+    assert len(saved["members"]) == 2 and saved["images"] == 18

@@ -97,6 +97,17 @@ class ProgressiveResize(_Strict):
                           "full size is reached")
 
 
+class Distill(_Strict):
+    """`distill: {alpha: 0.5, temperature: 4.0}`: learn from `teacher:`'s soft targets (Hinton et al.)."""
+
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft (teacher) loss; "
+                         "1 - alpha weighs the usual loss on the labels")
+    temperature: float = Field(4.0, gt=0.0, le=100.0, description="softens both distributions; "
+                               "the soft loss is scaled by its square")
+    cache: bool = Field(True, description="without augmentation, compute the teacher's logits "
+                        "once per training image and reuse them every epoch (exact)")
+
+
 class TrainConfig(_Strict):
     """Everything one training stage needs. Unknown keys are errors, never ignored."""
 
@@ -213,6 +224,13 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1, le=10**9, description="also save last/ every N "
                                          "optimizer steps (a crash loses at most N steps)")
 
+    # distillation
+    teacher: str | None = Field(
+        None, max_length=4096, description="a run folder, pipeline stage folder (in a pipeline: an "
+        "earlier stage's name) or weights file with model.json beside it, whose logits teach this stage")
+    distill: Distill | None = Field(None, description="how the teacher's soft targets are weighed; "
+                                    "None with a teacher: the defaults")
+
     # output
     out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
@@ -305,6 +323,7 @@ class TrainConfig(_Strict):
         if self.strategy == "scratch" and self.weights:
             raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
         self._consistent_augmentation()
+        self._consistent_distill()
         # By value (config.yaml holds every default): a changed val_fraction beside split would
         # be silently ignored, so the two are refused together.
         if self.split is not None and self.val_fraction != defaults.VAL_FRACTION:
@@ -337,7 +356,8 @@ class TrainConfig(_Strict):
             self.__dict__["monitor"] = valid[0]
         if self.task == "classify":
             return
-        clash = [k for k in ("mixup", "cutmix", "label_smoothing", "class_weights") if getattr(self, k)]
+        clash = [k for k in ("mixup", "cutmix", "label_smoothing", "class_weights", "teacher")
+                 if getattr(self, k)]
         if clash:
             raise ValueError(f"{', '.join(clash)}: classification settings; task: embed trains with a "
                              "metric loss on identity labels, so remove them")
@@ -365,6 +385,14 @@ class TrainConfig(_Strict):
                              "list RandAugment/TrivialAugmentWide/RandomErasing in augment: instead")
         if self.augmentation == "none" and (self.auto_augment or self.re_prob):
             raise ValueError("auto_augment/re_prob add to an augmentation preset; augmentation is 'none'")
+
+    def _consistent_distill(self) -> None:
+        if self.distill is not None and not self.teacher:
+            raise ValueError("distill: weighs a teacher's soft targets; set teacher: (a run folder "
+                             "or weights file), or remove distill:")
+        if self.teacher and self.cache == "features":
+            raise ValueError("cache: features trains a head on backbone features, but the teacher "
+                             "needs the images; use cache: auto, none, memory or disk with teacher:")
 
     def as_scratch(self) -> TrainConfig:
         """The same stage trained from random weights: what "scratch" means, in one place."""

@@ -38,6 +38,7 @@ HISTORY = "history.jsonl"
 MODEL_CARD = "model.json"
 CONFUSION = "confusion.json"
 TEST = "test.json"
+TEACHER = "teacher.json"  # a distilled stage's teacher (Teacher.record): what a resume checks
 BEST = "best.safetensors"
 LAST = "last"
 MANIFEST = "pipeline.json"
@@ -81,6 +82,7 @@ class EpochRecord(TypedDict, total=False):
     val_map_at_r: float | None
     val_threshold: float | None  # cosine distance keeping 95% of true matches (open-set use)
     val_identities: int
+    train_distill_loss: float  # the soft (teacher) part of the loss, with a teacher
     event: str  # something that happened at the start of the epoch (unfreezing, start note)
 
 
@@ -153,6 +155,7 @@ class ModelCard:
     data: str | None = None
     layout: str | None = None
     stage: str | None = None  # set on a pipeline's final model: the stage it came from
+    teacher: dict[str, Any] | None = None  # a distilled model's teacher: source, sha256, val_top1
     head_layers: list[int] = field(default_factory=list)  # an MLP head's hidden sizes ([]: linear)
     head_activation: str = "relu"
     head_dropout: float = 0.0
@@ -178,11 +181,21 @@ class ModelCard:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["num_classes"] = self.num_classes
-        return {k: v for k, v in data.items() if not (k == "stage" and v is None)}
+        return {k: v for k, v in data.items() if not (k in ("stage", "teacher") and v is None)}
 
 
 _CARD_FIELDS = {f.name for f in fields(ModelCard)}
 _CARD_REQUIRED = ("architecture", "class_ids", "preprocess")
+
+
+def write_teacher(folder: Path, record: dict[str, Any]) -> None:
+    write_json(folder / TEACHER, record)
+
+
+def read_teacher(folder: Path) -> dict[str, Any] | None:
+    """teacher.json of a distilled stage, or None (no teacher, or a run from before it was written)."""
+    data = read_json(folder / TEACHER)
+    return data if isinstance(data, dict) else None
 
 
 def write_model_card(folder: Path, card: ModelCard) -> None:
@@ -321,6 +334,7 @@ class StageSummary(TypedDict, total=False):
 
     best_val_top1: float | None
     best_epoch: int | None
+    test_top1: float | None  # the best weights on the test split, when the stage has one
     first_epoch_val_top1: float | None
     epochs_run: int
     seconds: float

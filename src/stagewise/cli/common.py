@@ -32,6 +32,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("seed", int, "random seed"),
     "out": ("out", str, "run folder to write"),
     "log-with": ("log_with", str, "none | tensorboard | mlflow"),
+    "teacher": ("teacher", str, "distil from this run folder or model file (--set distill.alpha=0.7 "
+                "--set distill.temperature=4 tune it)"),
 }
 
 # Spellings other tools' tutorials use, accepted so their commands run as written (same dest, so

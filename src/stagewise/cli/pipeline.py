@@ -115,8 +115,11 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("stage", "classes", "ep", "1st ep", "best", "head kept", "baseline", "gain",
-                  title="pipeline summary (val top-1)")
+    with_test = any(s.get("test_top1") is not None for s in result.stages.values())
+    columns = ["stage", "classes", "ep", "1st ep", "best", *(["test"] if with_test else []),
+               "head kept", "baseline", "gain"]
+    table = Table(*columns, title="pipeline summary (val top-1; test: the best weights on the test split)"
+                  if with_test else "pipeline summary (val top-1)")
     for name, s in result.stages.items():
         base = s.get("baseline") or {}
         gain = s.get("gain") or {}
@@ -125,6 +128,7 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
         table.add_row(
             name + status, str(s.get("classes", "-")), str(s.get("epochs_run", "-")),
             pct(s.get("first_epoch_val_top1")), pct(s.get("best_val_top1")),
+            *([pct(s.get("test_top1"))] if with_test else []),
             f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
             pct(base.get("best_val_top1")), signed(gain.get("best")),
         )

@@ -38,7 +38,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     key, name = ("val_map", "mAP") if "val_map" in best else ("val_top1", "top1")
     value = best.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else "-"
-    print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best},
-               f"done ({result.stopped}): best val {name} {shown} at epoch {best.get('epoch', '-')}; "
-               f"run folder {result.run_dir}")
+    test = f", test top1 {result.test.top1:.4f}" if result.test is not None else ""
+    print_done(args, {"run_dir": str(result.run_dir), "stopped": result.stopped, "best": best,
+                      "test_top1": result.test.top1 if result.test is not None else None},
+               f"done ({result.stopped}): best val {name} {shown} at epoch {best.get('epoch', '-')}"
+               f"{test}; run folder {result.run_dir}")
     return 0

@@ -36,6 +36,8 @@ class ImageDataset(Dataset):
         self.cache = None  # set by data.cache when a decoded-image cache is in use
         # epoch -> transform, for progressive resizing (data/resize.py); None: `transform` always
         self.transform_for: Callable[[int], Callable] | None = None
+        # Batches also carry each image's sample index (a distillation teacher's cached logits)
+        self.indexed = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -57,10 +59,11 @@ class ImageDataset(Dataset):
             return None, self.samples.describe(i)
         transform = self.transform if self.transform_for is None else self.transform_for(epoch)
         if not self.seeded:
-            return transform(img), self.samples.labels[i]
-        with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF, self.seed_numpy):
             x = transform(img)
-        return x, self.samples.labels[i]
+        else:
+            with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF, self.seed_numpy):
+                x = transform(img)
+        return (x, self.samples.labels[i], i) if self.indexed else (x, self.samples.labels[i])
 
 
 class _seeded:
@@ -177,15 +180,19 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     bad: list[str]
+    index: torch.Tensor | None = None  # sample indices, from a dataset with `indexed` set
 
 
 def collate_skip_bad(items: list) -> Batch:
-    good = [(x, y) for x, y in items if x is not None]
-    bad = [y for x, y in items if x is None]
+    """Items are (image, label) or (image, label, index); a bad one is (None, its description)."""
+    good = [item for item in items if item[0] is not None]
+    bad = [item[1] for item in items if item[0] is None]
+    indexed = any(len(item) == 3 for item in items)
+    index = torch.tensor([item[2] for item in good], dtype=torch.long) if indexed else None
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
-    xs, ys = zip(*good, strict=True)
-    return Batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad, index)
+    xs, ys = [item[0] for item in good], [item[1] for item in good]
+    return Batch(torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad, index)
 
 
 def default_workers() -> int:

@@ -25,6 +25,7 @@ from ..runfolder import (
     read_confusion,
     read_history,
     read_json,
+    read_test,
     stage_dir,
     trained_epochs,
     try_read_model_card,
@@ -72,6 +73,15 @@ class StageRun:
         if not names and self.confusion:
             names = self.confusion.get("class_ids")
         return [str(n) for n in names or []]
+
+    @property
+    def test_top1(self) -> float | None:
+        """The best weights' top-1 on the test split (test.json), when the stage had one."""
+        record = read_test(self.run_dir)
+        if record is not None:
+            return record.top1
+        value = (self.model_info.get("metrics") or {}).get("test_top1")
+        return float(value) if isinstance(value, (int, float)) else None
 
     @property
     def weights(self) -> Path | None:

@@ -129,12 +129,29 @@ def _summary(history: RunHistory) -> list[Block]:
                "epochs", "best val top-1", "best val top-5", "best epoch", "time", "images/s",
                "trainable / total params", "transfer gain"]
     rows = [_summary_row(s) for s in history.stages]
+    tests = [s.test_top1 for s in history.stages]
+    if any(t is not None for t in tests):  # a column only where some stage has a test split
+        at = columns.index("best val top-1") + 1
+        columns.insert(at, "test top-1")
+        for row, top1 in zip(rows, tests, strict=True):
+            row.insert(at, fmt_pct(top1))
     blocks: list[Block] = [Table(columns, rows)]
+    blocks += [Text(line) for s in history.stages if (line := _teacher_line(s))]
     if any(s.baseline for s in history.stages):
         blocks.append(_transfer_table(history))
     if not any(s.records for s in history.stages):
         blocks.append(Text("No epoch has finished yet; this report shows what exists so far.", note=True))
     return blocks
+
+
+def _teacher_line(stage: StageRun) -> str:
+    """What a distilled stage learned from, and that teacher's own val top-1 (its aim)."""
+    teacher = stage.model_info.get("teacher")
+    if not isinstance(teacher, dict):
+        return ""
+    return (f"Stage '{stage.name}' was distilled from {teacher.get('source')} "
+            f"({teacher.get('architecture')}, {teacher.get('image_size')}px; its val top-1 "
+            f"{fmt_pct(teacher.get('val_top1'))}).")
 
 
 def _summary_row(stage: StageRun) -> list[str]:

@@ -32,6 +32,7 @@ from ..runfolder import (
     holds_run,
     read_cell_marker,
     read_history,
+    read_test,
     trained_epochs,
     try_read_model_card,
     write_cell_marker,
@@ -318,7 +319,11 @@ def _retrieval_row(cell_dir: Path, data: str) -> dict[str, Any]:
 
 
 def _test_top1(cell_dir: Path, weights: str, cfg: dict[str, Any]) -> float | None:
-    """Top-1 of the best weights on the dataset's test split, when it has one."""
+    """Top-1 of the best weights on the dataset's test split, when it has one: the stage's own
+    measurement (test.json), else measured here (a cell trained before stages wrote it)."""
+    record = read_test(cell_dir)
+    if record is not None:
+        return record.top1
     try:
         samples, _ = split_samples(cfg, cell_dir, "test")
     except ReportError:

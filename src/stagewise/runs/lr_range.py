@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Distill
 from ..errors import ConfigError
 from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
@@ -27,6 +28,7 @@ from ..runfolder import LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
 from ..training.distributed import single_process
 from ..training.progress import Reporter, bar, make_reporter
+from .teacher import load_teacher
 
 MAX_STEPS = 1000
 
@@ -45,13 +47,14 @@ def lr_range_test(
     accelerator: Any = None,
     mixup: Callable | None = None,
     progress: Callable[[int], None] | None = None,
+    distill: Callable | None = None,
 ) -> LRFindResult:
     """Sweep the LR from `start_lr` to `end_lr` over `steps` optimizer steps.
 
     Param groups keep their LR ratios (layer decay, explicit group LRs): the swept value is the
     largest group's LR. Stops early once the smoothed loss exceeds `diverge` x its minimum.
     The model is used in the mode it is in (frozen BatchNorm layers may be in eval mode).
-    `progress(1)` runs after each step (a progress bar's advance).
+    `progress(1)` runs after each step (a bar's advance); `distill` mixes a teacher's soft targets in.
     """
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find: need 0 < start_lr < end_lr (got {start_lr} and {end_lr})")
@@ -71,7 +74,7 @@ def lr_range_test(
             lr = start_lr * gamma**i
             for g, r in zip(optimizer.param_groups, ratios, strict=True):
                 g["lr"] = lr * r
-            loss = _step(model, optimizer, criterion, x, y, accelerator, mixup)
+            loss = _step(model, optimizer, criterion, x, y, accelerator, mixup, distill)
             if progress is not None:
                 progress(1)
             if not math.isfinite(loss):
@@ -109,7 +112,8 @@ def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-          x: torch.Tensor, y: torch.Tensor, accelerator: Any, mixup: Callable | None = None) -> float:
+          x: torch.Tensor, y: torch.Tensor, accelerator: Any, mixup: Callable | None = None,
+          distill: Callable | None = None) -> float:
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     if mixup is not None:  # the stage's loss takes mixed (soft) targets
@@ -117,7 +121,10 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Modu
             x, y = x[:-1], y[:-1]
         x, y = mixup(x, y)
     with accelerator.autocast() if accelerator is not None else nullcontext():
-        loss = criterion(model(x), y)
+        logits = model(x)
+        loss = criterion(logits, y)
+        if distill is not None:  # the teacher's logits computed here: the sweep has no indices
+            loss = distill(loss, logits, x, None)
     optimizer.zero_grad(set_to_none=True)
     if accelerator is not None:
         accelerator.backward(loss)
@@ -197,13 +204,19 @@ def lr_find(
     cfg = coerce_config(config, overrides)
     rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
     try:
-        setup = prepare_stage(cfg, rep)
+        # With a teacher the sweep measures the distillation loss the stage will train on; its
+        # logits are computed per step (a cache would cost a pass over all images for a few steps).
+        if cfg.teacher:
+            cfg = cfg.model_copy(update={"distill": Distill(**{**(cfg.distill or Distill()).model_dump(),
+                                                                "cache": False})})
+        setup = prepare_stage(cfg, rep, teacher=load_teacher(cfg.teacher) if cfg.teacher else None)
         trainable = start_epoch(setup, 0)
         parts = setup.parts
         with bar(rep, "lr-find", steps) as advance:
             result = lr_range_test(parts.model, parts.train_loader, parts.optimizer, parts.criterion,
                                    start_lr=start_lr, end_lr=end_lr, steps=steps,
-                                   accelerator=parts.accelerator, mixup=parts.mixup, progress=advance)
+                                   accelerator=parts.accelerator, mixup=parts.mixup, progress=advance,
+                                   distill=parts.distill)
     finally:
         if isinstance(reporter, str):  # a reporter passed in is the caller's to close
             rep.close()

@@ -62,8 +62,9 @@ class PipelineResult:
     history: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per stage: its status, best val top-1 and transfer gain (None without a baseline)."""
-        return [{"stage": n, **{k: s.get(k) for k in ("status", "best_val_top1", "gain")}}
+        """One row per stage: its status, best val top-1, test top-1 (None without a test split)
+        and transfer gain (None without a baseline)."""
+        return [{"stage": n, **{k: s.get(k) for k in ("status", "best_val_top1", "test_top1", "gain")}}
                 for n, s in self.stages.items()]
 
 
@@ -302,6 +303,7 @@ def _stage_summary(result: TrainResult) -> StageSummary:
     summary: StageSummary = {
         "best_val_top1": result.best.get("val_top1"),
         "best_epoch": result.best.get("epoch"),
+        "test_top1": result.test.top1 if result.test is not None else None,
         "first_epoch_val_top1": hist[0].get("val_top1") if hist else None,
         "epochs_run": len(hist),
         "seconds": sum(r.get("epoch_seconds", 0.0) for r in hist),

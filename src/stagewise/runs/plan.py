@@ -224,6 +224,7 @@ def _stage_plans(
 ) -> list[StagePlan]:
     plans: list[StagePlan] = []
     seen: set[str] = set()
+    names = [str(e.get("name") or f"stage{i + 1}") if isinstance(e, dict) else "" for i, e in enumerate(stages_raw)]
     for i, entry in enumerate(stages_raw):
         where = f"stages[{i}]"
         if not isinstance(entry, dict):
@@ -242,6 +243,9 @@ def _stage_plans(
             baseline = "none"
         if init == "scratch":
             merged.pop("weights", None)
+        if merged.get("teacher"):
+            merged["teacher"] = _teacher_path(str(merged["teacher"]), names[:i], names[i:], out,
+                                              where, problems, check_data)
         data = str(merged.get("data") or "")
         # os.path.exists, not Path.exists: a name too long for the OS is "not found", not a crash.
         if check_data and data and "${" not in data and not os.path.exists(data):
@@ -256,6 +260,21 @@ def _stage_plans(
             cfg = TrainConfig.model_construct(**{**merged, "weights": merged.get("weights")})
         plans.append(StagePlan(name=name, config=cfg, init=init, baseline=baseline))  # type: ignore[arg-type]
     return plans
+
+
+def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path | None, where: str,
+                  problems: list[str], check_data: bool) -> str:
+    """`teacher:` naming an earlier stage (as `init:` does) is that stage's folder; otherwise a
+    path. A stage name wins over a folder of the same name in the working directory."""
+    if teacher in earlier:
+        return str((out or Path("runs/pipeline")) / "stages" / teacher)
+    if teacher in rest:
+        which = "itself" if teacher == rest[0] else f"a later stage '{clip(teacher, 80)}'"
+        problems.append(f"{where}.teacher: refers to {which}; a stage can learn only from an earlier one")
+    elif check_data and "${" not in teacher and not os.path.exists(teacher):
+        problems.append(f"{where}.teacher: {shown(teacher)} is neither an earlier stage "
+                        f"({clip(', '.join(earlier)) or 'there is none'}) nor an existing run folder or file")
+    return teacher
 
 
 def _check_name(name: str, seen: set[str], where: str, problems: list[str]) -> None:

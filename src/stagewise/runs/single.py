@@ -18,6 +18,7 @@ from ..training import TrainResult, coerce_config, resume_config, run_stage
 from ..training.distributed import is_main_process
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
+from .teacher import load_teacher
 
 STAGE_MARKERS = (CONFIG, SPLIT, HISTORY, LAST)
 
@@ -60,8 +61,9 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
                 incoming: LoadedWeights | None = None) -> TrainResult:
     """run_stage, with `hint` attached to an interruption (or a resumable error: a full disk,
     NaN loss after a checkpoint) so the user is told how to go on."""
+    teacher = load_teacher(cfg.teacher) if cfg.teacher else None
     try:
-        return run_stage(cfg, reporter, resume=resume, incoming=incoming)
+        return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
     except TrainingInterrupted as exc:
         exc.resume_hint = exc.resume_hint or hint
         reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines

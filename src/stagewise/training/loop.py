@@ -46,6 +46,7 @@ class LoopParts:
     grad_clip: float | None = None
     grad_accum: int = 1
     channels_last: bool = False
+    distill: Any = None  # a teacher's soft targets (distill.Distiller), mixed into the loss
 
 
 @dataclass
@@ -149,6 +150,8 @@ def _micro_step(parts: LoopParts, batch: Any, sync: bool,
     with nullcontext() if sync else acc.no_sync(model), acc.autocast():
         out = model(x)  # logits, or an embed stage's embeddings
         loss = parts.criterion(out, target)
+        if parts.distill is not None:
+            loss = parts.distill(loss, out, x, batch.index)
     with nullcontext() if sync else acc.no_sync(model):
         acc.backward(loss / window)  # a mean over the window's micro-batches
     scores = getattr(parts.criterion, "scores", None)

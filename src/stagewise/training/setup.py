@@ -44,6 +44,7 @@ from ..models import (
 )
 from ..ranking import require_faiss, require_metrics
 from ..runfolder import CONFIG, SPLIT
+from .distill import Teacher, attach_teacher
 from .embedding import EmbedCriterion
 from .features import (
     FeatureDataset,
@@ -171,10 +172,11 @@ def _check_val(index: DatasetIndex, rep: Reporter) -> int:
 
 def prepare_stage(
     cfg: TrainConfig, rep: Reporter, incoming: LoadedWeights | None = None,
-    split_from: Path | None = None,
+    split_from: Path | None = None, teacher: Teacher | None = None,
 ) -> StageSetup:
     """Data, model and loop parts for `cfg`, seeded; the strategy is applied per epoch by
-    `start_epoch`. `split_from` is a run folder whose saved split is reused."""
+    `start_epoch`. `split_from` is a run folder whose saved split is reused (a resume);
+    `teacher` (built by runs/ from `cfg.teacher`) adds its soft targets to the loss."""
     from accelerate.utils import set_seed
 
     if cfg.task == "embed":  # optional packages, checked before anything is read or written
@@ -219,6 +221,8 @@ def prepare_stage(
     if cache == "features":
         _use_features(cfg, parts, network, rep)
         sampler = parts.train_loader.sampler
+    if teacher is not None:
+        attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
                       network=network)
 
@@ -229,7 +233,8 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
         check_features_supported(cfg, world, model)
     if cfg.cache != "auto":
         return cfg.cache
-    exact = cfg.strategy == "probe" and not AugmentPlan.from_mapping(cfg.model_dump()).active
+    # A teacher needs the images (config.py refuses `cache: features` with one).
+    exact = cfg.strategy == "probe" and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
     # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
     simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn
                   or cfg.drop_path_rate) and world == 1 and has_feature_head(model)

@@ -43,9 +43,11 @@ from ..runfolder import (
     write_confusion,
     write_history,
     write_model_card,
+    write_teacher,
     write_test,
 )
 from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
+from .distill import Teacher
 from .distributed import from_main, is_main_process, wait_for_everyone
 from .embedding import evaluate_embeddings
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
@@ -82,18 +84,23 @@ class TrainResult:
 
 def run_stage(
     cfg: TrainConfig, rep: Reporter, *, resume: bool = False, incoming: LoadedWeights | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
-    """Train the stage `cfg` describes into `cfg.out`; with `resume`, continue from its last/."""
+    """Train the stage `cfg` describes into `cfg.out`; with `resume`, continue from its last/.
+    `teacher`: the network `cfg.teacher` names, built by the caller (runs/)."""
     run_dir = cfg.out
-    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None)
+    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None, teacher=teacher)
     if is_main_process():
         _start_folder(setup, resume)
+        if teacher is not None:
+            write_teacher(run_dir, teacher.record())
     wait_for_everyone()
     state, history = _restore(setup, resume, rep)
     card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
+                     teacher=teacher.record() if teacher is not None else None,
                      embedding=EmbeddingSpec.from_mapping(cfg.model_dump()).as_dict()
                      if cfg.task == "embed" else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
@@ -273,6 +280,8 @@ def _make_record(
     }
     if not math.isnan(stats.top1):  # an embed stage's pair loss has no class scores
         record["train_top1"] = stats.top1
+    if parts.distill is not None:
+        record["train_distill_loss"] = parts.distill.take_mean(parts.accelerator)
     previous = history[-1].get("groups_unfrozen") if history else None
     if previous is not None and trainable.groups_unfrozen != previous:
         record["event"] = f"unfreeze: {trainable.groups_unfrozen}/{trainable.groups_total} groups"
