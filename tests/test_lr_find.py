@@ -103,6 +103,10 @@ def test_lr_find_writes_plot_and_suggestion(data: Path, tmp_path: Path,
     assert main(argv) == 0
     assert "suggested LR: valley" in capsys.readouterr().out
     saved = json.loads((out / "lr_find.json").read_text())
+    # Scripts get the suggestion as the last line, one JSON object.
+    assert main([*argv, "--log-format", "json"]) == 0
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert done["event"] == "done" and done["steps"] == 16 and "valley" in done
     assert len(saved["lrs"]) == len(saved["losses"]) and saved["lrs"][0] == pytest.approx(1e-5)
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = LRFindResult(**saved)

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_output_flags, add_settings_flags, reporter_kind, require, settings
+from .common import (
+    add_output_flags,
+    add_settings_flags,
+    print_done,
+    reporter_kind,
+    require,
+    settings,
+)
 
 # `train` flags that compare and lr-find take as shared settings (the grid's own axes excluded).
 _GRID_KEYS = {"data", "model", "strategy", "optimizer", "scheduler", "weights", "out", "epochs"}
@@ -105,9 +112,12 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     require(data, "data", "lr-find", "--data DIR")
     result = lr_find(data, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, out=args.out,
                      reporter=reporter_kind(args))
-    print(f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
-          f"({len(result.lrs)} steps over {result.trainable_params:,} trainable parameters, "
-          f"{result.stopped}); plot: {args.out / 'lr_find.png'}")
+    print_done(args, {"valley": result.valley, "steepest": result.steepest, "steps": len(result.lrs),
+                      "trainable_params": result.trainable_params, "stopped": result.stopped,
+                      "plot": str(args.out / "lr_find.png")},
+               f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
+               f"({len(result.lrs)} steps over {result.trainable_params:,} trainable parameters, "
+               f"{result.stopped}); plot: {args.out / 'lr_find.png'}")
     return 0
 
 
