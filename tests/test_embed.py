@@ -182,3 +182,25 @@ def test_compare_classifier_features_against_metric_learned_ones(tmp_path: Path,
     assert all(0.0 <= r["retrieval_map"] <= 1.0 and r["retrieval_recall1"] is not None for r in rows)
     assert rows[0]["val_top1"] is not None and rows[1]["val_map"] is not None
     assert "search mAP" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_embed_then_classify_hands_the_backbone_back(identities: Path, tmp_path: Path):
+    pipeline = tmp_path / "p.yaml"
+    common = {"model": "test_resnet", "image_size": 32, "batch_size": 16, "num_workers": 0,
+              "report": False, "val_fraction": 0.3}
+    pipeline.write_text(json.dumps({
+        "defaults": common,
+        "stages": [
+            {"name": "embed", "data": str(identities), "task": "embed", "strategy": "scratch",
+             "metric_loss": "arcface", "epochs": 1},
+            {"name": "classify", "data": str(identities), "strategy": "probe", "epochs": 1},
+        ]}))
+    assert main(["run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
+    stages = tmp_path / "runs" / "stages"
+    first = load_file(str(stages / "embed" / "best.safetensors"))
+    second = load_file(str(stages / "classify" / "best.safetensors"))
+    body = [k for k in second if not k.startswith("fc.")]
+    assert body and all(torch.equal(first[k], second[k]) for k in body)
+    card = json.loads((stages / "classify" / "model.json").read_text())
+    assert card["task"] == "classify" and card["head"]["mode"] == "reset"
+    assert "fc.weight" in second and not any(".objective." in k for k in second)
