@@ -125,12 +125,14 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
         gain = s.get("gain") or {}
         head = s.get("head") or {}
         status = "" if s.get("status") == "done" else f" ({s.get('status')})"
+        # An embed stage is scored by the val mAP of its held-out identities (marked "mAP").
+        key, mark = ("val_map", " mAP") if s.get("best_val_map") is not None else ("val_top1", "")
         table.add_row(
             name + status, str(s.get("classes", "-")), str(s.get("epochs_run", "-")),
-            pct(s.get("first_epoch_val_top1")), pct(s.get("best_val_top1")),
+            pct(s.get(f"first_epoch_{key}")) + mark, pct(s.get(f"best_{key}")) + mark,
             *([pct(s.get("test_top1"))] if with_test else []),
             f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
-            pct(base.get("best_val_top1")), signed(gain.get("best")),
+            pct(base.get(f"best_{key}")), signed(gain.get("best")),
         )
     console = Console()
     console.print(table)
