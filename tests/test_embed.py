@@ -95,19 +95,22 @@ def test_probe_trains_only_the_embedding_head_on_cached_features(identities: Pat
     assert probe.history[-1]["trainable_params"] < probe.history[-1]["total_params"]
 
 
-def test_classify_then_embed_pipeline_hands_over_the_backbone(identities: Path, tmp_path: Path):
-    pipeline = tmp_path / "p.yaml"
+def run_pipeline(tmp_path: Path, stages: list[dict]) -> Path:
+    """Run a pipeline of tiny stages; returns its stages/ folder."""
     common = {"model": "test_resnet", "image_size": 32, "batch_size": 16, "num_workers": 0,
               "report": False, "val_fraction": 0.3}
-    pipeline.write_text(json.dumps({
-        "defaults": common,
-        "stages": [
-            {"name": "classify", "data": str(identities), "strategy": "scratch", "epochs": 1},
-            {"name": "embed", "data": str(identities), "task": "embed", "strategy": "probe",
-             "metric_loss": "arcface", "epochs": 1},
-        ]}))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps({"defaults": common, "stages": stages}))
     assert main(["run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
-    stages = tmp_path / "runs" / "stages"
+    return tmp_path / "runs" / "stages"
+
+
+def test_classify_then_embed_pipeline_hands_over_the_backbone(identities: Path, tmp_path: Path):
+    stages = run_pipeline(tmp_path, [
+        {"name": "classify", "data": str(identities), "strategy": "scratch", "epochs": 1},
+        {"name": "embed", "data": str(identities), "task": "embed", "strategy": "probe",
+         "metric_loss": "arcface", "epochs": 1},
+    ])
     first = load_file(str(stages / "classify" / "best.safetensors"))
     second = load_file(str(stages / "embed" / "best.safetensors"))
     card = json.loads((stages / "embed" / "model.json").read_text())
@@ -185,18 +188,11 @@ def test_compare_classifier_features_against_metric_learned_ones(tmp_path: Path,
 
 
 def test_embed_then_classify_hands_the_backbone_back(identities: Path, tmp_path: Path):
-    pipeline = tmp_path / "p.yaml"
-    common = {"model": "test_resnet", "image_size": 32, "batch_size": 16, "num_workers": 0,
-              "report": False, "val_fraction": 0.3}
-    pipeline.write_text(json.dumps({
-        "defaults": common,
-        "stages": [
-            {"name": "embed", "data": str(identities), "task": "embed", "strategy": "scratch",
-             "metric_loss": "arcface", "epochs": 1},
-            {"name": "classify", "data": str(identities), "strategy": "probe", "epochs": 1},
-        ]}))
-    assert main(["run", str(pipeline), "--out", str(tmp_path / "runs"), "--quiet"]) == 0
-    stages = tmp_path / "runs" / "stages"
+    stages = run_pipeline(tmp_path, [
+        {"name": "embed", "data": str(identities), "task": "embed", "strategy": "scratch",
+         "metric_loss": "arcface", "epochs": 1},
+        {"name": "classify", "data": str(identities), "strategy": "probe", "epochs": 1},
+    ])
     first = load_file(str(stages / "embed" / "best.safetensors"))
     second = load_file(str(stages / "classify" / "best.safetensors"))
     body = [k for k in second if not k.startswith("fc.")]

@@ -15,12 +15,11 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ..data import build_transform
-from ..data.images import BAD_IMAGE_ERRORS
 from ..ranking import flat_index, search_index
 from .document import Block, Image, Table, Text, fmt_pct
 from .history import RunHistory, StageRun
 from .plots import _finite, mark_stages, new_figure, plot_image_grid, save_figure
-from .samples import _image, split_samples, spread, thumbnail
+from .samples import decoded, split_samples, spread, thumbnail
 
 MAX_SEARCHED = 256  # validation images embedded for the example grid
 QUERIES = 8
@@ -115,14 +114,5 @@ def _one_per_identity(results: list[Any], labels: list[int]) -> list[Any]:
 
 @torch.inference_mode()
 def _embed(clf: Any, samples: Any, indices: list[int]) -> tuple[list[int], np.ndarray]:
-    transform = build_transform(clf.preprocess, "none", False)
-    kept, xs = [], []
-    for i in indices:
-        try:
-            xs.append(transform(_image(samples, i)))
-            kept.append(i)
-        except BAD_IMAGE_ERRORS:
-            continue
-    if not xs:
-        return [], np.zeros((0, 1), np.float32)
-    return kept, clf.embed(torch.stack(xs)).numpy()
+    kept, x = decoded(samples, indices, build_transform(clf.preprocess, "none", False))
+    return kept, clf.embed(x).numpy() if x is not None else np.zeros((0, 1), np.float32)

@@ -9,7 +9,7 @@ comes from the training process, so `stagewise report` works on a copied run fol
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -84,20 +84,27 @@ def predict(model: nn.Module, pre: Preprocess, samples: Samples, indices: list[i
     transform = build_transform(pre, "none", False)
     out: list[Predicted] = []
     for start in range(0, len(indices), batch_size):
-        kept, xs = [], []
-        for i in indices[start:start + batch_size]:
-            try:
-                xs.append(transform(_image(samples, i)))
-                kept.append(i)
-            except BAD_IMAGE_ERRORS:
-                continue
-        if not xs:
+        kept, x = decoded(samples, indices[start:start + batch_size], transform)
+        if x is None:
             continue
-        probs = model(torch.stack(xs)).float().softmax(dim=1)
+        probs = model(x).float().softmax(dim=1)
         conf, pred = probs.max(dim=1)
         out += [Predicted(i, samples.labels[i], int(p), float(c))
                 for i, p, c in zip(kept, pred.tolist(), conf.tolist(), strict=True)]
     return out
+
+
+def decoded(samples: Samples, indices: list[int],
+            transform: Callable) -> tuple[list[int], torch.Tensor | None]:
+    """The readable ones of `samples[indices]`, transformed and stacked (None if none is)."""
+    kept, xs = [], []
+    for i in indices:
+        try:
+            xs.append(transform(_image(samples, i)))
+            kept.append(i)
+        except BAD_IMAGE_ERRORS:
+            continue
+    return kept, torch.stack(xs) if xs else None
 
 
 def one_per_class(samples: Samples, limit: int) -> list[int]:

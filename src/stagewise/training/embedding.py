@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..models.embedding import EmbeddingHead, Objective
 from ..ranking import RECALL_AT, retrieval_metrics
+from .loop import eval_batches
 
 
 class EmbedCriterion:
@@ -65,18 +66,13 @@ def evaluate_embeddings(
     vectors: list[torch.Tensor] = []
     labels: list[int] = []
     bad = 0
-    for batch in loader:
-        bad += len(batch.bad)
-        if progress is not None:
-            progress(1)
-        if batch.images.numel() == 0:
+    for x, batch_labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
+        bad += n_bad
+        if x is None:
             continue
-        x = batch.images.to(accelerator.device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             vectors.append(model(x).float().cpu())
-        labels += batch.labels.tolist()
+        labels += batch_labels.tolist()
     chunks = _gather(accelerator, [torch.cat(vectors)] if vectors else [])
     labels = _gather(accelerator, labels)
     bad = sum(_gather(accelerator, [bad]))

@@ -253,6 +253,23 @@ def _check_finite(loss: float, acc: Accelerator) -> None:
     raise NonFiniteLoss(f"training loss became NaN/inf. {NON_FINITE_FIX}")
 
 
+def eval_batches(loader: DataLoader, accelerator: Accelerator, channels_last: bool = False,
+                 progress: Callable[[int], None] | None = None,
+                 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int]]:
+    """(images on the device or None when every file failed, labels on the CPU, bad files) per
+    batch of an evaluation loader; `progress(1)` after each."""
+    for batch in loader:
+        if progress is not None:
+            progress(1)
+        if batch.images.numel() == 0:
+            yield None, batch.labels, len(batch.bad)
+            continue
+        x = batch.images.to(accelerator.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, batch.labels, len(batch.bad)
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, accelerator: Accelerator, num_classes: int,
@@ -268,16 +285,11 @@ def evaluate(
     count = torch.zeros((), device=accelerator.device)
     bad = torch.zeros((), device=accelerator.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=accelerator.device)
-    for batch in loader:
-        bad += len(batch.bad)
-        if progress is not None:
-            progress(1)
-        if batch.images.numel() == 0:
+    for x, labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
+        bad += n_bad
+        if x is None:
             continue
-        x = batch.images.to(accelerator.device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = batch.labels.to(accelerator.device, non_blocking=True)
+        y = labels.to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
