@@ -228,7 +228,7 @@ class TrainConfig(_Strict):
         """Fill the keys of STRATEGY_DEFAULTS[strategy] that `data` leaves out (given ones win)."""
         if not isinstance(data, dict):
             return data
-        strategy = data.get("strategy", "finetune")
+        strategy = data.get("strategy", cls.model_fields["strategy"].default)
         fill = dict(STRATEGY_DEFAULTS.get(strategy, {})) if isinstance(strategy, str) else {}
         if any(data.get(k) for k in _AUGMENTATION_ADDITIONS) and fill.get("augmentation") == "none":
             fill["augmentation"] = "standard"
