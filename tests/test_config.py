@@ -13,7 +13,7 @@ import yaml
 import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
-from stagewise.config import apply_overrides, build_config, load_yaml
+from stagewise.config import STRATEGY_DEFAULTS, apply_overrides, build_config, load_yaml
 from stagewise.errors import ConfigError
 
 
@@ -173,3 +173,17 @@ def test_resume_refuses_to_change_the_run(tmp_path: Path, data: Path, capsys) ->
 def test_resume_needs_a_run_folder(tmp_path: Path, capsys) -> None:
     assert main(["train", "--resume", "--out", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
+
+
+def test_strategy_defaults_fill_only_missing_keys_and_are_resolved() -> None:
+    for strategy, expected in STRATEGY_DEFAULTS.items():
+        resolved = build_config({"data": "d", "strategy": strategy}).resolved()
+        assert {k: resolved[k] for k in expected} == expected, strategy
+    assert build_config({"data": "d"}).freeze_epochs == STRATEGY_DEFAULTS["finetune"]["freeze_epochs"]
+    given = build_config({"data": "d", "strategy": "probe", "lr": 0.5, "augmentation": "light"})
+    assert (given.lr, given.augmentation) == (0.5, "light")
+    assert build_config({"data": "d", "strategy": "finetune", "layer_decay": None}).layer_decay is None
+    # timm's additions need a preset: a probe given one keeps standard instead of refusing it
+    assert build_config({"data": "d", "strategy": "probe", "re_prob": 0.25}).augmentation == "standard"
+    with pytest.raises(ConfigError, match="strategy"):
+        build_config({"data": "d", "strategy": "bogus"})

@@ -52,7 +52,8 @@ def test_layer_decay_lr_per_layer(model) -> None:
 
 
 def test_without_layer_decay_every_group_has_the_base_lr(model) -> None:
-    assert {g["lr"] for g in param_groups(model, _cfg())} == {LR}
+    # layer_decay None: a finetune's default is 0.8
+    assert {g["lr"] for g in param_groups(model, _cfg(layer_decay=None))} == {LR}
 
 
 def test_no_weight_decay_on_biases_and_norms(model) -> None:

@@ -185,8 +185,9 @@ def test_probe_run_leaves_backbone_and_bn_stats_untouched(data: Path, start_weig
 
 def test_finetune_run_updates_backbone_and_bn_stats(data: Path, start_weights: Path, tmp_path: Path) -> None:
     start = load_file(str(start_weights))
+    # freeze_epochs 0: the finetune's default first epoch trains the head alone (tested below)
     result = stagewise.train(tiny_config(data, tmp_path / "run", weights=str(start_weights),
-                                         strategy="finetune", epochs=1), reporter="quiet")
+                                         strategy="finetune", epochs=1, freeze_epochs=0), reporter="quiet")
     end = load_file(str(result.run_dir / "last" / "model.safetensors"))
     assert not torch.equal(start["conv1.0.weight"], end["conv1.0.weight"])
     assert not torch.equal(start["bn1.running_mean"], end["bn1.running_mean"])

@@ -48,7 +48,11 @@ def test_json_lines_end_to_end(data: Path, tmp_path: Path) -> None:
     assert all(math.isfinite(e["train_loss"]) and 0 <= e["val_top1"] <= 1 for e in epochs)
     done = events[-1]
     assert done["stopped"] == "completed" and Path(done["run_dir"]) == tmp_path / "run"
-    assert _history(tmp_path / "run") == [{k: v for k, v in e.items() if k != "event"} for e in epochs]
+    # An epoch's own event (the default finetune unfreezes at epoch 2) comes as its "note".
+    lines = [{**{k: v for k, v in e.items() if k not in ("event", "note")},
+              **({"event": e["note"]} if "note" in e else {})} for e in epochs]
+    assert _history(tmp_path / "run") == lines
+    assert epochs[1]["note"].startswith("unfreeze")
 
 
 def test_run_folder_contents(data: Path, tmp_path: Path, capsys) -> None:

@@ -84,6 +84,24 @@ _WHY = {
 }
 
 
+# Defaults that depend on the strategy, filled in before validation for each key the config does
+# not give, so config.yaml holds the value the stage used (the field defaults below are only the
+# fallback of an invalid strategy). Measured on three small photo sets against a plain timm
+# script: docs/benchmarks.md "Recipes on real photo sets"; why each: docs/decisions.md.
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # One layer on frozen features: a higher LR, and no augmentation, so `cache: auto` computes
+    # the features once (exact).
+    "probe": {"lr": 3e-3, "augmentation": "none", "freeze_epochs": 0, "layer_decay": None},
+    # fastai's fine_tune: the head alone for an epoch at the probe's LR, then everything, each
+    # layer below the head at 0.8x the LR of the one above; light crops for small sets.
+    "finetune": {"lr": 3e-3, "augmentation": "light", "freeze_epochs": 1, "layer_decay": 0.8},
+    "gradual": {"lr": 1e-3, "augmentation": "standard", "freeze_epochs": 0, "layer_decay": None},
+    "scratch": {"lr": 1e-3, "augmentation": "standard", "freeze_epochs": 0, "layer_decay": None},
+}
+# A probe's "none" would refuse these (they add to a preset): given any, the preset stays standard.
+_AUGMENTATION_ADDITIONS = ("augment", "auto_augment", "re_prob")
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: `.inf`/`.nan` are valid YAML floats and would pass every gt/le bound.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -118,7 +136,8 @@ class TrainConfig(_Strict):
     split: list[float] | None = Field(
         None, description="[train, val] or [train, val, test] fractions of a folder of class "
         "folders (no train/val/test folders), held out per class; replaces val_fraction")
-    augmentation: Augmentation = "standard"
+    augmentation: Augmentation = Field("standard", description="default by strategy "
+                                       "(STRATEGY_DEFAULTS): none (probe), light (finetune), standard")
     augment: list[str | dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, max_length=64,
         description="torchvision v2 transforms by name with arguments, e.g. [{RandomResizedCrop: "
@@ -169,13 +188,16 @@ class TrainConfig(_Strict):
     freeze_bn_stats: bool = Field(
         False, description="all BatchNorm running statistics stay fixed, even where weights train"
     )
-    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="each layer group below the "
+                                      "head at this times the LR of the one above; default by strategy "
+                                      "(STRATEGY_DEFAULTS): 0.8 for finetune")
     group_lrs: dict[str, LearningRate] = Field(
         default_factory=dict, description="explicit LR per param glob pattern, e.g. {'fc.*': 1e-3}"
     )
     freeze_epochs: int = Field(
         0, ge=0, le=MAX_EPOCHS,
-        description="finetune: train only the head for this many epochs first (fastai's fine_tune)",
+        description="finetune: train only the head for this many epochs first (fastai's fine_tune); "
+        "default by strategy (STRATEGY_DEFAULTS): 1 for finetune",
     )
     unfreeze_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="gradual: epochs between unfreezing groups")
     unfreeze_at: list[EpochNumber] | None = Field(
@@ -185,7 +207,8 @@ class TrainConfig(_Strict):
     # optimisation
     optimizer: str = Field("adamw", max_length=100, description=f"{', '.join(OWN_OPTIMIZERS)}, or any "
                            "name in timm.optim.list_optimizers() (lamb, lion, adan, lars...)")
-    lr: LearningRate = 1e-3
+    lr: LearningRate = Field(1e-3, description="default by strategy (STRATEGY_DEFAULTS): 3e-3 "
+                             "for probe and finetune, 1e-3 for gradual and scratch")
     weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
@@ -235,6 +258,18 @@ class TrainConfig(_Strict):
     out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
     log_with: Literal["none", "tensorboard", "mlflow"] = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_defaults(cls, data: Any) -> Any:
+        """Fill the keys of STRATEGY_DEFAULTS[strategy] that `data` leaves out (given ones win)."""
+        if not isinstance(data, dict):
+            return data
+        strategy = data.get("strategy", cls.model_fields["strategy"].default)
+        fill = dict(STRATEGY_DEFAULTS.get(strategy, {})) if isinstance(strategy, str) else {}
+        if any(data.get(k) for k in _AUGMENTATION_ADDITIONS) and fill.get("augmentation") == "none":
+            fill["augmentation"] = "standard"
+        return {**fill, **data}
 
     @field_validator("data", "out")
     @classmethod
