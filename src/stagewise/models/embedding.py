@@ -178,7 +178,15 @@ class EmbeddingHead(nn.Module):
         x = x.flatten(1)
         if not self.features_only:
             x = self.proj(self.hidden(x))
-        return nn.functional.normalize(x.float(), dim=1)
+        out = nn.functional.normalize(x.float(), dim=1)
+        if self.training and self.objective is not None:
+            # The loss's parameters (class centres) are used after forward. DDP with
+            # find_unused_parameters (on whenever a strategy freezes) marks parameters that
+            # forward's output does not reach as unused, then fails when the loss's gradient
+            # reaches them too. A zero term ties them in: autograd sums both uses into one
+            # gradient, so DDP sees each parameter ready once, and the values are unchanged.
+            out = out + 0.0 * sum(p.sum() for p in self.objective.parameters())
+        return out
 
 
 def install_embedding_head(model: nn.Module, spec: EmbeddingSpec, hidden: HeadSpec,
