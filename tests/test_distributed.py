@@ -34,6 +34,17 @@ def torchrun(args: list[str], out: Path, nproc: int = 2, module: bool = False,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def one_and_two_processes(common: list[str], one: Path, two: Path) -> tuple[dict, dict]:
+    """`common` run by 1 process at batch 16 into `one` and 2 at batch 8 into `two`; the weights
+    of each last/ checkpoint."""
+    single = subprocess.run([sys.executable, "-m", "stagewise", *common, "--batch-size", "16",
+                             "--out", str(one)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = torchrun([*common, "--batch-size", "8", "--out", str(two)], two)
+    assert double.returncode == 0, double.stderr[-3000:]
+    return load_file(one / "last" / "model.safetensors"), load_file(two / "last" / "model.safetensors")
+
+
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
@@ -50,12 +61,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_processes_equal_one_at_the_same_global_batch(data: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["train", "--data", str(data), *TINY, "--epochs", "2", "--quiet"]
-    single = subprocess.run([sys.executable, "-m", "stagewise", *common, "--batch-size", "16",
-                             "--out", str(one)], env=ENV, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    double = torchrun([*common, "--batch-size", "8", "--out", str(two)], two)
-    assert double.returncode == 0, double.stderr[-3000:]
-    a, b = load_file(one / "last" / "model.safetensors"), load_file(two / "last" / "model.safetensors")
+    a, b = one_and_two_processes(common, one, two)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -160,12 +166,7 @@ def test_embed_stage_on_two_processes_equals_one(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["train", "--data", str(ids), *TINY, "--epochs", "2", "--quiet", "--set", "task=embed",
               "--set", "val_fraction=0.3", "--set", "loss_args={scale: 16}"]
-    single = subprocess.run([sys.executable, "-m", "stagewise", *common, "--batch-size", "16",
-                             "--out", str(one)], env=ENV, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    double = torchrun([*common, "--batch-size", "8", "--out", str(two)], two)
-    assert double.returncode == 0, double.stderr[-3000:]
-    a, b = load_file(one / "last" / "model.safetensors"), load_file(two / "last" / "model.safetensors")
+    a, b = one_and_two_processes(common, one, two)
     assert any(".objective." in k for k in a) and a.keys() == b.keys()
     # The attention key bias gets a zero gradient in exact arithmetic (softmax ignores a shift),
     # so AdamW turns rounding differences of summation order into full steps there: skipped.
