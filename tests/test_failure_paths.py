@@ -61,14 +61,14 @@ def test_fresh_run_replaces_the_split_of_a_failed_attempt(tmp_path: Path) -> Non
 
 
 def test_nan_metric_counts_as_an_epoch_without_improvement() -> None:
-    from stagewise.training.stopping import improved, new_tracker, stop_reason
+    from stagewise.training.stopping import StopTracker, improved, stop_reason
 
     cfg = stagewise.TrainConfig(data="x", early_stopping=2)
-    tracker = new_tracker()
+    tracker = StopTracker()
     assert improved(cfg, tracker, {"epoch": 1, "val_top1": 0.5})
     assert not improved(cfg, tracker, {"epoch": 2, "val_top1": math.nan})
     assert not improved(cfg, tracker, {"epoch": 3, "val_top1": math.nan})
-    assert tracker["best"] == 0.5 and tracker["best_epoch"] == 1
+    assert tracker.best == 0.5 and tracker.best_epoch == 1
     assert "early stopping" in stop_reason(cfg, tracker, {"epoch": 3, "val_top1": math.nan})
 
 

@@ -20,6 +20,7 @@ from stagewise.errors import CheckpointError, NonFiniteLoss
 from stagewise.io import remove_leftovers
 from stagewise.training import checkpoint, loop, progress
 from stagewise.training.checkpoint import Resumable, load_last, save_last, save_weights
+from stagewise.training.stopping import StopTracker
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def _half_then_enospc(real):
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, fails: str) -> None:
     last, best = tmp_path / "last", tmp_path / "best.safetensors"
     model, opt, sched = _tiny_parts(1.0)
-    save_last(last, model, opt, sched, None, None, Resumable(1, 0, 3, {}, 1))
+    save_last(last, model, opt, sched, None, None, Resumable(1, 0, 3, StopTracker(), 1))
     save_weights(model, best)
     if fails == "save_file":
         monkeypatch.setattr(checkpoint, "save_file", _half_then_enospc(checkpoint.save_file))
@@ -80,7 +81,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, fa
 
     newer, opt2, sched2 = _tiny_parts(2.0)
     with pytest.raises(CheckpointError, match=f"cannot write {last}"):
-        save_last(last, newer, opt2, sched2, None, None, Resumable(2, 0, 6, {}, 2))
+        save_last(last, newer, opt2, sched2, None, None, Resumable(2, 0, 6, StopTracker(), 2))
     if fails in ("save_file", "safetensors-error"):
         with pytest.raises(CheckpointError, match=f"cannot write {best}"):
             save_weights(newer, best)

@@ -13,12 +13,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import stagewise
 from conftest import make_image_folder, tiny_config
+from stagewise.kinds import Unfreezing, strategy
 from stagewise.models.head import classifier_keys
 from stagewise.training.strategies import (
     apply_strategy,
     coarse_groups,
     set_train_mode,
-    unfrozen_groups,
 )
 
 HEAD = {"fc.weight", "fc.bias"}
@@ -138,17 +138,17 @@ def test_train_bn_keeps_batchnorm_training_in_frozen_parts() -> None:
 
 
 def test_gradual_schedules() -> None:
-    every1 = [unfrozen_groups("gradual", e, 6, 1, None) for e in range(8)]
-    assert every1 == [1, 2, 3, 4, 5, 6, 6, 6]
-    every2 = [unfrozen_groups("gradual", e, 6, 2, None) for e in range(6)]
-    assert every2 == [1, 1, 2, 2, 3, 3]
+    gradual = strategy("gradual")
+
+    def groups(epochs: int, every: int, at: tuple[int, ...] | None = None) -> list[int]:
+        return [gradual.trainable_groups(e, 6, Unfreezing(every=every, at=at)) for e in range(epochs)]
+
+    assert groups(8, 1) == [1, 2, 3, 4, 5, 6, 6, 6]
+    assert groups(6, 2) == [1, 1, 2, 2, 3, 3]
     # unfreeze_at names epochs as history.jsonl counts them (1-based): the 2nd and 4th epochs
     # are the first to train with one more group.
-    at = [unfrozen_groups("gradual", e, 6, 1, [2, 4]) for e in range(5)]
-    assert at == [1, 2, 2, 3, 3]
-    assert [unfrozen_groups("gradual", e, 6, 2, None) for e in range(6)] == [
-        unfrozen_groups("gradual", e, 6, 99, [3, 5]) for e in range(6)
-    ]
+    assert groups(5, 1, (2, 4)) == [1, 2, 2, 3, 3]
+    assert groups(6, 2) == groups(6, 99, (3, 5))
 
 
 def test_gradual_unfreezes_groups_from_the_head_down() -> None:

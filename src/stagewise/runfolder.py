@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypedDict
@@ -29,6 +28,7 @@ from ._version import __version__
 from .config import parse_yaml
 from .errors import ConfigError, WeightsError
 from .io import existing_dir, write_json, write_text
+from .metrics import card_metrics, is_finite, lower_is_better
 
 log = logging.getLogger("stagewise")
 
@@ -87,8 +87,7 @@ class EpochRecord(TypedDict, total=False):
 
 
 # The metrics of the best epoch that model.json keeps (the full record is in history.jsonl).
-CARD_METRICS = ("epoch", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss",
-                "val_recall1", "val_recall5", "val_recall10", "val_map", "val_map_at_r", "val_threshold")
+CARD_METRICS = card_metrics()
 
 
 def write_history(run_dir: Path, records: list[EpochRecord]) -> None:
@@ -129,13 +128,8 @@ def best_record(records: list[EpochRecord], monitor: str = "val_top1") -> EpochR
     if not scored:
         return {}
     # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
-    if monitor == "val_loss":
-        return min(scored, key=lambda r: (r[monitor], int(r.get("epoch", 0))))
-    return max(scored, key=lambda r: (r[monitor], -int(r.get("epoch", 0))))
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    sign = -1.0 if lower_is_better(monitor) else 1.0
+    return max(scored, key=lambda r: (sign * r[monitor], -int(r.get("epoch", 0))))  # type: ignore[literal-required]
 
 
 # ---- model.json ----
@@ -332,7 +326,11 @@ def holds_nothing_trained(folder: Path) -> bool:
 class StageSummary(TypedDict, total=False):
     """What a finished stage (or its baseline) reached, as the manifest keeps it."""
 
-    best_val_top1: float | None
+    task: str
+    score: str  # the metric the stage is scored by: its task's (kinds.Task.score)
+    best_score: float | None  # that metric at the best epoch
+    first_epoch_score: float | None
+    best_val_top1: float | None  # classification stages (None for an embed stage)
     best_epoch: int | None
     test_top1: float | None  # the best weights on the test split, when the stage has one
     first_epoch_val_top1: float | None
@@ -346,7 +344,7 @@ class StageSummary(TypedDict, total=False):
 class BaselineEntry(StageSummary, total=False):
     kind: str  # scratch | pretrained
     run_dir: str  # relative to the pipeline folder
-    curve: list[float]  # val top-1 per trained epoch
+    curve: list[float]  # the score (val top-1, or an embed stage's val mAP) per trained epoch
 
 
 class Gain(TypedDict, total=False):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+from ..kinds import task
 from .common import add_output_flags, pct, print_done, reporter_kind, signed
 
 if TYPE_CHECKING:
@@ -125,14 +126,17 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
         gain = s.get("gain") or {}
         head = s.get("head") or {}
         status = "" if s.get("status") == "done" else f" ({s.get('status')})"
-        # An embed stage is scored by the val mAP of its held-out identities (marked "mAP").
-        key, mark = ("val_map", " mAP") if s.get("best_val_map") is not None else ("val_top1", "")
+        # A stage is scored by its task's metric; other than top-1 (an embed stage's val mAP of
+        # held-out identities) it is marked.
+        scored = task(s.get("task", "classify"))
+        mark = "" if scored.score == "val_top1" else f" {scored.label}"
         table.add_row(
             name + status, str(s.get("classes", "-")), str(s.get("epochs_run", "-")),
-            pct(s.get(f"first_epoch_{key}")) + mark, pct(s.get(f"best_{key}")) + mark,
+            pct(s.get("first_epoch_score", s.get("first_epoch_val_top1"))) + mark,
+            pct(s.get("best_score", s.get("best_val_top1"))) + mark,
             *([pct(s.get("test_top1"))] if with_test else []),
             f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
-            pct(base.get(f"best_{key}")), signed(gain.get("best")),
+            pct(base.get("best_score", base.get("best_val_top1"))), signed(gain.get("best")),
         )
     console = Console()
     console.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..kinds import task
 from .common import (
     add_output_flags,
     add_settings_flags,
@@ -34,8 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         require(data, "data", "train", "--data DIR")
         result = train(data, reporter=reporter_kind(args))
     best = result.best
-    # An embed stage's best is chosen by retrieval (val_map unless monitor says otherwise).
-    key, name = ("val_map", "mAP") if "val_map" in best else ("val_top1", "top1")
+    scored = task(result.task)
+    key, name = scored.score, scored.label
     value = best.get(key)
     shown = f"{value:.4f}" if isinstance(value, float) else "-"
     test = f", test top1 {result.test.top1:.4f}" if result.test is not None else ""

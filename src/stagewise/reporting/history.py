@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import StagewiseError
+from ..metrics import is_finite
 from ..runfolder import (
     CONFIG,
     HISTORY,
     MANIFEST,
     PIPELINE_HISTORY,
     best_record,
-    is_finite,
     read_config,
     read_confusion,
     read_history,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import write_with
+from ..metrics import Panel, curves
 from .history import RunHistory
 
 BOUNDARY_GID = "stage-boundary"
@@ -25,11 +26,9 @@ UNFREEZE_GID = "unfreeze"
 MAX_CONFUSION_CLASSES = 50  # a heatmap beyond this is unreadable; the report lists pairs instead
 MAX_BAR_CLASSES = 50
 
-_CURVES = (  # (axes index, record key, label, style)
-    (0, "train_loss", "train loss", "-"), (0, "val_loss", "val loss", "--"),
-    (1, "train_top1", "train top-1", "-"), (1, "val_top1", "val top-1", "--"),
-    (1, "val_top5", "val top-5", ":"),
-)
+# (axes index, metric) for the training curves: the metric registry says which panel draws what.
+_PANELS: tuple[Panel, ...] = ("loss", "accuracy")
+_CURVES = tuple((i, m) for i, panel in enumerate(_PANELS) for m in curves(panel))
 
 
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1,
@@ -64,9 +63,9 @@ def plot_curves(history: RunHistory) -> Figure:
     """Loss (left) and accuracy (right) on the global epoch axis, every stage one after another."""
     fig, axes = new_figure(11, 4, 1, 2)
     loss_ax, acc_ax = axes[0]
-    colors = {key: f"C{i}" for i, (_, key, _, _) in enumerate(_CURVES)}
-    for ax_i, key, label, style in _CURVES:
-        ax = axes[0][ax_i]
+    colors = {m.name: f"C{i}" for i, (_, m) in enumerate(_CURVES)}
+    for ax_i, m in _CURVES:
+        ax, key, label, style = axes[0][ax_i], m.name, m.label, m.style
         for stage in history.stages:  # one segment per stage: classes may change between stages
             pts = [(r["x"], r[key]) for r in stage.global_records() if _finite(r.get(key))]
             if pts:

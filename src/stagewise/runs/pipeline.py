@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from ..config import TrainConfig
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json, write_with
+from ..kinds import task
 from ..models import LoadedWeights
 from ..runfolder import (
     BEST,
@@ -292,15 +293,12 @@ def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
     return stage.config.model_copy(update={"out": folder, "report": False})
 
 
-def _score_key(history: list) -> str:
-    """What a stage is scored by: val top-1, or val mAP for an embed stage (no top-1 there)."""
-    return "val_map" if any("val_map" in r for r in history) else "val_top1"
-
-
 def _stage_summary(result: TrainResult) -> StageSummary:
     hist = trained_epochs(result.history)
-    key = _score_key(result.history)
-    summary: StageSummary = {
+    key = task(result.task).score
+    return {
+        "task": result.task, "score": key, "best_score": result.best.get(key),
+        "first_epoch_score": hist[0].get(key) if hist else None,
         "best_val_top1": result.best.get("val_top1"),
         "best_epoch": result.best.get("epoch"),
         "test_top1": result.test.top1 if result.test is not None else None,
@@ -311,10 +309,6 @@ def _stage_summary(result: TrainResult) -> StageSummary:
         "head": result.head,
         "classes": len(result.class_ids),
     }
-    if key == "val_map":
-        summary.update(best_val_map=result.best.get("val_map"),  # type: ignore[typeddict-unknown-key]
-                       first_epoch_val_map=hist[0].get("val_map") if hist else None)
-    return summary
 
 
 def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> BaselineEntry:
@@ -329,13 +323,13 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
         cfg = resume_config(bdir, cfg.model_dump())
     result = train_stage(cfg, rep, resume, hint)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
-            "curve": [r.get(_score_key(result.history)) for r in trained_epochs(result.history)]}
+            "curve": [r.get(task(result.task).score) for r in trained_epochs(result.history)]}
 
 
 def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
     hist = trained_epochs(result.history)
-    key = _score_key(result.history)
-    target = base.get(f"best_{key}") or 0.0  # type: ignore[misc]
+    key = task(result.task).score
+    target = base.get("best_score") or 0.0
     elapsed, reached_s, reached_e = 0.0, None, None
     for r in hist:
         elapsed += r.get("epoch_seconds", 0.0)
@@ -343,7 +337,7 @@ def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
             reached_s, reached_e = elapsed, r["epoch"]
             break
     first = hist[0].get(key) if hist else None
-    base_first = base.get(f"first_epoch_{key}")  # type: ignore[misc]
+    base_first = base.get("first_epoch_score")
     return {
         "first_epoch": (first - base_first) if first is not None and base_first is not None else None,
         "best": ((result.best.get(key) or 0.0) - target),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError, clip
 from ..io import existing_dir, replace_dir, write_with
+from .stopping import StopTracker
 
 # What a failed write raises: OSError from our own renames and fsyncs, SafetensorError from
 # safetensors (not an OSError), RuntimeError from torch.save ("PytorchStreamWriter failed").
@@ -83,9 +84,13 @@ class Resumable:
     epoch: int
     batches_done: int
     global_step: int
-    tracker: dict[str, Any]
+    tracker: StopTracker
     history_len: int
     world_size: int = 1  # processes that trained it: the sampler's shards depend on it
+
+    def at(self, epoch: int, batches_done: int) -> Resumable:
+        """This state at another position (what a checkpoint there records)."""
+        return replace(self, epoch=epoch, batches_done=batches_done)
 
 
 def save_last(
@@ -107,7 +112,7 @@ def save_last(
         "epoch": where.epoch,
         "batches_done": where.batches_done,
         "global_step": where.global_step,
-        "tracker": where.tracker,
+        "tracker": where.tracker.as_dict(),
         "history_len": where.history_len,
         "world_size": where.world_size,
         "rng": rng_state(),
@@ -149,7 +154,8 @@ def load_last(
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
-                         global_step=state["global_step"], tracker=state["tracker"],
+                         global_step=state["global_step"],
+                         tracker=StopTracker.from_dict(state["tracker"]),
                          history_len=state["history_len"], world_size=int(state.get("world_size", 1)))
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise _damaged(found / "state.pt", found, folder, exc) from None

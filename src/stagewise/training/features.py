@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.index import Samples
 from ..data.loader import _EPOCH_STRIDE, ImageDataset, collate_skip_bad
 from ..errors import ConfigError
+from ..kinds import strategy
 
 
 class HeadOnFeatures(nn.Module):
@@ -68,7 +69,7 @@ def check_features_supported(cfg: Any, world: int, model: nn.Module) -> None:
     if not has_feature_head(model):
         problems.append(f"model '{cfg.model}' does not split into features and a classifier the timm "
                         "way (torchvision builds); use cache: memory")
-    if cfg.strategy != "probe":
+    if not strategy(cfg.strategy).head_only:
         problems.append(f"strategy '{cfg.strategy}' trains the backbone too (features would go stale); "
                         "use strategy: probe, or cache: memory")
     if cfg.mixup or cfg.cutmix:

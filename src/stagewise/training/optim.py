@@ -19,6 +19,7 @@ from torch.optim import lr_scheduler as S
 
 from ..config import TrainConfig, optimizer_names
 from ..errors import ConfigError
+from ..metrics import lower_is_better
 from .strategies import fine_layer_ids
 
 
@@ -145,7 +146,7 @@ class Schedule:
             return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total + 1,
                                 pct_start=min(0.9, max(1e-3, pct)), cycle_momentum=False)
         if name == "plateau":
-            mode = "min" if cfg.monitor == "val_loss" else "max"
+            mode = "min" if lower_is_better(cfg.monitor) else "max"
             self.plateau = S.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma,
                                                patience=cfg.plateau_patience)
             # Per-step scheduler that keeps the group's current LR (chainable): LambdaLR would

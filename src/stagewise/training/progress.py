@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
+from ..metrics import summary
+
 
 class Reporter(Protocol):
     """What a stage reports to. Bars for other passes (validation, the LR sweep) go through
@@ -106,7 +108,7 @@ class RichReporter:
             self.progress.remove_task(self.epoch_bar)
             self.epoch_bar = None
         self.console.print(
-            f"{self.stage}epoch {record['epoch']:>3}  {describe_metrics(record)} | "
+            f"{self.stage}epoch {record['epoch']:>3}  {summary(record)} | "
             f"{record['epoch_seconds']:.1f}s {record['images_per_sec']:.0f} img/s | trainable "
             f"{record['trainable_params']:,}", highlight=False, soft_wrap=True,
         )
@@ -154,24 +156,3 @@ def make_reporter(kind: str, stage: str | None = None) -> Reporter:
     if kind == "json":
         return JsonReporter()
     return RichReporter(stage)
-
-
-def describe_metrics(record: dict[str, Any]) -> str:
-    """An epoch's numbers in one line: train loss (and accuracy when there is one), then the
-    validation metrics of the stage's task (a classifier's loss/top-1/top-5, an embed stage's
-    retrieval scores)."""
-    train = f"train loss {record['train_loss']:.4f}" if "train_loss" in record else "train -"
-    if record.get("train_top1") is not None:
-        train += f" acc {record['train_top1']:.4f}"
-    if "val_map" in record:
-        val = " ".join(f"{name} {_num(record.get(key))}" for name, key in (
-            ("R@1", "val_recall1"), ("R@5", "val_recall5"), ("mAP", "val_map"), ("mAP@R", "val_map_at_r")))
-    else:
-        val = f"loss {_num(record.get('val_loss'))} top1 {_num(record.get('val_top1'))}"
-        if record.get("val_top5") is not None:
-            val += f" top5 {record['val_top5']:.4f}"
-    return f"{train} | val {val}"
-
-
-def _num(v: Any) -> str:
-    return "-" if v is None else f"{v:.4f}"

@@ -34,6 +34,7 @@ from ..data.loader import m_per_class_order
 from ..data.resize import SizedTransforms, size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
+from ..kinds import Unfreezing, strategy
 from ..models import (
     EmbeddingSpec,
     HeadSpec,
@@ -196,11 +197,10 @@ def prepare_stage(
     for note in bundle.load_notes:
         rep.message(note)
     rep.message(bundle.head.describe())
-    if cfg.strategy != "scratch" and not cfg.weights and incoming is None:
+    if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None:
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
-    freezes = cfg.strategy in ("probe", "gradual") or bool(cfg.freeze) or bool(cfg.freeze_epochs)
-    accelerator = make_accelerator(cfg.precision, freezes)
+    accelerator = make_accelerator(cfg.precision, may_leave_unused(cfg))
     world = accelerator.num_processes
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
                 f"{len(index.splits['train'])} train / {len(index.splits['val']) - bad_val} val images, "
@@ -234,7 +234,7 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     if cfg.cache != "auto":
         return cfg.cache
     # A teacher needs the images (config.py refuses `cache: features` with one).
-    exact = cfg.strategy == "probe" and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
+    exact = strategy(cfg.strategy).head_only and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
     # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
     simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn
                   or cfg.drop_path_rate) and world == 1 and has_feature_head(model)
@@ -267,6 +267,13 @@ def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: R
                 f"{time.perf_counter() - start:.1f}s")
     parts.model = HeadOnFeatures(model, cfg.drop_rate).to(parts.accelerator.device)
     parts.channels_last = False
+
+
+def may_leave_unused(cfg: TrainConfig) -> bool:
+    """Whether some epoch trains only part of the network (DDP's `find_unused_parameters`)."""
+    plan = Unfreezing(cfg.freeze_epochs, cfg.unfreeze_every,
+                      tuple(cfg.unfreeze_at) if cfg.unfreeze_at is not None else None)
+    return strategy(cfg.strategy).may_leave_unused(plan) or bool(cfg.freeze)
 
 
 def start_epoch(setup: StageSetup, epoch: int) -> Trainable:

@@ -26,6 +26,7 @@ from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
+from ..metrics import val_summary
 from ..models import EmbeddingSpec, HeadSpec, LoadedWeights, pretrained_features
 from ..runfolder import (
     BEST,
@@ -52,9 +53,9 @@ from .distributed import from_main, is_main_process, wait_for_everyone
 from .embedding import evaluate_embeddings
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
-from .progress import Reporter, bar, describe_metrics
+from .progress import Reporter, bar
 from .setup import StageSetup, prepare_stage, start_epoch
-from .stopping import improved, new_tracker, stop_reason
+from .stopping import StopTracker, improved, stop_reason
 from .strategies import Trainable
 from .trackers import close_tracker, log_epoch, open_tracker
 
@@ -72,6 +73,7 @@ class TrainResult:
     class_names: list[str]
     head: dict[str, Any] = field(default_factory=dict)
     test: HeldOutRecord | None = None  # the best weights on the test split, when there is one
+    task: str = "classify"  # the stage's task (kinds.TASKS): what its records measure
 
     @property
     def best_top1(self) -> float:
@@ -108,12 +110,12 @@ def run_stage(
     if not (run_dir / BEST).exists() and is_main_process():
         _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved
     wait_for_everyone()  # the next stage (or the caller) reads what rank 0 wrote
-    best = dict(state.tracker.get("best_record") or (history[-1] if history else {}))
+    best = dict(state.tracker.best_record or (history[-1] if history else {}))
     test = _test_best(setup, rep, best.get("epoch"))
     return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
                        weights=run_dir / BEST, class_ids=setup.index.class_ids,
                        class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
-                       test=test)
+                       test=test, task=cfg.task)
 
 
 def _start_folder(setup: StageSetup, resume: bool) -> None:
@@ -134,7 +136,7 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
 def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
     """Where the stage starts: from scratch, or from its last/ checkpoint on a resume."""
     world = setup.parts.accelerator.num_processes
-    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=new_tracker(),
+    state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=StopTracker(),
                       world_size=world)
     if not resume:
         return state, []
@@ -169,8 +171,8 @@ def _epochs(
         _evaluate_start(setup, history, rep, card)
     if cfg.epochs == 0:
         return "evaluated"
-    if tracker.get("stopped"):
-        return tracker["stopped"]
+    if tracker.stopped:
+        return tracker.stopped
     clock = _Clock(tracker)
     logger = open_tracker(cfg.log_with, cfg.out, cfg.out.name, cfg.resolved()) \
         if setup.parts.accelerator.is_main_process else None
@@ -183,7 +185,7 @@ def _epochs(
                 trainable = start_epoch(setup, epoch)
                 stats = _run_epoch(setup, state, epoch, rep, flag, clock)
                 if stats.interrupted is not None:
-                    _interrupt(setup, state, epoch, stats, len(history), clock, rep)
+                    _interrupt(setup, state, epoch, stats, clock, rep)
                 record, confusion = _make_record(setup, state, epoch, stats, trainable, history, rep)
                 history.append(record)
                 rep.epoch_end(record)
@@ -191,8 +193,7 @@ def _epochs(
                 _persist(setup, tracker, history, card, confusion)
                 reason = _decide_stop(setup, tracker, record, clock)
                 state.history_len = len(history)
-                _checkpoint(setup, Resumable(epoch + 1, 0, state.global_step, tracker, len(history),
-                                             setup.parts.accelerator.num_processes))
+                _checkpoint(setup, state.at(epoch + 1, 0))
                 if reason:
                     rep.message(f"stopping after epoch {epoch + 1}: {reason}")
                     return reason
@@ -221,12 +222,12 @@ def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteL
 class _Clock:
     """The stage's training time, carried across resumes in the tracker (for max_minutes)."""
 
-    def __init__(self, tracker: dict[str, Any]) -> None:
+    def __init__(self, tracker: StopTracker) -> None:
         self.tracker = tracker
-        self.started = time.perf_counter() - tracker.get("elapsed", 0.0)
+        self.started = time.perf_counter() - tracker.elapsed
 
     def update(self) -> None:
-        self.tracker["elapsed"] = time.perf_counter() - self.started
+        self.tracker.elapsed = time.perf_counter() - self.started
 
 
 def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, flag: StopFlag,
@@ -242,8 +243,7 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
         state.global_step += 1
         if every and state.global_step % every == 0:  # a crash in a long epoch loses < N steps
             clock.update()  # the time spent so far counts towards max_minutes after a resume
-            _checkpoint(setup, Resumable(epoch, batches_done, state.global_step, state.tracker,
-                                         state.history_len, setup.parts.accelerator.num_processes))
+            _checkpoint(setup, state.at(epoch, batches_done))
 
     stats = train_one_epoch(setup.parts, rep, flag, on_step, skip_batches=skip)
     if stats.bad:
@@ -251,12 +251,11 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
     return stats
 
 
-def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, done: int,
-               clock: _Clock, rep: Reporter) -> None:
+def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStats, clock: _Clock,
+               rep: Reporter) -> None:
     """Save mid-epoch and stop: a resume continues at the next batch."""
     clock.update()
-    _checkpoint(setup, Resumable(epoch, stats.batches_done, state.global_step, state.tracker, done,
-                                 setup.parts.accelerator.num_processes))
+    _checkpoint(setup, state.at(epoch, stats.batches_done))
     rep.message(f"interrupted: saved {setup.cfg.out / LAST}")
     raise TrainingInterrupted(int(stats.interrupted or 0), run_dir=setup.cfg.out)
 
@@ -288,7 +287,7 @@ def _make_record(
     return record, confusion
 
 
-def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochRecord], card: ModelCard,
+def _persist(setup: StageSetup, tracker: StopTracker, history: list[EpochRecord], card: ModelCard,
              confusion: list[list[int]] | None) -> None:
     """history.jsonl after every epoch; best weights, model.json and confusion on improvement."""
     record = history[-1]
@@ -303,7 +302,7 @@ def _persist(setup: StageSetup, tracker: dict[str, Any], history: list[EpochReco
             write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, record["epoch"], confusion))
 
 
-def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord, clock: _Clock) -> str | None:
+def _decide_stop(setup: StageSetup, tracker: StopTracker, record: EpochRecord, clock: _Clock) -> str | None:
     """Step a plateau schedule, then the stop rules; a stop is remembered so that a resumed
     run does not train past it."""
     setup.parts.schedule.epoch_end(record.get(setup.cfg.monitor))
@@ -311,7 +310,7 @@ def _decide_stop(setup: StageSetup, tracker: dict[str, Any], record: EpochRecord
     # Rank 0 decides (clocks differ between processes) and every rank follows.
     reason = from_main(stop_reason(setup.cfg, tracker, record))
     if reason:
-        tracker["stopped"] = reason
+        tracker.stopped = reason
     return reason
 
 
@@ -343,7 +342,7 @@ def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter
     record: EpochRecord = {"epoch": 0, "image_size": setup.pre.image_size, **metrics,  # type: ignore[typeddict-item]
                            "event": event}
     history.append(record)
-    rep.message(f"before training: {describe_metrics(record).split(' | ', 1)[1]} ({event})")
+    rep.message(f"before training: {val_summary(record)} ({event})")
     if setup.parts.accelerator.is_main_process:
         write_history(setup.cfg.out, history)
         if confusion is not None:

@@ -13,6 +13,8 @@ from fnmatch import fnmatch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..kinds import Unfreezing
+from ..kinds import strategy as strategy_of
 from ..models.groups import group_matcher
 from ..models.head import head_param_names
 
@@ -71,22 +73,6 @@ class Trainable:
     total_params: int
 
 
-def unfrozen_groups(
-    strategy: str, epoch: int, n_groups: int, every: int, at: list[int] | None, freeze_epochs: int = 0
-) -> int:
-    """How many coarse groups, counted from the head, are trainable at `epoch` (0-based).
-
-    `at` lists epochs as history.jsonl numbers them (1-based): `at=[3]` trains epoch 3 with one
-    more group, like `every=2` does.
-    """
-    if strategy == "probe" or (strategy == "finetune" and epoch < freeze_epochs):
-        return 1
-    if strategy != "gradual":
-        return n_groups
-    steps = sum(1 for e in at if e <= epoch + 1) if at is not None else epoch // every
-    return min(n_groups, 1 + steps)
-
-
 def apply_strategy(
     model: nn.Module,
     strategy: str,
@@ -99,7 +85,8 @@ def apply_strategy(
 ) -> Trainable:
     """Set `requires_grad` on every parameter for `epoch`; call `set_train_mode` after `.train()`."""
     groups = coarse_groups(model)
-    k = unfrozen_groups(strategy, epoch, len(groups), unfreeze_every, unfreeze_at, freeze_epochs)
+    plan = Unfreezing(freeze_epochs, unfreeze_every, tuple(unfreeze_at) if unfreeze_at is not None else None)
+    k = strategy_of(strategy).trainable_groups(epoch, len(groups), plan)
     trainable = {n for g in groups[len(groups) - k :] for n in g}
     bn_params = _bn_param_names(model) if train_bn else set()
     for name, p in model.named_parameters():

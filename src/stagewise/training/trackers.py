@@ -7,18 +7,13 @@ is not installed is a clear error naming the extra to install. The trainer calls
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..metrics import is_finite, tracked
 
 TRACKERS = ("tensorboard", "mlflow")
-
-# Epoch-record keys worth a curve in a tracker (the rest are bookkeeping).
-_LOGGED = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "trainable_params",
-           "groups_unfrozen", "epoch_seconds", "images_per_sec", "bad_images", "bad_val_images",
-           "skipped_steps")
 
 
 def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
@@ -65,9 +60,11 @@ def log_epoch(tracker: Any, record: dict[str, Any]) -> None:
     """
     if tracker is None:
         return
-    values: dict[str, float] = {k: float(record[k]) for k in _LOGGED if _number(record.get(k))}
+    # Every number the record holds that the metric registry marks as tracked: a stage's own
+    # metrics (retrieval, distillation) reach the tracker without a list here to keep in step.
+    values: dict[str, float] = {k: float(record[k]) for k in tracked() if is_finite(record.get(k))}
     for group, lr in (record.get("lr") or {}).items():
-        if _number(lr):
+        if is_finite(lr):
             values[f"lr/{group}"] = float(lr)
     step = record.get("global_epoch", record.get("epoch", 0))
     if values:
@@ -86,6 +83,3 @@ def _hparams(config: dict[str, Any]) -> dict[str, Any]:
         out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
