@@ -26,18 +26,19 @@ ALLOWED: dict[str, set[str]] = {
     "defaults": set(),
     "io": BASE,
     "lock": BASE,
-    "ranking": BASE,  # exact search and retrieval metrics: for training's epochs and inference
+    "ranking": BASE,
+    "scoring": BASE,  # top-1/top-5/confusion (torchmetrics): for training, inference and reports  # exact search and retrieval metrics: for training's epochs and inference
     "data": BASE | {"io"},
     "models": BASE | {"io", "data"},
     # data: the `augment:` list is checked against torchvision's transforms at config load.
     "config": BASE | {"io", "models", "data"},
     "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
-    "training": BASE | {"ranking", "io", "data", "models", "config", "runfolder"},
-    "inference": BASE | {"ranking", "io", "data", "models", "config", "runfolder"},
-    "reporting": BASE | {"ranking", "io", "data", "config", "runfolder", "inference"},
-    "runs": BASE | {"ranking", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting",
+    "training": BASE | {"ranking", "scoring", "io", "data", "models", "config", "runfolder"},
+    "inference": BASE | {"ranking", "scoring", "io", "data", "models", "config", "runfolder"},
+    "reporting": BASE | {"ranking", "scoring", "io", "data", "config", "runfolder", "inference"},
+    "runs": BASE | {"ranking", "scoring", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting",
                     "inference"},
-    "cli": BASE | {"ranking", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting", "inference",
+    "cli": BASE | {"ranking", "scoring", "io", "lock", "data", "models", "config", "runfolder", "training", "reporting", "inference",
                    "runs"},
     "__init__": BASE | {"config", "inference", "runs", "training", "reporting"},
     "__main__": {"cli"},

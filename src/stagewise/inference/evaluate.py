@@ -18,6 +18,7 @@ from ..data import ImageDataset, Samples, load_dataset, make_loader
 from ..data.folder import split_dirs
 from ..errors import DataError
 from ..io import write_json, write_text
+from ..scoring import ClassScores, class_metrics
 from .classifier import Classifier
 from .ensemble import Ensemble
 from .interpret import TOP_LOSSES, draw_top_losses, most_confused, thumbnail, top_losses
@@ -159,9 +160,7 @@ def split_samples(data: Path, split: str, model_ids: list[str]) -> tuple[Samples
 def _metrics(num_classes: int) -> Any:
     from torchmetrics import MetricCollection
     from torchmetrics.classification import (
-        MulticlassAccuracy,
         MulticlassCalibrationError,
-        MulticlassConfusionMatrix,
         MulticlassF1Score,
         MulticlassPrecision,
         MulticlassRecall,
@@ -169,22 +168,21 @@ def _metrics(num_classes: int) -> Any:
 
     c = num_classes
     return MetricCollection({
-        "top1": MulticlassAccuracy(c, top_k=1, average="micro"),
-        "top5": MulticlassAccuracy(c, top_k=min(5, c), average="micro"),
+        **class_metrics(c),  # top1, top5, confusion: the same objects training scores with
         "precision": MulticlassPrecision(c, average=None),
         "recall": MulticlassRecall(c, average=None),
         "f1": MulticlassF1Score(c, average=None),
-        "confusion": MulticlassConfusionMatrix(c),
         "ece": MulticlassCalibrationError(c, n_bins=ECE_BINS, norm="l1"),
     }, compute_groups=False)
 
 
 class _Tally:
     """What the metrics object does not keep: each image's loss and outcome (for the top losses)
-    and each ensemble member's hits."""
+    and each ensemble member's own top-1."""
 
-    def __init__(self, members: int) -> None:
-        self.member_hits = [0] * members
+    def __init__(self, members: int, num_classes: int) -> None:
+        self.members = [ClassScores(num_classes, torch.device("cpu"), top5=False, confusion=False)
+                        for _ in range(members)]
         self.losses: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
@@ -196,7 +194,7 @@ class _Tally:
         per_member = clf.member_probabilities(images, tta) if isinstance(clf, Ensemble) else []
         probs = torch.stack(per_member).mean(dim=0) if per_member else clf.probabilities(images, tta)
         for k, p in enumerate(per_member):
-            self.member_hits[k] += int((p.argmax(dim=1) == labels).sum())
+            self.members[k].update(p, labels)
         # Cross-entropy of the (averaged) probabilities; the clamp keeps a certain mistake finite.
         self.losses.append(-probs.gather(1, labels[:, None]).squeeze(1).clamp_min(1e-12).log())
         self.labels.append(labels)
@@ -240,7 +238,7 @@ def evaluate(
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=num_workers,
                          pin_memory=clf.device.type == "cuda")
     metrics = _metrics(clf.num_classes)
-    tally = _Tally(len(clf.members) if isinstance(clf, Ensemble) else 0)
+    tally = _Tally(len(clf.members) if isinstance(clf, Ensemble) else 0, clf.num_classes)
     position, bad = 0, []
     for batch in loader:
         bad += batch.bad
@@ -288,8 +286,8 @@ def _summarise(clf: Classifier | Ensemble, m: dict[str, torch.Tensor], tally: _T
 
     sub = confusion[involved][:, involved]
     ids = [clf.class_ids[i] for i in involved]
-    members = [{"model": src, "top1": hits / seen}
-               for src, hits in zip(getattr(clf, "sources", []), tally.member_hits, strict=False)]
+    members = [{"model": src, "top1": scores.compute().top1}
+               for src, scores in zip(getattr(clf, "sources", []), tally.members, strict=False)]
     return Evaluation(
         model=", ".join(clf.sources) if isinstance(clf, Ensemble) else str(clf.source or "in memory"),
         data=data, split=split, images=seen, members=members,

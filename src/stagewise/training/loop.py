@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
+from ..scoring import ClassScores, Scores
 from .distributed import max_over_ranks, min_over_ranks, sum_over_ranks
 from .progress import Reporter
 
@@ -97,31 +98,29 @@ def _to_device(parts: LoopParts, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Tally:
-    """Loss and accuracy sums kept on the device: pulling them (.item()) is a sync on a GPU.
+    """The loss sum and the accuracy (scoring.py) kept on the device: pulling them is a sync on
+    a GPU.
 
     Accuracy counts the batches that have class scores (an embed stage with a pair loss has none:
     its accuracy is NaN, and the record leaves it out)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, num_classes: int) -> None:
         self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device)
+        self.scores = ClassScores(num_classes, device, top5=False, confusion=False)
         self.seen = 0
-        self.scored = 0
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor | None, y: torch.Tensor) -> None:
         n = y.shape[0]
         self.seen += n
         self.loss += loss.detach().float() * n
         if scores is not None:
-            self.scored += n
-            self.correct += (scores.detach().argmax(1) == y).sum()
+            self.scores.update(scores, y)
 
     def means(self, acc: Accelerator) -> tuple[float, float, int]:
         """Mean loss and accuracy over every rank's images so far (a collective with N ranks:
         call it at the same batch on all of them)."""
-        loss, correct, seen, scored = sum_over_ranks(
-            acc, [self.loss.item(), self.correct.item(), self.seen, self.scored])
-        top1 = correct / scored if scored else math.nan
+        loss, seen, scored = sum_over_ranks(acc, [self.loss.item(), self.seen, self.scores.images])
+        top1 = self.scores.compute().top1 if scored else math.nan
         return loss / max(1.0, seen), top1, int(seen)
 
 
@@ -201,7 +200,7 @@ def train_one_epoch(
     """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
     (the stage counts steps and may checkpoint there)."""
     start = time.perf_counter()
-    tally = _Tally(parts.accelerator.device)
+    tally = _Tally(parts.accelerator.device, parts.num_classes)
     batches, skipped, pending = skip_batches, 0, 0
     bad: list[str] = []
     end = len(parts.train_loader) + skip_batches
@@ -278,31 +277,23 @@ def evaluate(
     """Loss, top-1, top-5 and the confusion matrix over `loader` (summed across processes);
     `progress(1)` after each batch (a progress bar's advance)."""
     model.eval()
-    k = min(5, num_classes)
-    loss_sum = torch.zeros((), device=accelerator.device)
-    top1 = torch.zeros((), device=accelerator.device)
-    topk = torch.zeros((), device=accelerator.device)
-    count = torch.zeros((), device=accelerator.device)
-    bad = torch.zeros((), device=accelerator.device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=accelerator.device)
+    device = accelerator.device
+    loss_sum, count, bad = (torch.zeros((), device=device) for _ in range(3))
+    scores = ClassScores(num_classes, device)
     for x, labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
         bad += n_bad
         if x is None:
             continue
-        y = labels.to(accelerator.device, non_blocking=True)
+        y = labels.to(device, non_blocking=True)
         with accelerator.autocast():
             logits = model(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        best = logits.topk(k, dim=1).indices
-        top1 += (best[:, 0] == y).sum()
-        topk += (best == y[:, None]).any(dim=1).sum()
         count += y.shape[0]
-        confusion += torch.bincount(y * num_classes + best[:, 0], minlength=num_classes**2)
-    totals = accelerator.reduce(torch.stack([loss_sum, top1, topk, count, bad]), reduction="sum")
-    n = max(1.0, float(totals[3]))
-    out: dict[str, Any] = {"val_loss": float(totals[0]) / n, "val_top1": float(totals[1]) / n,
-                           "val_top5": float(totals[2]) / n, "val_images": int(totals[3]),
-                           "bad_val_images": int(totals[4])}
-    confusion = accelerator.reduce(confusion, reduction="sum")
-    out["confusion"] = confusion.view(num_classes, num_classes).cpu().tolist()  # rows: true class
-    return out
+        scores.update(logits, y)
+    totals = accelerator.reduce(torch.stack([loss_sum, count, bad]), reduction="sum")
+    n = int(totals[1])
+    # Every rank sees the same total, so all of them take (or skip) the collective in compute.
+    s = scores.compute() if n else Scores(0.0, 0.0, [[0] * num_classes for _ in range(num_classes)])
+    return {"val_loss": float(totals[0]) / max(1, n), "val_top1": s.top1, "val_top5": s.top5,
+            "val_images": n, "bad_val_images": int(totals[2]),
+            "confusion": s.confusion}  # rows: true class
