@@ -12,6 +12,7 @@ Pure data, no torch: the CLI and config validation import it cheaply.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,14 +124,14 @@ def lower_is_better(name: str) -> bool:
     return metric(name).goal == "min"
 
 
-def summary(record: dict[str, Any]) -> str:
+def summary(record: Mapping[str, Any]) -> str:
     """The epoch's numbers in one line, in table order: training, then validation."""
     train = " ".join(f"{m.short} {m.format(record[m.name])}" for m in _TABLE
                      if m.short and m.name.startswith("train_") and is_number(record.get(m.name)))
     return f"{train or 'train -'} | val {val_summary(record)}"
 
 
-def val_summary(record: dict[str, Any]) -> str:
+def val_summary(record: Mapping[str, Any]) -> str:
     """The validation metrics `record` holds, whatever its task measured ("-": none yet)."""
     return " ".join(f"{m.short} {m.format(record.get(m.name))}" for m in _TABLE
                     if m.short and m.name.startswith("val_") and m.name in record) or "-"

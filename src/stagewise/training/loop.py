@@ -81,7 +81,7 @@ def catch_signals(flag: StopFlag) -> Iterator[None]:
 
     def handler(signum: int, _frame: object) -> None:
         flag.signum = signum
-        signal.signal(signum, previous[signum])
+        signal.signal(signum, previous[signal.Signals(signum)])
 
     for s in previous:
         signal.signal(s, handler)

@@ -10,6 +10,7 @@ unfreezing never changes the optimizer's structure and a resumed run loads its s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fnmatch import fnmatch
 from typing import Any
 
@@ -119,7 +120,7 @@ class Schedule:
     def _cooldown(opt: torch.optim.Optimizer, min_lr: float) -> S.LambdaLR:
         """Constant min_lr for every group: LambdaLR scales each group's initial LR to it."""
         factors = [min_lr / g["initial_lr"] for g in opt.param_groups]
-        return S.LambdaLR(opt, [lambda _, f=f: f for f in factors])
+        return S.LambdaLR(opt, [_constant(f) for f in factors])
 
     def _main(self, opt, cfg: TrainConfig, spe: int, total: int, warm: int):
         rest = max(1, total - warm)
@@ -146,8 +147,8 @@ class Schedule:
             return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total + 1,
                                 pct_start=min(0.9, max(1e-3, pct)), cycle_momentum=False)
         if name == "plateau":
-            mode = "min" if lower_is_better(cfg.monitor) else "max"
-            self.plateau = S.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma,
+            self.plateau = S.ReduceLROnPlateau(opt, mode="min" if lower_is_better(cfg.monitor) else "max",
+                                               factor=cfg.gamma,
                                                patience=cfg.plateau_patience)
             # Per-step scheduler that keeps the group's current LR (chainable): LambdaLR would
             # reset it to the base LR on the next step and undo every plateau reduction.
@@ -169,6 +170,10 @@ class Schedule:
         self.sched.load_state_dict(state["sched"])
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
+
+
+def _constant(factor: float) -> Callable[[int], float]:
+    return lambda _step: factor
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
     def batch(self, done: int, loss: float, acc: float, lr: float) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def epoch_end(self, record: Mapping[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -36,7 +36,7 @@ class QuietReporter:
     def batch(self, done: int, loss: float, acc: float, lr: float) -> None:
         pass
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: Mapping[str, Any]) -> None:
         pass
 
     def close(self) -> None:
@@ -56,7 +56,7 @@ class JsonReporter(QuietReporter):
     def message(self, text: str) -> None:
         print(json.dumps({"event": "message", "text": text, "time": time.time()}), flush=True)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: Mapping[str, Any]) -> None:
         # "event" says what the line is; an epoch's own event (unfreezing) is its "note".
         line = {**record, "event": "epoch"}
         if record.get("event"):
@@ -103,7 +103,7 @@ class RichReporter:
             self.progress.update(self.epoch_bar, completed=done,
                                  stats=f"loss {loss:.4f} acc {acc:.3f} lr {lr:.2e}")
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: Mapping[str, Any]) -> None:
         if self.epoch_bar is not None:
             self.progress.remove_task(self.epoch_bar)
             self.epoch_bar = None
@@ -119,7 +119,10 @@ class RichReporter:
         a second live display on the same terminal would overwrite this one."""
         handle = self.progress.add_task(f"{self.stage}{description}", total=total, stats="")
         try:
-            yield lambda n=1: self.progress.advance(handle, n)
+            def advance(n: int = 1) -> None:
+                self.progress.advance(handle, n)
+
+            yield advance
         finally:
             self.progress.remove_task(handle)
 

@@ -250,20 +250,24 @@ def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: R
         rep.message("warning: cache: features without feature_views trains on the un-augmented "
                     f"view; augmentation '{plan.describe()}' is not applied (set feature_views: K)")
     start = time.perf_counter()
+    images = {}
+    val_images = parts.val_loader.dataset
+    assert isinstance(val_images, ImageDataset), "set-up gives image loaders before features"
     for name, n in (("train_loader", views), ("val_loader", 1)):
         loader = getattr(parts, name)
         dataset = loader.dataset
+        assert isinstance(dataset, ImageDataset)
         if name == "train_loader" and not cfg.feature_views:
-            dataset = ImageDataset(dataset.samples, parts.val_loader.dataset.transform, cfg.seed,
-                                   seeded=False)
+            dataset = ImageDataset(dataset.samples, val_images.transform, cfg.seed, seeded=False)
+        images[name] = len(dataset)
         feats, bad = extract(model, dataset, n, loader.batch_size or 1, loader.num_workers,
                              parts.accelerator.device, cfg.channels_last)
         setattr(parts, name, make_loader(FeatureDataset(feats, dataset.samples, bad),
                                          loader.batch_size or 1, name == "train_loader", cfg.seed,
                                          0, drop_last=loader.drop_last,
                                          m_per_class=cfg.m_per_class if name == "train_loader" else None))
-    rep.message(f"features: {views} view(s) of {len(parts.train_loader.dataset)} train and "
-                f"{len(parts.val_loader.dataset)} val images extracted once in "
+    rep.message(f"features: {views} view(s) of {images['train_loader']} train and "
+                f"{images['val_loader']} val images extracted once in "
                 f"{time.perf_counter() - start:.1f}s")
     parts.model = HeadOnFeatures(model, cfg.drop_rate).to(parts.accelerator.device)
     parts.channels_last = False
@@ -300,7 +304,8 @@ def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str
             pre, plan, size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
-        attach_cache([train_ds, val_ds], cache, pre, progress=progress)
+        attach_cache([train_ds, val_ds], "memory" if cache == "memory" else "disk", pre,
+                     progress=progress)
     return train_ds, val_ds
 
 

@@ -7,6 +7,7 @@ stops exactly where an uninterrupted one would. "Better" is the metric registry'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -35,13 +36,13 @@ class StopTracker:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def improved(cfg: TrainConfig, tracker: StopTracker, record: dict[str, Any]) -> bool:
+def improved(cfg: TrainConfig, tracker: StopTracker, record: Mapping[str, Any]) -> bool:
     """Whether `record` beats the best epoch so far on `cfg.monitor`; updates `tracker`.
 
     A NaN/inf metric is never a new best; it counts as an epoch without improvement.
     """
     value = record.get(cfg.monitor)
-    if metric(cfg.monitor).better(value, tracker.best):
+    if metric(cfg.monitor).better(value, tracker.best) and isinstance(value, (int, float)):
         tracker.best, tracker.best_epoch, tracker.bad_epochs = float(value), int(record["epoch"]), 0
         tracker.best_record = {k: v for k, v in record.items() if not isinstance(v, dict)}
         return True
@@ -49,7 +50,7 @@ def improved(cfg: TrainConfig, tracker: StopTracker, record: dict[str, Any]) -> 
     return False
 
 
-def stop_reason(cfg: TrainConfig, tracker: StopTracker, record: dict[str, Any]) -> str | None:
+def stop_reason(cfg: TrainConfig, tracker: StopTracker, record: Mapping[str, Any]) -> str | None:
     """Why the stage should stop after `record`'s epoch, or None to go on."""
     if cfg.target is not None and record.get("val_top1", 0.0) >= cfg.target:
         return f"target val_top1 {cfg.target} reached ({record['val_top1']:.4f})"

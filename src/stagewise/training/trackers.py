@@ -7,6 +7,7 @@ is not installed is a clear error naming the extra to install. The trainer calls
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def require_tracker(log_with: str | None) -> bool:
     return True
 
 
-def log_epoch(tracker: Any, record: dict[str, Any]) -> None:
+def log_epoch(tracker: Any, record: Mapping[str, Any]) -> None:
     """Log one epoch record (as in history.jsonl): metrics, and the LR of each param group.
 
     The step is the global epoch when the record has one (pipelines), else the epoch.
