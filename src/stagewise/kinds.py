@@ -110,6 +110,14 @@ class Task:
     score: str  # the metric a pipeline summary and compare rank this task's stages by
     default_monitor: str  # `monitor` when the config names none
     label: str  # how the score is named in summaries
+    # Epoch 0 (the starting weights) is always measured, not only when a matched head kept rows:
+    # an embed stage's point is its gain over the pretrained features.
+    measures_start: bool = False
+
+    @property
+    def embeds(self) -> bool:
+        """The head maps images to vectors (identities, retrieval), not to class scores."""
+        return self.head == "embedding"
 
     @property
     def monitors(self) -> tuple[str, ...]:
@@ -120,7 +128,8 @@ class Task:
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("classify", "classifier", score="val_top1", default_monitor="val_top1", label="top1"),
     # mAP ranks every true match, recall@1 only the first: the better default for retrieval.
-    Task("embed", "embedding", score="val_map", default_monitor="val_map", label="mAP"),
+    Task("embed", "embedding", score="val_map", default_monitor="val_map", label="mAP",
+         measures_start=True),
 )}
 
 

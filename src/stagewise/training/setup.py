@@ -34,7 +34,7 @@ from ..data.loader import m_per_class_order
 from ..data.resize import SizedTransforms, size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
-from ..kinds import Unfreezing, strategy
+from ..kinds import Unfreezing, strategy, task
 from ..models import (
     EmbeddingSpec,
     HeadSpec,
@@ -135,7 +135,7 @@ class StageSetup:
 def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any = False) -> DatasetIndex:
     """The dataset of `cfg`, with the train/val[/test] split of `split_file` when given (a
     resume), else re-split by `cfg.split` when set."""
-    if cfg.task == "embed":
+    if task(cfg.task).embeds:
         return _load_identities(cfg, split_file, progress)
     index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
     if cfg.split is not None:
@@ -180,7 +180,7 @@ def prepare_stage(
     `teacher` (built by runs/ from `cfg.teacher`) adds its soft targets to the loss."""
     from accelerate.utils import set_seed
 
-    if cfg.task == "embed":  # optional packages, checked before anything is read or written
+    if task(cfg.task).embeds:  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
     index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
     bad_val = _check_val(index, rep)
@@ -192,7 +192,7 @@ def prepare_stage(
         cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
         class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
-        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if cfg.task == "embed" else None,
+        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if task(cfg.task).embeds else None,
     )
     for note in bundle.load_notes:
         rep.message(note)

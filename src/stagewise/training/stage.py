@@ -26,6 +26,7 @@ from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
+from ..kinds import task
 from ..metrics import val_summary
 from ..models import EmbeddingSpec, HeadSpec, LoadedWeights, pretrained_features
 from ..runfolder import (
@@ -104,7 +105,7 @@ def run_stage(
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
                      teacher=teacher.record() if teacher is not None else None,
                      embedding=EmbeddingSpec.from_mapping(cfg.model_dump()).as_dict()
-                     if cfg.task == "embed" else {},
+                     if task(cfg.task).embeds else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
     if not (run_dir / BEST).exists() and is_main_process():
@@ -167,7 +168,7 @@ def _epochs(
     fresh = not history and state.epoch == 0 and state.batches_done == 0
     # A matched head already knows some classes: measure that before training changes it. An
     # embed stage always measures where it starts: the gain over pretrained features is its point.
-    if cfg.epochs == 0 or (fresh and (card.head.get("kept", 0) > 0 or cfg.task == "embed")):
+    if cfg.epochs == 0 or (fresh and (card.head.get("kept", 0) > 0 or task(cfg.task).measures_start)):
         _evaluate_start(setup, history, rep, card)
     if cfg.epochs == 0:
         return "evaluated"
@@ -333,7 +334,7 @@ def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter
     embedding head is measured as the pretrained features it reads (a random projection of them
     would say nothing)."""
     head = card.head
-    fresh_embedding = setup.cfg.task == "embed" and head.get("mode") in ("new", "reset")
+    fresh_embedding = task(setup.cfg.task).embeds and head.get("mode") in ("new", "reset")
     with pretrained_features(setup.model) if fresh_embedding else nullcontext():
         metrics = _validate(setup, rep)
     confusion = metrics.pop("confusion", None)
@@ -353,7 +354,7 @@ def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
     """`evaluate` on the validation loader, with a progress bar where the reporter draws them."""
     parts = setup.parts
     with bar(rep, "validating", len(parts.val_loader)) as advance:
-        if setup.cfg.task == "embed":
+        if task(setup.cfg.task).embeds:
             return evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
                                        setup.cfg.channels_last, progress=advance)
         return evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
