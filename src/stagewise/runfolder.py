@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import yaml
 
@@ -28,7 +29,7 @@ from ._version import __version__
 from .config import parse_yaml
 from .errors import ConfigError, WeightsError
 from .io import existing_dir, write_json, write_text
-from .metrics import card_metrics, is_finite, lower_is_better
+from .metrics import METRICS, card_metrics, is_finite, lower_is_better
 
 log = logging.getLogger("stagewise")
 
@@ -129,7 +130,20 @@ def best_record(records: list[EpochRecord], monitor: str = "val_top1") -> EpochR
         return {}
     # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.
     sign = -1.0 if lower_is_better(monitor) else 1.0
-    return max(scored, key=lambda r: (sign * r[monitor], -int(r.get("epoch", 0))))  # type: ignore[literal-required]
+
+    def rank(r: Mapping[str, Any]) -> tuple[float, int]:
+        return sign * float(r[monitor]), -int(r.get("epoch", 0))
+
+    return max(scored, key=rank)
+
+
+def epoch_record(values: Mapping[str, Any]) -> EpochRecord:
+    """An epoch record of measured values. A key the metric registry (metrics.py) lacks is a bug
+    caught here: every consumer reads that table, so an unlisted metric would reach none."""
+    unknown = sorted(set(values) - set(METRICS))
+    if unknown:
+        raise ValueError(f"epoch record keys missing from metrics.py's table: {', '.join(unknown)}")
+    return cast(EpochRecord, dict(values))
 
 
 # ---- model.json ----
@@ -169,7 +183,8 @@ class ModelCard:
 
     def with_metrics(self, record: EpochRecord) -> ModelCard:
         """The same card carrying the kept metrics of `record` (the best epoch)."""
-        kept = {k: record[k] for k in CARD_METRICS if k in record}  # type: ignore[literal-required]
+        values: Mapping[str, Any] = record
+        kept = {k: values[k] for k in CARD_METRICS if k in values}
         return ModelCard(**{**asdict(self), "metrics": kept})
 
     def as_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -25,9 +25,23 @@ from ..scoring import ClassScores, Scores
 from .distributed import max_over_ranks, min_over_ranks, sum_over_ranks
 from .progress import Reporter
 
+if TYPE_CHECKING:  # the modules that build these import the loop themselves
+    from timm.data import Mixup
+    from timm.utils import ModelEmaV3
+
+    from .distill import Distiller
+    from .optim import Schedule
+
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
 LOG_EVERY = 10
 NON_FINITE_FIX = "Lower the LR, add grad_clip, or use fp32 precision"
+
+
+class Criterion(Protocol):
+    """The loss: an nn loss module, or training/embedding.py's EmbedCriterion (whose `scores`
+    gives class logits for a training accuracy)."""
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -37,17 +51,17 @@ class LoopParts:
     accelerator: Accelerator
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Any
-    criterion: Any  # an nn loss, or training/embedding.py's EmbedCriterion
+    schedule: Schedule
+    criterion: Criterion
     train_loader: DataLoader
     val_loader: DataLoader
     num_classes: int
-    mixup: Callable | None = None
-    ema: Any = None
+    mixup: Mixup | None = None
+    ema: ModelEmaV3 | None = None
     grad_clip: float | None = None
     grad_accum: int = 1
     channels_last: bool = False
-    distill: Any = None  # a teacher's soft targets (distill.Distiller), mixed into the loss
+    distill: Distiller | None = None  # a teacher's soft targets, mixed into the loss
 
 
 @dataclass

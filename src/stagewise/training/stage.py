@@ -39,6 +39,7 @@ from ..runfolder import (
     EpochRecord,
     HeldOutRecord,
     ModelCard,
+    epoch_record,
     read_history,
     read_model_card,
     write_config,
@@ -269,15 +270,15 @@ def _make_record(
     parts = setup.parts
     metrics = _validate(setup, rep)
     confusion = metrics.pop("confusion", None)
-    record: EpochRecord = {
+    record = epoch_record({
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
-        "train_loss": stats.loss, **metrics,  # type: ignore[typeddict-item]
+        "train_loss": stats.loss, **metrics,
         "lr": group_lrs(parts.optimizer),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
         "epoch_seconds": stats.seconds, "images_per_sec": stats.images / max(stats.seconds, 1e-9),
         "bad_images": len(stats.bad), "skipped_steps": stats.skipped_steps,
-    }
+    })
     if not math.isnan(stats.top1):  # an embed stage's pair loss has no class scores
         record["train_top1"] = stats.top1
     if parts.distill is not None:
@@ -340,8 +341,7 @@ def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter
     confusion = metrics.pop("confusion", None)
     event = ("start: pretrained features (the embedding head is new)" if fresh_embedding else
              f"start: head {head.get('mode')}, kept {head.get('kept', 0)}/{head.get('total')} rows")
-    record: EpochRecord = {"epoch": 0, "image_size": setup.pre.image_size, **metrics,  # type: ignore[typeddict-item]
-                           "event": event}
+    record = epoch_record({"epoch": 0, "image_size": setup.pre.image_size, **metrics, "event": event})
     history.append(record)
     rep.message(f"before training: {val_summary(record)} ({event})")
     if setup.parts.accelerator.is_main_process:
