@@ -22,7 +22,7 @@ from stagewise.cli import main
 # The children run single-threaded; the in-process runs they are compared with must too, or the
 # CPU kernels may sum in another order and differ in the last bit.
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-TIMING_KEYS = {"epoch_seconds", "images_per_sec"}
+TIMING_KEYS = {"epoch_seconds", "wall_seconds", "images_per_sec"}
 
 
 def _history(run: Path) -> list[dict]:

@@ -86,7 +86,10 @@ _TABLE = (
     Metric("total_params", "parameters", tracked=False, fmt=",d"),
     Metric("groups_unfrozen", "layer groups unfrozen", fmt="d"),
     Metric("groups_total", "layer groups", tracked=False, fmt="d"),
-    Metric("epoch_seconds", "epoch seconds", fmt=".1f"),
+    Metric("epoch_seconds", "epoch seconds (training steps)", fmt=".1f"),
+    # The epoch's wall time: training, validation, writing the record and weights. Pipelines sum
+    # it to say whether a handoff reached its baseline's best sooner (runs/pipeline.py).
+    Metric("wall_seconds", "epoch wall seconds", fmt=".1f"),
     Metric("images_per_sec", "images per second", fmt=".0f"),
     Metric("bad_images", "undecodable train images", fmt="d"),
     Metric("bad_val_images", "undecodable val images", fmt="d"),

@@ -71,6 +71,7 @@ class EpochRecord(TypedDict, total=False):
     groups_unfrozen: int
     groups_total: int
     epoch_seconds: float
+    wall_seconds: float  # the whole epoch: training, validation, record and weights written
     images_per_sec: float
     bad_images: int  # training images that could not be decoded this epoch
     bad_val_images: int  # validation images left out of the metrics for the same reason
@@ -350,7 +351,9 @@ class StageSummary(TypedDict, total=False):
     test_top1: float | None  # the best weights on the test split, when the stage has one
     first_epoch_val_top1: float | None
     epochs_run: int
-    seconds: float
+    seconds: float  # training steps only (epoch_seconds summed)
+    wall_seconds: float  # the epochs' wall time summed: training, validation, writes
+    best_wall_seconds: float | None  # wall time until the end of the best epoch
     stopped: str
     head: dict[str, Any]
     classes: int
@@ -363,11 +366,31 @@ class BaselineEntry(StageSummary, total=False):
 
 
 class Gain(TypedDict, total=False):
+    """A stage against its baseline: the score's gain, and whether the handoff paid in time."""
+
     first_epoch: float | None
     best: float
     epochs_to_baseline_best: int | None
-    seconds_to_baseline_best: float | None
+    seconds_to_baseline_best: float | None  # this stage's own training steps until then
     baseline_seconds: float | None
+    baseline_s: float | None  # the baseline's wall time
+    baseline_best_s: float | None  # the baseline's wall time until its best epoch
+    # Wall time until this stage matched the baseline's best, counting the earlier stages whose
+    # weights it started from; None when it never did.
+    time_to_baseline_best_s: float | None
+    pays: bool  # matched the baseline's best in less wall time than the baseline needed for it
+
+
+def gain_verdict(gain: Mapping[str, Any]) -> str:
+    """Whether a handoff paid, in words: the wall time to the baseline's best, the earlier stages
+    it started from included, against the baseline's own."""
+    to_best, base = gain.get("time_to_baseline_best_s"), gain.get("baseline_best_s")
+    if not is_finite(base):
+        return "no verdict (the baseline's time is unknown)"
+    if not is_finite(to_best):
+        return f"does not pay: never reached the baseline's best (baseline: {base:.0f}s)"
+    word = "pays" if gain.get("pays") else "does not pay"
+    return f"{word}: baseline's best in {to_best:.0f}s with earlier stages, baseline {base:.0f}s"
 
 
 class StageEntry(StageSummary, total=False):

@@ -116,9 +116,11 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..runfolder import gain_verdict
+
     with_test = any(s.get("test_top1") is not None for s in result.stages.values())
     columns = ["stage", "classes", "ep", "1st ep", "best", *(["test"] if with_test else []),
-               "head kept", "baseline", "gain"]
+               "head kept", "baseline", "gain", "verdict"]
     table = Table(*columns, title="pipeline summary (val top-1; test: the best weights on the test split)"
                   if with_test else "pipeline summary (val top-1)")
     for name, s in result.stages.items():
@@ -137,6 +139,7 @@ def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
             *([pct(s.get("test_top1"))] if with_test else []),
             f"{head.get('kept', 0)}/{head.get('total', '-')}" if head else "-",
             pct(base.get("best_score", base.get("best_val_top1"))), signed(gain.get("best")),
+            gain_verdict(gain) if gain else "-",
         )
     console = Console()
     console.print(table)

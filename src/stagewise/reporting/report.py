@@ -17,6 +17,7 @@ import yaml
 
 from ..data import AugmentPlan, Preprocess
 from ..io import write_text
+from ..runfolder import gain_verdict
 from . import plots
 from .document import (
     Block,
@@ -188,9 +189,9 @@ def _transfer_table(history: RunHistory) -> Table:
                      fmt_signed_pct(best - base) if base is not None and best is not None else "-",
                      fmt_signed_pct(gain.get("first_epoch")),
                      f"epoch {reached}" if reached else "-" if "epochs_to_baseline_best" not in gain
-                     else "not reached"])
+                     else "not reached", gain_verdict(gain) if gain else "-"])
     return Table(["stage", "baseline", "baseline best top-1", "stage best top-1", "gain (best)",
-                  "gain (first epoch)", "baseline's best reached at"], rows,
+                  "gain (first epoch)", "baseline's best reached at", "verdict (wall time)"], rows,
                  caption="Transfer gain: each stage against its baseline run (same data and budget, "
                          "other starting weights)")
 

@@ -30,11 +30,13 @@ from ..runfolder import (
     MODEL_CARD,
     PIPELINE_HISTORY,
     BaselineEntry,
+    EpochRecord,
     Gain,
     Manifest,
     StageEntry,
     StageSummary,
     baseline_dir,
+    gain_verdict,
     holds_nothing_trained,
     holds_run,
     read_history,
@@ -282,7 +284,7 @@ def _run_stage(
     entry.update(_stage_summary(result))
     if stage.baseline != "none":
         entry["baseline"] = _run_baseline(stage, out, rep, hint)
-        entry["gain"] = _gain(result, entry["baseline"])
+        entry["gain"] = _gain(result, entry["baseline"], _earlier_wall(plan, stage, manifest))
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update(status="done", finished=time.time(),
                  artifacts={f"stages/{stage.name}/{f}": sha256(folder / f) for f in (BEST, MODEL_CARD)})
@@ -305,6 +307,8 @@ def _stage_summary(result: TrainResult) -> StageSummary:
         "first_epoch_val_top1": hist[0].get("val_top1") if hist else None,
         "epochs_run": len(hist),
         "seconds": sum(r.get("epoch_seconds", 0.0) for r in hist),
+        "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in hist),
+        "best_wall_seconds": _wall_until(hist, result.best.get("epoch")),
         "stopped": result.stopped,
         "head": result.head,
         "classes": len(result.class_ids),
@@ -326,7 +330,16 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
             "curve": [r.get(task(result.task).score) for r in trained_epochs(result.history)]}
 
 
-def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
+def _wall_until(records: list[EpochRecord], epoch: int | None) -> float | None:
+    """Wall time from the stage's first epoch to the end of `epoch` (None: not an epoch)."""
+    if epoch is None or epoch < 1:
+        return None
+    return sum(r.get("wall_seconds", 0.0) for r in records if r["epoch"] <= epoch)
+
+
+def _gain(result: TrainResult, base: BaselineEntry, earlier_s: float) -> Gain:
+    """The stage against its baseline. `earlier_s`: the wall time of the earlier stages whose
+    weights this one started from (the price of the handoff)."""
     hist = trained_epochs(result.history)
     key = task(result.task).score
     target = base.get("best_score") or 0.0
@@ -338,20 +351,37 @@ def _gain(result: TrainResult, base: BaselineEntry) -> Gain:
             break
     first = hist[0].get(key) if hist else None
     base_first = base.get("first_epoch_score")
+    own = _wall_until(hist, reached_e)
+    to_best = earlier_s + own if own is not None else None
+    base_best = base.get("best_wall_seconds")
     return {
         "first_epoch": (first - base_first) if first is not None and base_first is not None else None,
         "best": ((result.best.get(key) or 0.0) - target),
         "epochs_to_baseline_best": reached_e,
         "seconds_to_baseline_best": reached_s,
         "baseline_seconds": base.get("seconds"),
+        "baseline_s": base.get("wall_seconds"),
+        "baseline_best_s": base_best,
+        "time_to_baseline_best_s": to_best,
+        "pays": to_best is not None and base_best is not None and to_best < base_best,
     }
+
+
+def _earlier_wall(plan: PipelinePlan, stage: StagePlan, manifest: Manifest) -> float:
+    """Wall time of the chain of earlier stages whose weights `stage` starts from."""
+    total, current = 0.0, stage
+    while (parent := current.parent(plan.order)) is not None:
+        total += manifest["stages"][parent].get("wall_seconds") or 0.0
+        current = plan.stage(parent)
+    return total
 
 
 def _describe_gain(name: str, gain: Gain) -> str:
     first = f"{gain['first_epoch']:+.3f}" if gain.get("first_epoch") is not None else "-"
     reached = (f"reached the baseline's best at epoch {gain['epochs_to_baseline_best']}"
                if gain.get("epochs_to_baseline_best") else "did not reach the baseline's best")
-    return f"transfer gain for '{name}': first-epoch val top1 {first}, best {gain['best']:+.3f}; {reached}"
+    return (f"transfer gain for '{name}': first epoch {first}, best {gain['best']:+.3f}; {reached}; "
+            f"{gain_verdict(gain)}")
 
 
 def _write_history(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:

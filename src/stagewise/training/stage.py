@@ -183,12 +183,16 @@ def _epochs(
     epoch = state.epoch
     with catch_signals(flag), _closing(logger):
         try:
+            # Each epoch's wall time runs from the end of the previous one's checkpoint, so the
+            # epochs' sum is the stage's time less its set-up and its last write.
+            began = time.perf_counter()
             for epoch in range(state.epoch, cfg.epochs):
                 trainable = start_epoch(setup, epoch)
                 stats = _run_epoch(setup, state, epoch, rep, flag, clock)
                 if stats.interrupted is not None:
                     _interrupt(setup, state, epoch, stats, clock, rep)
                 record, confusion = _make_record(setup, state, epoch, stats, trainable, history, rep)
+                record["wall_seconds"] = time.perf_counter() - began
                 history.append(record)
                 rep.epoch_end(record)
                 log_epoch(logger, record)
@@ -196,6 +200,7 @@ def _epochs(
                 reason = _decide_stop(setup, tracker, record, clock)
                 state.history_len = len(history)
                 _checkpoint(setup, state.at(epoch + 1, 0))
+                began = time.perf_counter()
                 if reason:
                     rep.message(f"stopping after epoch {epoch + 1}: {reason}")
                     return reason
