@@ -130,11 +130,12 @@ def retrieval_metrics(query: np.ndarray, query_labels: list[str], gallery: np.nd
                             ref_includes_query=False)
     hits = r_ids[knn.rows] == q_ids[:, None]
     in_gallery = np.isin(q_ids, r_ids) if not loo else np.bincount(r_ids)[q_ids] > 1
-    out = {"ranked_to": k, "known_queries": int(in_gallery.sum()),
-           "absent_queries": int((~in_gallery).sum()),
-           "map": float(pml["mean_average_precision"]),
-           "map_at_r": float(pml["mean_average_precision_at_r"]),
-           "recall": {str(n): _mean(hits[in_gallery, :n].any(axis=1)) for n in RECALL_AT}}
+    out: dict[str, Any] = {
+        "ranked_to": k, "known_queries": int(in_gallery.sum()),
+        "absent_queries": int((~in_gallery).sum()),
+        "map": float(pml["mean_average_precision"]),
+        "map_at_r": float(pml["mean_average_precision_at_r"]),
+        "recall": {str(n): _mean(hits[in_gallery, :n].any(axis=1)) for n in RECALL_AT}}
     out["recall"]["1"] = float(pml["precision_at_1"])  # the same number; PML's is the reference
     if not in_gallery.any():  # PML returns 0 (with a warning) where the metrics are undefined
         out.update(map=None, map_at_r=None, recall=dict.fromkeys(out["recall"]))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict, TypeVar, cast, overload
 
 import yaml
 
@@ -118,12 +118,24 @@ def read_history(run_dir: Path) -> list[EpochRecord]:
     return records
 
 
-def trained_epochs(records: list[EpochRecord]) -> list[EpochRecord]:
+# An epoch record as history.jsonl holds it, or as a report reads it (a plain dict).
+_Record = TypeVar("_Record", bound=Mapping[str, Any])
+
+
+def trained_epochs(records: Sequence[_Record]) -> list[_Record]:
     """Records of trained epochs (an `epochs: 0` stage has only its epoch-0 evaluation)."""
     return [r for r in records if int(r.get("epoch", 0)) >= 1]
 
 
-def best_record(records: list[EpochRecord], monitor: str = "val_top1") -> EpochRecord:
+@overload
+def best_record(records: Sequence[EpochRecord], monitor: str = ...) -> EpochRecord: ...
+
+
+@overload
+def best_record(records: Sequence[dict[str, Any]], monitor: str = ...) -> dict[str, Any]: ...
+
+
+def best_record(records: Sequence[Mapping[str, Any]], monitor: str = "val_top1") -> Mapping[str, Any]:
     """The epoch whose weights a stage kept as best (by `monitor`), or {} before any epoch."""
     # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
     scored = [r for r in (trained_epochs(records) or records) if is_finite(r.get(monitor))]
@@ -482,7 +494,10 @@ def write_cell_marker(cell_dir: Path, marker: CellMarker) -> None:
 
 def read_cell_marker(cell_dir: Path) -> CellMarker | None:
     data = read_json(cell_dir / CELL_MARKER)
-    return data if isinstance(data, dict) and isinstance(data.get("row"), dict) else None
+    # JSON that write_cell_marker wrote: a dict with the row is taken as the marker it was.
+    if isinstance(data, dict) and isinstance(data.get("row"), dict):
+        return cast(CellMarker, data)
+    return None
 
 
 # ---- lr_find.json ----

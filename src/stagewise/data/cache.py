@@ -242,7 +242,10 @@ class DiskStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    write_with(path, lambda tmp: tmp.write_bytes(data))  # a unique temp name: runs may share the folder
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    write_with(path, write)  # a unique temp name: runs may share the folder
 
 
 def attach_cache(datasets: Iterable, mode: CacheMode, pre: Preprocess,

@@ -16,6 +16,7 @@ import csv
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from ..errors import DataError
 from .folder import class_dirs, read_folder, scan_folder, stratified_split
@@ -46,7 +47,8 @@ def _timm_lemmas() -> dict[str, str]:
     from timm.data import ImageNetInfo
 
     # The 22k table is a superset of the 1k classes, so wnid subsets of ImageNet-21k get names too.
-    return ImageNetInfo("imagenet-22k").label_descriptions(as_dict=True)
+    # as_dict=True returns the wnid -> description dict; timm annotates both modes' union.
+    return cast(dict[str, str], ImageNetInfo("imagenet-22k").label_descriptions(as_dict=True))
 
 
 def first_lemma(description: str) -> str:

@@ -52,4 +52,8 @@ def rich_task(description: str, total: int | None = None) -> Iterator[Advance]:
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         handle = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(handle, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(handle, n)
+
+        yield advance

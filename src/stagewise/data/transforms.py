@@ -98,7 +98,7 @@ def build_transform(pre: Preprocess, augmentation: str | AugmentPlan, training: 
     from timm.data import create_transform
 
     plan = augmentation if isinstance(augmentation, AugmentPlan) else AugmentPlan(preset=augmentation)
-    common = {"interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std}
+    common: dict[str, Any] = {"interpolation": pre.interpolation, "mean": pre.mean, "std": pre.std}
     if not training or not plan.active:
         return create_transform(pre.image_size, is_training=False, crop_pct=pre.crop_pct, **common)
     if plan.steps:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -275,9 +275,16 @@ def _resample_pos_embed(
         log.info("weights: resampled %s %s -> %s", key, tuple(src.shape), tuple(own.shape))
 
 
+class _PatchEmbed(Protocol):
+    """timm's patch embedding (PatchEmbed and its kin): the token grid it cuts an image into."""
+
+    grid_size: tuple[int, int]
+
+
 def _timm_pos_embed(model: nn.Module, src: torch.Tensor) -> torch.Tensor:
     from timm.layers import resample_abs_pos_embed
 
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
-    grid = list(model.patch_embed.grid_size)
+    # A timm model with a `pos_embed` parameter: its `patch_embed` is a module with a grid_size.
+    grid = list(cast(_PatchEmbed, model.patch_embed).grid_size)
     return resample_abs_pos_embed(src, new_size=grid, num_prefix_tokens=prefix)

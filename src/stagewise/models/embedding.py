@@ -67,7 +67,7 @@ def require_pml() -> Any:
     return pytorch_metric_learning
 
 
-def _pml_class(module: str, name: str) -> type:
+def _pml_class(module: str, name: str) -> type[Any]:
     import importlib
 
     require_pml()

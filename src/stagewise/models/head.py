@@ -208,7 +208,7 @@ def adapt_head(
     # Hidden layers do not depend on the classes: they carry over even when the rows cannot.
     hidden = _carry_hidden(model, incoming, mode)
     auto = mode is None
-    if auto:
+    if mode is None:
         mode = "match" if src_ids is not None and have else "reset"
     if hidden is not None and hidden != "kept":
         if mode == "keep":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import write_json, write_text
+from ..runfolder import CompareRow
 from .document import (
     Document,
     Image,
@@ -28,7 +30,7 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _STYLES = ("-", "--", "-.", ":")
 
 
-def write_compare(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any], cells: list) -> Path:
+def write_compare(out: Path, rows: Sequence[CompareRow], settings: dict[str, Any], cells: list) -> Path:
     """Write every output of a (possibly partial) grid; returns compare.html."""
     out.mkdir(parents=True, exist_ok=True)
     splits = {r.get("split") for r in rows if r.get("split")}
@@ -45,7 +47,7 @@ def write_compare(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any
     return out / "compare.html"
 
 
-def table(rows: list[dict[str, Any]]) -> Table:
+def table(rows: Sequence[CompareRow]) -> Table:
     """The comparison table; a test-accuracy column only when some cell has a test split, and
     retrieval columns when the grid has embed cells or searched held-out identities (`search`:
     compare --retrieval-data)."""
@@ -70,7 +72,7 @@ def table(rows: list[dict[str, Any]]) -> Table:
     return Table(columns, body)
 
 
-def plot_compare(rows: list[dict[str, Any]]) -> Figure:
+def plot_compare(rows: Sequence[CompareRow]) -> Figure:
     """Validation top-1 against training time (left) and against epochs (right), one line per
     cell: colour per model, line style and marker per strategy (colour per strategy too when
     there is a single model)."""
@@ -100,7 +102,7 @@ def plot_compare(rows: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def compare_document(rows: list[dict[str, Any]], settings: dict[str, Any], planned: int,
+def compare_document(rows: Sequence[CompareRow], settings: dict[str, Any], planned: int,
                      plot: Path, same_split: bool = True) -> Document:
     shared = ", ".join(_flat(settings))
     doc = Document(title="stagewise compare",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ..errors import StagewiseError
 from ..metrics import is_finite
@@ -60,7 +60,7 @@ class StageRun:
     @property
     def trained(self) -> list[dict[str, Any]]:
         """Records of trained epochs (an `epochs: 0` stage has only an evaluation record)."""
-        return trained_epochs(self.records)  # type: ignore[arg-type]
+        return trained_epochs(self.records)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -152,7 +152,9 @@ def read_stage(run_dir: Path, name: str, offset: int = 0) -> StageRun:
     """One stage folder: config.yaml, history.jsonl, model.json, confusion.json."""
     card = try_read_model_card(run_dir)
     confusion = read_confusion(run_dir)
-    return StageRun(name=name, run_dir=run_dir, records=list(read_history(run_dir)),  # type: ignore[arg-type]
+    # Epoch records are plain dicts: the report reads them by any key, as it does the pipeline's copy.
+    records = cast(list[dict[str, Any]], list(read_history(run_dir)))
+    return StageRun(name=name, run_dir=run_dir, records=records,
                     offset=offset, config=read_config(run_dir),
                     model_info=card.as_dict() if card else {},
                     confusion=asdict(confusion) if confusion else None)
@@ -184,8 +186,9 @@ def _read_pipeline(run_dir: Path) -> RunHistory:
         offset += stage.epochs_run
     card = try_read_model_card(run_dir)
     final_info = card.as_dict() if card else {}
-    final_weights = run_dir / str(final_info.get("weights", "final.safetensors"))
-    if not final_weights.is_file():  # not finished yet: the last stage with weights stands in
+    final = run_dir / str(final_info.get("weights", "final.safetensors"))
+    final_weights: Path | None = final
+    if not final.is_file():  # not finished yet: the last stage with weights stands in
         last = next((s for s in reversed(stages) if s.weights is not None), None)
         final_info = last.model_info if last else {}
         final_weights = last.weights if last else None
@@ -239,5 +242,5 @@ def _as_list(value: Any) -> list[Any]:
 
 def baseline_top1(baseline: dict[str, Any] | None) -> float | None:
     """The best val top-1 of a stage's baseline, as the pipeline manifest records it."""
-    value = (baseline or {}).get("best_val_top1")
+    value: Any = (baseline or {}).get("best_val_top1")  # a JSON value, a number when recorded
     return float(value) if is_finite(value) else None

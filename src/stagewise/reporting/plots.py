@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
 
 from ..io import write_with
 from ..metrics import Panel, curves
@@ -32,7 +33,8 @@ _CURVES = tuple((i, m) for i, panel in enumerate(_PANELS) for m in curves(panel)
 
 
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1,
-               layout: str | None = "constrained") -> tuple[Figure, Any]:
+               layout: Literal["constrained", "compressed", "tight"] | None = "constrained",
+               ) -> tuple[Figure, Any]:
     fig = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, cols, squeeze=False)
@@ -73,10 +75,11 @@ def plot_curves(history: RunHistory) -> Figure:
                 ax.plot(xs, ys, style, color=colors[key], marker="o", ms=3,
                         label="_" + label if _plotted(ax, label) else label)
     for stage in history.stages:  # the pipeline's baseline run of a stage, where it made one
-        curve = (stage.baseline or {}).get("curve") or []
+        baseline = stage.baseline or {}
+        curve = baseline.get("curve") or []
         pts = [(stage.offset + i + 1, v) for i, v in enumerate(curve) if _finite(v)]
         if pts:
-            label = f"baseline val top-1 ({stage.baseline.get('kind', 'baseline')})"
+            label = f"baseline val top-1 ({baseline.get('kind', 'baseline')})"
             acc_ax.plot(*zip(*pts, strict=True), "-.", color="0.5", marker="x", ms=4, gid="baseline",
                         label="_" + label if _plotted(acc_ax, label) else label)
     for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
@@ -141,7 +144,7 @@ def plot_lr(history: RunHistory) -> Figure:
     return fig
 
 
-def normalise_rows(matrix: Sequence[Sequence[int]]) -> np.ndarray:
+def normalise_rows(matrix: ArrayLike) -> np.ndarray:
     """Each true class's row as fractions (recall per predicted class); empty rows stay zero."""
     m = np.asarray(matrix, dtype=float)
     sums = m.sum(axis=1, keepdims=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,12 @@ def build_document(history: RunHistory, plot_dir: Path, predictions: bool = True
         if is_embed(stage):  # identities never trained on: no confusion matrix, a search instead
             if predictions:
                 parts.append((_titled("Retrieval examples", stage, history),
-                              lambda s=stage: retrieval_examples(s, plot_dir, _slug(s, history))))
+                              partial(retrieval_examples, stage, plot_dir, _slug(stage, history))))
             continue
         parts.append((_titled("Confusion matrix", stage, history),
-                      lambda s=stage: _confusion(s, history, plot_dir)))
+                      partial(_confusion, stage, history, plot_dir)))
         parts.append((_titled("Per-class accuracy", stage, history),
-                      lambda s=stage: _per_class(s, history, plot_dir)))
+                      partial(_per_class, stage, history, plot_dir)))
     if predictions and history.final_info.get("task") != "embed":
         parts.append(("Sample predictions", lambda: _predictions(history, plot_dir)))
     parts.append(("Augmentation preview", lambda: _augmentation(history, plot_dir)))

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ class Cell:
 @dataclass
 class CompareResult:
     out: Path
-    rows: list[dict[str, Any]]
+    rows: list[CompareRow]
     trained: list[str] = field(default_factory=list)  # cells trained (or resumed) by this call
     skipped: list[str] = field(default_factory=list)  # cells found finished
 
@@ -83,13 +84,18 @@ def plan_cells(models: list[str], strategies: list[str], optimizers: list[str] |
     if not models or not strategies:
         raise ConfigError("compare needs at least one model (--models) and one strategy (--strategies)")
     cells = [Cell(m, s, o, c, k) for m, s, o, c, k in
-             itertools.product(models, strategies, optimizers or [None], schedulers or [None],
-                               tasks or [None])]
+             itertools.product(models, strategies, _or_none(optimizers), _or_none(schedulers),
+                               _or_none(tasks))]
     names = [c.name for c in cells]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"compare: the grid repeats cell(s) {', '.join(dupes)}; list each value once")
     return cells
+
+
+def _or_none(values: list[str] | None) -> Sequence[str | None]:
+    """A grid axis: the values given, or the one cell that leaves the setting at its default."""
+    return values or [None]
 
 
 def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] | None,
@@ -232,7 +238,7 @@ def _validate_all(configs: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[dict[str, Any], bool]:
+def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[CompareRow, bool]:
     """Train (or resume) one cell unless it is finished; returns its table row and whether it ran."""
     cell_dir = Path(cfg["out"])
     config = build_config(cfg, source=f"cell {cell.name}")
@@ -253,7 +259,7 @@ def run_cell(cell: Cell, cfg: dict[str, Any], reporter: str) -> tuple[dict[str, 
     return row, True
 
 
-def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
+def finished_row(cell_dir: Path, resolved: dict[str, Any]) -> CompareRow | None:
     """The recorded row of a finished cell, None if it must (re)train; an error if the finished
     cell was trained with other settings than the grid now asks for."""
     marker = read_cell_marker(cell_dir)
@@ -309,7 +315,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
     }
 
 
-def _retrieval_row(cell_dir: Path, data: str) -> dict[str, Any]:
+def _retrieval_row(cell_dir: Path, data: str) -> CompareRow:
     """The cell's best weights searching `data` leave-one-out (an embed cell by its embeddings, a
     classifier by its pre-logits features), as `stagewise evaluate --retrieval` would."""
     from ..inference import evaluate_retrieval, load

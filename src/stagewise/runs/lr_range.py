@@ -99,7 +99,7 @@ def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Batches for ever: the loader restarts (with a fresh shuffle) when it runs out."""
     for epoch in itertools.count():
         sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         empty = True
         for batch in loader:

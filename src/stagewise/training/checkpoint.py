@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -55,7 +55,9 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 def rng_state() -> dict[str, Any]:
     py = random.getstate()
-    np_state = np.random.get_state()
+    # The legacy form (the default) of the global MT19937 RandomState: numpy's stubs also allow
+    # the dict of other bit generators, which np.random's global state never is.
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Distill, TrainConfig
-from ..data import AugmentPlan, Preprocess, make_loader
+from ..data import AugmentPlan, ImageDataset, Preprocess, make_loader
 from ..errors import ConfigError
 from ..runfolder import read_teacher
 from .distributed import sum_over_ranks
@@ -129,9 +129,9 @@ class Distiller:
         self.seen = 0
         return total / max(1.0, seen)
 
-    def fill_cache(self, parts: LoopParts, seed: int) -> None:
-        """The teacher's logits for every training image, in sample order, computed once."""
-        dataset = parts.train_loader.dataset
+    def fill_cache(self, parts: LoopParts, dataset: ImageDataset, seed: int) -> None:
+        """The teacher's logits for every image of `dataset` (the training loader's), in sample
+        order, computed once."""
         loader = make_loader(dataset, parts.train_loader.batch_size or 1, False, seed,
                              parts.train_loader.num_workers)
         cache = torch.zeros(len(dataset), len(self.order), device=self.device)
@@ -172,10 +172,10 @@ def attach_teacher(cfg: TrainConfig, teacher: Teacher, student_ids: list[str], p
                 f"{teacher.preprocess.image_size}px, {aim}); distilling with alpha "
                 f"{settings.alpha:g}, temperature {settings.temperature:g}")
     dataset = parts.train_loader.dataset
-    if cache_exact(cfg) and hasattr(dataset, "indexed"):
+    if cache_exact(cfg) and isinstance(dataset, ImageDataset):  # the dataset that can be `indexed`
         dataset.indexed = True
         start = time.perf_counter()
-        distiller.fill_cache(parts, cfg.seed)
+        distiller.fill_cache(parts, dataset, cfg.seed)
         rep.message(f"teacher logits for {len(dataset)} train images computed once in "
                     f"{time.perf_counter() - start:.1f}s (no augmentation: reused every epoch)")
     parts.distill = distiller

@@ -11,7 +11,7 @@ extraction returns feature maps, not a training set), hence this module.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -23,13 +23,29 @@ from ..errors import ConfigError
 from ..kinds import strategy
 
 
+class FeatureHeadModel(Protocol):
+    """A timm classifier split the timm way (see `has_feature_head`)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def get_classifier(self) -> nn.Module: ...
+
+
+def _feature_head(model: nn.Module) -> FeatureHeadModel:
+    """`model` seen as a timm classifier: cache: features runs only on models `has_feature_head`
+    accepts (check_features_supported refuses the others first)."""
+    return cast(FeatureHeadModel, model)
+
+
 class HeadOnFeatures(nn.Module):
     """What a probe trains, on pooled features: the model's dropout before its classifier, then
     the classifier itself (the same Parameters, so the optimizer and checkpoints see no change)."""
 
     def __init__(self, model: nn.Module, drop_rate: float) -> None:
         super().__init__()
-        self.classifier = model.get_classifier()
+        self.classifier = _feature_head(model).get_classifier()
         self.drop = nn.Dropout(drop_rate)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -38,7 +54,8 @@ class HeadOnFeatures(nn.Module):
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """timm's pre-logits features: what the classifier of `model` takes as input."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    timm_model = _feature_head(model)
+    return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
 
 
 class FeatureDataset(Dataset):
