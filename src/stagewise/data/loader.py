@@ -23,7 +23,17 @@ from .index import Samples
 _EPOCH_STRIDE = 1 << 32
 
 
-class ImageDataset(Dataset):
+class SampleDataset(Dataset):
+    """A map-style dataset with one item per sample of `samples` (decoded images, or features
+    computed from them): what `make_loader` samples, by label where it groups identities."""
+
+    samples: Samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class ImageDataset(SampleDataset):
     """Decodes one sample; a bad file yields None (dropped by `collate_skip_bad`)."""
 
     def __init__(self, samples: Samples, transform: Callable, seed: int = 0, seeded: bool = True,
@@ -38,9 +48,6 @@ class ImageDataset(Dataset):
         self.transform_for: Callable[[int], Callable] | None = None
         # Batches also carry each image's sample index (a distillation teacher's cached logits)
         self.indexed = False
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def image(self, i: int):
         if self.cache is not None:
@@ -204,7 +211,7 @@ def default_workers() -> int:
 
 
 def make_loader(
-    dataset: ImageDataset,
+    dataset: SampleDataset,
     batch_size: int,
     shuffle: bool,
     seed: int,

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
-from ..kinds import strategy
+from ..kinds import STRATEGIES
 from ..reporting.compare_report import write_compare
 from ..reporting.history import ReportError
 from ..reporting.samples import load_model, predict, split_samples
@@ -123,7 +123,9 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
         cfg["task"] = cell.task
     chosen = weights.get(cell.model) if isinstance(weights, dict) else weights
     cfg.pop("weights", None)
-    if chosen and strategy(cell.strategy).uses_weights:
+    # An unknown strategy keeps the weights: the cell's config validation names the valid ones.
+    known = STRATEGIES.get(cell.strategy)
+    if chosen and (known is None or known.uses_weights):
         cfg["weights"] = chosen
     return cfg
 

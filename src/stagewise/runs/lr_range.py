@@ -27,6 +27,7 @@ from ..reporting.plots import save_figure
 from ..runfolder import LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
 from ..training.distributed import single_process
+from ..training.loop import Criterion
 from ..training.progress import Reporter, bar, make_reporter
 from .teacher import load_teacher
 
@@ -37,7 +38,7 @@ def lr_range_test(
     model: nn.Module,
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
+    criterion: Criterion,
     *,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -111,7 +112,7 @@ def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
             raise ConfigError("lr-find: the training loader yields no images")
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: Criterion,
           x: torch.Tensor, y: torch.Tensor, accelerator: Any, mixup: Callable | None = None,
           distill: Callable | None = None) -> float:
     device = accelerator.device if accelerator is not None else next(model.parameters()).device

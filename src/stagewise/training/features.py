@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.index import Samples
-from ..data.loader import _EPOCH_STRIDE, ImageDataset, collate_skip_bad
+from ..data.loader import _EPOCH_STRIDE, ImageDataset, SampleDataset, collate_skip_bad
 from ..errors import ConfigError
 from ..kinds import strategy
 
@@ -58,7 +58,7 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
 
 
-class FeatureDataset(Dataset):
+class FeatureDataset(SampleDataset):
     """Features of one split, `views` x images x dim; the sampler's key carries the epoch, and
     epoch e reads view e mod views (a bad image stays bad in every view)."""
 
