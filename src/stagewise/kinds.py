@@ -133,6 +133,12 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 )}
 
 
+def embeds(name: object) -> bool:
+    """Whether the task a file names (config.yaml, model.json, a compare row) embeds; a missing
+    or unknown name is a classifier's, as files written before tasks existed are."""
+    return isinstance(name, str) and name in TASKS and TASKS[name].embeds
+
+
 def strategy(name: str) -> Strategy:
     """The strategy called `name`; a ValueError listing the valid names otherwise."""
     try:

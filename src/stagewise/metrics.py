@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 Goal = Literal["max", "min"]
 TaskName = Literal["classify", "embed"]
-Panel = Literal["loss", "accuracy"]
+Panel = Literal["loss", "accuracy", "retrieval"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,14 @@ _TABLE = (
     Metric("val_top5", "val top-5", "max", "classify", monitor=True, card=True, panel="accuracy",
            style=":", short="top5"),
     # retrieval validation (task: embed), leave-one-out over the validation identities
-    Metric("val_recall1", "val recall@1", "max", "embed", monitor=True, card=True, short="R@1"),
-    Metric("val_recall5", "val recall@5", "max", "embed", monitor=True, card=True, short="R@5"),
-    Metric("val_recall10", "val recall@10", "max", "embed", card=True),
-    Metric("val_map", "val mAP", "max", "embed", monitor=True, card=True, short="mAP"),
-    Metric("val_map_at_r", "val mAP@R", "max", "embed", monitor=True, card=True, short="mAP@R"),
+    Metric("val_recall1", "recall@1", "max", "embed", monitor=True, card=True, panel="retrieval",
+           short="R@1"),
+    Metric("val_recall5", "recall@5", "max", "embed", monitor=True, card=True, panel="retrieval",
+           style="--", short="R@5"),
+    Metric("val_recall10", "recall@10", "max", "embed", card=True),
+    Metric("val_map", "mAP", "max", "embed", monitor=True, card=True, panel="retrieval", short="mAP"),
+    Metric("val_map_at_r", "mAP@R", "max", "embed", monitor=True, card=True, panel="retrieval",
+           style=":", short="mAP@R"),
     Metric("val_threshold", "open-set threshold (cosine distance)", task="embed", card=True),
     Metric("val_identities", "val identities", task="embed", fmt="d"),
     # what trained, how fast, what was skipped

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import write_json, write_text
+from ..kinds import embeds
 from ..runfolder import CompareRow
 from .document import (
     Document,
@@ -52,7 +53,7 @@ def table(rows: Sequence[CompareRow]) -> Table:
     retrieval columns when the grid has embed cells or searched held-out identities (`search`:
     compare --retrieval-data)."""
     with_test = any(r.get("test_top1") is not None for r in rows)
-    with_search = any("retrieval_map" in r or r.get("task") == "embed" for r in rows)
+    with_search = any("retrieval_map" in r or embeds(r.get("task")) for r in rows)
     columns = ["cell", "model", "strategy", "optimizer", "scheduler", "train acc", "val acc"]
     columns += ["test acc"] if with_test else []
     columns += ["task", "val mAP", "search R@1", "search mAP"] if with_search else []

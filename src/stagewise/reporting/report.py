@@ -18,6 +18,7 @@ import yaml
 
 from ..data import AugmentPlan, Preprocess
 from ..io import write_text
+from ..kinds import embeds
 from ..runfolder import gain_verdict
 from . import plots
 from .document import (
@@ -99,7 +100,7 @@ def build_document(history: RunHistory, plot_dir: Path, predictions: bool = True
                       partial(_confusion, stage, history, plot_dir)))
         parts.append((_titled("Per-class accuracy", stage, history),
                       partial(_per_class, stage, history, plot_dir)))
-    if predictions and history.final_info.get("task") != "embed":
+    if predictions and not embeds(history.final_info.get("task")):
         parts.append(("Sample predictions", lambda: _predictions(history, plot_dir)))
     parts.append(("Augmentation preview", lambda: _augmentation(history, plot_dir)))
     parts.append(("Configuration", lambda: _configs(history)))

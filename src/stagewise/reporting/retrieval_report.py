@@ -15,6 +15,8 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ..data import build_transform
+from ..kinds import embeds
+from ..metrics import curves
 from ..ranking import flat_index, search_index
 from .document import Block, Image, Table, Text, fmt_pct
 from .history import RunHistory, StageRun
@@ -24,19 +26,20 @@ from .samples import decoded, split_samples, spread, thumbnail
 MAX_SEARCHED = 256  # validation images embedded for the example grid
 QUERIES = 8
 TOP_K = 5
-_SERIES = (("val_recall1", "recall@1", "-"), ("val_recall5", "recall@5", "--"),
-           ("val_map", "mAP", "-"), ("val_map_at_r", "mAP@R", ":"))
+_SERIES = curves("retrieval")  # the metric registry's retrieval panel
 
 
 def is_embed(stage: StageRun) -> bool:
-    return stage.config.get("task") == "embed" or stage.model_info.get("task") == "embed"
+    """The stage's task (its config, or model.json of a stage whose config is gone) embeds."""
+    return embeds(stage.config.get("task") or stage.model_info.get("task"))
 
 
 def retrieval_curves(history: RunHistory, plot_dir: Path) -> list[Block]:
     """Recall@k and mAP of the validation identities per epoch, epoch 0 included."""
     fig, axes = new_figure(7, 4)
     ax = axes[0][0]
-    for i, (key, label, style) in enumerate(_SERIES):
+    for i, m in enumerate(_SERIES):
+        key, label, style = m.name, m.label, m.style
         for stage in history.stages:
             if not is_embed(stage):
                 continue
@@ -53,11 +56,11 @@ def retrieval_curves(history: RunHistory, plot_dir: Path) -> list[Block]:
     if ax.get_lines():
         ax.legend(fontsize=8, loc="best")
     path = save_figure(fig, plot_dir / "retrieval.png")
-    rows = [[s.name, str(s.best.get("epoch", "-")), *(fmt_pct(s.best.get(k)) for k, _, _ in _SERIES),
+    rows = [[s.name, str(s.best.get("epoch", "-")), *(fmt_pct(s.best.get(m.name)) for m in _SERIES),
              fmt_pct(_start(s).get("val_map"))] for s in history.stages if is_embed(s)]
     return [Image(path, "Leave-one-out search over the validation identities (never trained on): "
                         "each image queries all the others."),
-            Table(["stage", "best epoch", "recall@1", "recall@5", "mAP", "mAP@R", "mAP at epoch 0"],
+            Table(["stage", "best epoch", *(m.label for m in _SERIES), "mAP at epoch 0"],
                   rows, caption="Best epoch of each embed stage (by its monitor)")]
 
 

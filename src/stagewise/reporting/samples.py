@@ -25,6 +25,7 @@ from ..data import AugmentPlan, Preprocess, Samples, build_transform, load_datas
 from ..data.folder import load_split
 from ..data.identities import read_identities
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb
+from ..kinds import embeds
 from ..runfolder import SPLIT
 from .history import ReportError
 
@@ -57,7 +58,7 @@ def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Sa
     labels index (class ids; an embed stage's validation identities)."""
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")
-    read = read_identities if config.get("task") == "embed" else partial(
+    read = read_identities if embeds(config.get("task")) else partial(
         load_dataset, fmt=config.get("format", "auto"))
     index = read(Path(config["data"]), val_fraction=float(config.get("val_fraction", defaults.VAL_FRACTION)),
                  seed=int(config.get("seed", defaults.SEED)))

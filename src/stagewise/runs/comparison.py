@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
-from ..kinds import STRATEGIES
+from ..kinds import STRATEGIES, TASKS, embeds
 from ..reporting.compare_report import write_compare
 from ..reporting.history import ReportError
 from ..reporting.samples import load_model, predict, split_samples
@@ -199,11 +199,12 @@ def compare(
 
 def _retrieval_setting(tasks: list[str] | None, data: str | Path | None) -> dict[str, Any]:
     """The held-out identities every cell is searched on, checked before any cell trains."""
-    unknown = sorted(set(tasks or []) - {"classify", "embed"})
+    unknown = sorted(set(tasks or []) - set(TASKS))
     if unknown:
-        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from classify, embed")
+        raise ConfigError(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     if data is None:
-        if "embed" in (tasks or []) and "classify" in (tasks or []):
+        kinds = {embeds(t) for t in tasks or []}
+        if kinds == {True, False}:
             raise ConfigError("--tasks classify,embed compares the tasks by searching identities no "
                               "cell trained on: add --retrieval-data DIR (a folder of identity folders)")
         return {}
