@@ -13,11 +13,27 @@ from ..errors import StagewiseError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
-    s = dsub.add_parser("synth", help="generate the built-in synthetic curriculum")
-    s.add_argument("out", type=Path)
-    s.add_argument("--preset", default="curriculum")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--scale", type=float, default=1.0, help="images per class multiplier")
+    s = dsub.add_parser(
+        "synth", help="generate synthetic datasets: the built-in curriculum or a fake ImageNet family",
+        description="curriculum: OUT/level1..level3, class folders of procedural shapes (the demo's "
+                    "data). imagenet-family: OUT/imagenette2, tiny-imagenet-200, imagenet-mini and "
+                    "imagenet, tiny fakes in the real layouts with real ImageNet wnids, for trying the "
+                    "imagenet-progressive preset (--set data_root=OUT) without downloading.")
+    s.add_argument("out", type=Path, help="folder to write the datasets in (created if missing)")
+    s.add_argument("--preset", default="curriculum", choices=["curriculum", "imagenet-family"],
+                   help="what to make (default: curriculum)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="curriculum only: images per class multiplier (default: 1.0)")
+    s.add_argument("--classes", type=int, default=20, metavar="K",
+                   help="imagenet-family only: classes of imagenet-mini and imagenet (11-1000; "
+                        "Imagenette's 10 wnids plus K-10 more); tiny-imagenet-200 gets the first "
+                        "min(K, 200), imagenette2 always its 10 (default: 20)")
+    s.add_argument("--per-class", type=int, default=8, metavar="N",
+                   help="imagenet-family only: train images per class; val gets max(2, N/2) "
+                        "(default: 8)")
+    s.add_argument("--size", type=int, default=64, metavar="PX",
+                   help="imagenet-family only: image side in pixels, JPEG (default: 64)")
     s.set_defaults(handler=_cmd_synth)
     _inspect_parser(dsub)
     _fetch_parser(dsub)
@@ -68,10 +84,31 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.preset == "imagenet-family":
+        return _synth_family(args)
     from ..data.synth import PRESETS, generate
 
     if args.preset not in PRESETS:
         raise StagewiseError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
     for folder in generate(args.out, args.preset, args.seed, args.scale):
         print(folder)
+    return 0
+
+
+def _synth_family(args: argparse.Namespace) -> int:
+    import time
+
+    from ..data.synth_imagenet import generate_family
+
+    start = time.perf_counter()
+    try:
+        folders = generate_family(args.out, classes=args.classes, per_class=args.per_class,
+                                  size=args.size, seed=args.seed)
+    except ValueError as exc:
+        raise StagewiseError(f"data synth: {exc}") from None
+    files = [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+    for folder in folders:
+        print(folder)
+    print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in "
+          f"{time.perf_counter() - start:.1f}s; run the preset with --set data_root={args.out}")
     return 0
