@@ -26,7 +26,7 @@ from typing import Any, TypedDict
 import yaml
 
 from ._version import __version__
-from .config import parse_yaml
+from .config.yaml_loader import parse_yaml
 from .errors import ConfigError, WeightsError
 from .io import existing_dir, write_json, write_text
 

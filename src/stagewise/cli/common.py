@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, load_yaml
+from ..config.overrides import apply_overrides
+from ..config.yaml_loader import load_yaml
 from ..errors import StagewiseError
 
 # CLI flag -> config key, for the flags of `train` that map one to one.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, build_config
+from ..config.schema import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
 from ..reporting.compare_report import write_compare
 from ..reporting.history import ReportError

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Distill
+from ..config.schema import Distill
 from ..errors import ConfigError
 from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure

@@ -17,7 +17,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from ..config import TrainConfig
+from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json, write_with
 from ..models import LoadedWeights

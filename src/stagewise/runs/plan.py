@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..config import TrainConfig, apply_overrides, listing, load_yaml, validation_problems
+from ..config.errors_format import listing, validation_problems
+from ..config.overrides import apply_overrides
+from ..config.schema import TrainConfig
+from ..config.yaml_loader import load_yaml
 from ..errors import ConfigError, clip, shown
 
 InitSource = str  # "previous" | "pretrained" | "scratch" | the name of an earlier stage

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from ..config import TrainConfig, optimizer_names
+from ..config.schema import TrainConfig, optimizer_names
 from ..errors import ConfigError
 from .strategies import fine_layer_ids
 

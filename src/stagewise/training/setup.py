@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig, build_config, load_yaml
+from ..config.schema import TrainConfig, build_config
+from ..config.yaml_loader import load_yaml
 from ..data import (
     AugmentPlan,
     DatasetIndex,
