@@ -98,13 +98,13 @@ def run(
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
     with locked(out, (MANIFEST, "stages")):
-        return _run(plan, out, stages, resume, pipeline, overrides, reporter)
+        return _run(plan, out, stages, resume, overrides, reporter)
 
 
-def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, pipeline: Any,
+def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
          overrides: Sequence[str], reporter: str) -> PipelineResult:
     manifest = _open(plan, out, stages, resume, overrides)
-    hint = _resume_hint(pipeline, out, overrides)
+    hint = _resume_hint(out)
     trained = False
     for stage in plan.stages:
         entry = manifest["stages"][stage.name]
@@ -112,7 +112,8 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, 
             if entry["status"] != "done":
                 entry["status"] = "skipped"
             continue
-        if entry["status"] == "done" and _verified(out, stage, entry):
+        if entry["status"] == "done":
+            _check_finished(out, stage, entry)
             continue
         rep = make_reporter(reporter, stage.name)
         try:
@@ -208,13 +209,14 @@ def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
             "resume with the original pipeline or start a new run"
         )
     # Settings may change for stages that have not started; a started stage refuses a change
-    # with the differences listed (`_verified`, and `resume_config` as it resumes).
+    # with the differences listed (`_check_finished`, and `resume_config` as it resumes).
     return manifest
 
 
-def _verified(out: Path, stage: StagePlan, entry: StageEntry) -> bool:
+def _check_finished(out: Path, stage: StagePlan, entry: StageEntry) -> None:
     """A finished stage is skipped only when its artifacts still hash as recorded and the
-    pipeline still asks for the settings it was trained with (a change is an error, not ignored)."""
+    pipeline still asks for the settings it was trained with: either change is an error (raised
+    here), never ignored."""
     name = stage.name
     folder = stage_dir(out, name)
     if holds_run(folder):
@@ -227,7 +229,6 @@ def _verified(out: Path, stage: StagePlan, entry: StageEntry) -> bool:
                 f"Restore it, or delete {folder} and set its status to pending in "
                 f"{out / MANIFEST} to train it again"
             )
-    return True
 
 
 def _incoming(
@@ -254,7 +255,7 @@ def _incoming(
     return None, f"parent stage '{parent}' has no saved weights; starts from {fallback} instead"
 
 
-def _resume_hint(pipeline: object, out: Path, overrides: Sequence[str]) -> str:
+def _resume_hint(out: Path) -> str:
     """The command that continues this pipeline (an interrupted stage prints it): the folder
     holds the resolved plan and overrides, so nothing else is needed."""
     return f"stagewise run --out {shlex.quote(str(out))} --resume"
