@@ -25,6 +25,8 @@ from ..reporting.samples import load_model, predict, split_samples
 from ..runfolder import (
     BEST,
     CELL_MARKER,
+    CELLS,
+    COMPARE,
     SPLIT,
     CompareRow,
     best_record,
@@ -37,6 +39,7 @@ from ..runfolder import (
     try_read_model_card,
     write_cell_marker,
 )
+from ..runfolder import cell_dir as cell_path  # here `cell_dir` names a cell's folder (a Path)
 from ..training.distributed import single_process
 from ..training.progress import make_reporter
 from ..training.trackers import require_tracker
@@ -107,7 +110,7 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
     for value in axes:
         if isinstance(base.get(value), dict):
             cfg.update(base[value])
-    cfg.update(model=cell.model, strategy=cell.strategy, out=str(out / "cells" / cell.name))
+    cfg.update(model=cell.model, strategy=cell.strategy, out=str(cell_path(out, cell.name)))
     if cell.optimizer:
         cfg["optimizer"] = cell.optimizer
     if cell.scheduler:
@@ -184,7 +187,7 @@ def compare(
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
     require_tracker(base.get("log_with"))
-    with locked(out, ("cells", "compare.json")):
+    with locked(out, (CELLS, COMPARE)):
         return _run_cells(out, cells, configs, base, reporter)
 
 
@@ -304,7 +307,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
         "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
         "images_per_sec": (sum(r.get("images_per_sec", 0.0) for r in trained) / len(trained)) if trained else None,
         "epochs_run": len(history), "curve": curve,
-        "split": _split_digest(cell_dir), "run_dir": f"cells/{cell.name}",
+        "split": _split_digest(cell_dir), "run_dir": cell_path(Path(), cell.name).as_posix(),
     }
 
 

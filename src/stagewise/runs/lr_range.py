@@ -24,7 +24,7 @@ from ..config.schema import Distill
 from ..errors import ConfigError
 from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
-from ..runfolder import LRFindResult, write_lr_find
+from ..runfolder import LR_FIND_PLOT, LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
 from ..training.distributed import single_process
 from ..training.progress import Reporter, bar, make_reporter
@@ -224,5 +224,5 @@ def lr_find(
     if out is not None:
         out = Path(out)
         write_lr_find(out, result)
-        save_figure(plot_lr_find(result), out / "lr_find.png")
+        save_figure(plot_lr_find(result), out / LR_FIND_PLOT)
     return result

@@ -17,6 +17,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from .. import defaults
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json, write_with
@@ -28,6 +29,7 @@ from ..runfolder import (
     MANIFEST_FORMAT,
     MODEL_CARD,
     PIPELINE_HISTORY,
+    STAGES,
     BaselineEntry,
     Gain,
     Manifest,
@@ -78,7 +80,7 @@ def sha256(path: Path) -> str:
 
 def run(
     pipeline: str | Path | dict[str, Any] | PipelinePlan | None,
-    out: str | Path = "runs/pipeline",
+    out: str | Path = defaults.PIPELINE_OUT,
     *,
     stages: list[str] | None = None,
     resume: bool = False,
@@ -97,7 +99,7 @@ def run(
     elif resume and not overrides:  # the file again: with the overrides it was started with
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
-    with locked(out, (MANIFEST, "stages")):
+    with locked(out, (MANIFEST, STAGES)):
         return _run(plan, out, stages, resume, overrides, reporter)
 
 
@@ -285,7 +287,8 @@ def _run_stage(
         entry["gain"] = _gain(result, entry["baseline"])
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update(status="done", finished=time.time(),
-                 artifacts={f"stages/{stage.name}/{f}": sha256(folder / f) for f in (BEST, MODEL_CARD)})
+                 artifacts={(stage_dir(Path(), stage.name) / f).as_posix(): sha256(folder / f)
+                            for f in (BEST, MODEL_CARD)})
 
 
 def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
@@ -373,7 +376,7 @@ def _write_history(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:
             global_epoch += 1
             epochs.append({"global_epoch": global_epoch, "stage": name, **r})
         entry = manifest["stages"][name]
-        stages.append({"name": name, "run_dir": f"stages/{name}", "first_epoch": first,
+        stages.append({"name": name, "run_dir": stage_dir(Path(), name).as_posix(), "first_epoch": first,
                        "last_epoch": global_epoch, "strategy": plan.stage(name).config.strategy,
                        "baseline": entry.get("baseline"), "gain": entry.get("gain"), "head": entry.get("head")})
     write_json(out / PIPELINE_HISTORY, {"stages": stages, "epochs": epochs})

@@ -19,7 +19,9 @@ from ..config.errors_format import listing, validation_problems
 from ..config.overrides import apply_overrides
 from ..config.schema import TrainConfig
 from ..config.yaml_loader import load_yaml
+from ..defaults import PIPELINE_OUT
 from ..errors import ConfigError, clip, shown
+from ..runfolder import stage_dir
 
 InitSource = str  # "previous" | "pretrained" | "scratch" | the name of an earlier stage
 Baseline = Literal["scratch", "pretrained", "none"]
@@ -238,7 +240,7 @@ def _stage_plans(
         where = f"stages[{i}] ({clip(name, 80)})"
         _check_name(name, seen, where, problems)
         merged = {**defaults, **{k: v for k, v in entry.items() if k not in STAGE_ONLY_KEYS}}
-        merged["out"] = str((out or Path("runs/pipeline")) / "stages" / name)
+        merged["out"] = str(stage_dir(out or Path(PIPELINE_OUT), name))
         init = str(entry.get("init", "previous"))
         baseline = str(entry.get("baseline", "none"))
         if baseline not in ("scratch", "pretrained", "none"):
@@ -270,7 +272,7 @@ def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path |
     """`teacher:` naming an earlier stage (as `init:` does) is that stage's folder; otherwise a
     path. A stage name wins over a folder of the same name in the working directory."""
     if teacher in earlier:
-        return str((out or Path("runs/pipeline")) / "stages" / teacher)
+        return str(stage_dir(out or Path(PIPELINE_OUT), teacher))
     if teacher in rest:
         which = "itself" if teacher == rest[0] else f"a later stage '{clip(teacher, 80)}'"
         problems.append(f"{where}.teacher: refers to {which}; a stage can learn only from an earlier one")
