@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config.choices import Strategy, Task, choices_of
 from ..defaults import LR_FIND_OUT
 from ..runfolder import LR_FIND, LR_FIND_PLOT
 from .common import (
@@ -38,11 +39,12 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
                                    "finished cells are kept when the command is run again.")
     p.add_argument("--data", required=True, help="image folder")
     p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--strategies", default="finetune", help="comma-separated: scratch,probe,finetune,gradual")
+    p.add_argument("--strategies", default="finetune",
+                   help=f"comma-separated: {','.join(choices_of(Strategy))}")
     p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
     p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")
-    p.add_argument("--tasks", help="comma-separated: classify,embed (a classifier's features against "
-                                   "metric-learned ones; needs --retrieval-data)")
+    p.add_argument("--tasks", help=f"comma-separated: {','.join(choices_of(Task))} (a classifier's "
+                   "features against metric-learned ones; needs --retrieval-data)")
     p.add_argument("--retrieval-data", help="identity folders no cell trains on: every cell's best "
                                             "weights search them (recall@1, mAP)")
     p.add_argument("--epochs", type=int, required=True, help="epochs per cell")

@@ -19,9 +19,6 @@ from typing import Any
 
 from ..config.schema import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
-from ..reporting.compare_report import write_compare
-from ..reporting.history import ReportError
-from ..reporting.samples import load_model, predict, split_samples
 from ..runfolder import (
     BEST,
     CELL_MARKER,
@@ -211,6 +208,9 @@ def _retrieval_setting(tasks: list[str] | None, data: str | Path | None) -> dict
 
 def _run_cells(out: Path, cells: list[Cell], configs: dict[str, dict[str, Any]], base: dict[str, Any],
                reporter: str) -> CompareResult:
+    # Imported here: the report draws with matplotlib, which `import stagewise` should not pay for.
+    from ..reporting.compare_report import write_compare
+
     result = CompareResult(out=out, rows=[])
     for cell in cells:
         row, trained = run_cell(cell, configs[cell.name], reporter)
@@ -327,6 +327,9 @@ def _test_top1(cell_dir: Path, weights: str, cfg: dict[str, Any]) -> float | Non
     record = read_test(cell_dir)
     if record is not None:
         return record.top1
+    from ..reporting.history import ReportError
+    from ..reporting.samples import load_model, predict, split_samples
+
     try:
         samples, _ = split_samples(cfg, cell_dir, "test")
     except ReportError:
