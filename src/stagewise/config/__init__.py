@@ -1,6 +1,7 @@
 """Configuration, one module per job:
 
 - `schema`: `TrainConfig`, every key of a stage with its type, bounds and default;
+- `pipeline`: a pipeline file's own keys (`PipelineFile`, `PipelineStage`);
 - `choices`: the names a key may take (`Literal` types), light enough for the CLI's --help;
 - `yaml_loader`: the hardened YAML reader (`parse_yaml`, `load_yaml`);
 - `overrides`: `--set key=value` (`apply_overrides`);
@@ -41,6 +42,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     )
     from .overrides import (
         apply_overrides,
+    )
+    from .pipeline import (
+        MAX_STAGES,
+        PipelineFile,
+        PipelineStage,
     )
     from .schema import (
         MAX_EPOCHS,
@@ -91,6 +97,9 @@ _EXPORTS = {
     "listing": "errors_format",
     "validation_problems": "errors_format",
     "apply_overrides": "overrides",
+    "MAX_STAGES": "pipeline",
+    "PipelineFile": "pipeline",
+    "PipelineStage": "pipeline",
     "MAX_EPOCHS": "schema",
     "MAX_LR": "schema",
     "STRATEGY_DEFAULTS": "schema",
@@ -133,11 +142,14 @@ __all__ = [
     "MAX_LISTED",
     "MAX_LR",
     "MAX_PER_KEY",
+    "MAX_STAGES",
     "Mean",
     "MetricLoss",
     "Miner",
     "Monitor",
     "OWN_OPTIMIZERS",
+    "PipelineFile",
+    "PipelineStage",
     "Precision",
     "ProgressiveResize",
     "STRATEGY_DEFAULTS",

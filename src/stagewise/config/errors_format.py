@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import typing
 from collections import Counter
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import annotated_types
@@ -30,16 +31,18 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     return f"{source}: invalid configuration\n" + listing(validation_problems(err, model))
 
 
-def validation_problems(err: ValidationError, model: type[BaseModel]) -> list[str]:
+def validation_problems(err: ValidationError, model: type[BaseModel],
+                        also_valid: Collection[str] = ()) -> list[str]:
     """One line per error, at most MAX_PER_KEY per top-level key: a long list of bad items must
-    not push the other keys' problems out of the message."""
+    not push the other keys' problems out of the message. `also_valid`: top-level keys that the
+    place the data came from accepts besides the model's (a pipeline stage's name, init...)."""
     lines: list[str] = []
     per_key: Counter[Any] = Counter()
     for item in err.errors():
         key = item["loc"][0] if item["loc"] else None
         per_key[key] += 1
         if per_key[key] <= MAX_PER_KEY:
-            lines.append(_problem_line(item, model))
+            lines.append(_problem_line(item, model, also_valid))
     for key, n in per_key.items():
         if n > MAX_PER_KEY:
             lines.append(f"{_key_path((key,) if key is not None else ())}: {n - MAX_PER_KEY} more problem(s) "
@@ -47,17 +50,20 @@ def validation_problems(err: ValidationError, model: type[BaseModel]) -> list[st
     return lines
 
 
-def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
+def _problem_line(item: ErrorDetails, model: type[BaseModel], also_valid: Collection[str] = ()) -> str:
     """The key path, what was wrong, and the valid choices or range."""
     path = _key_path(item["loc"])
     kind = item["type"]
     given = item.get("input")
     valid_range = _valid_range(model, item["loc"], path) if kind in _BOUND_ERRORS else ""
     if kind == "extra_forbidden":
-        valid = sorted(_fields_at(model, item["loc"][:-1]))
+        top = len(item["loc"]) == 1
+        valid = sorted(_fields_at(model, item["loc"][:-1]) | (set(also_valid) if top else set()))
         hint = difflib.get_close_matches(str(item["loc"][-1])[:100], valid, n=1)
         near = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{path}: unknown key{near}; valid keys: {', '.join(valid)}"
+        # A model may say why a top-level key is likely unknown (a pipeline file: a variable).
+        why = getattr(model, "unknown_key_hint", "") if top else ""
+        return f"{path}: unknown key{near}; valid keys: {', '.join(valid)}" + (f" ({why})" if why else "")
     if kind == "literal_error":
         return f"{path}: unknown value {shown(given)}; {item['msg'].lower()}"
     if valid_range:
