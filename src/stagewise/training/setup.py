@@ -234,7 +234,7 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
         check_features_supported(cfg, world, model)
     if cfg.cache != "auto":
         return cfg.cache
-    # A teacher needs the images (config.py refuses `cache: features` with one).
+    # A teacher needs the images (config/schema.py refuses `cache: features` with one).
     exact = cfg.strategy == "probe" and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
     # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
     simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn
