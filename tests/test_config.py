@@ -13,8 +13,9 @@ import yaml
 import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
-from stagewise.config import STRATEGY_DEFAULTS, apply_overrides, build_config, load_yaml
+from stagewise.config import apply_overrides, build_config, load_yaml
 from stagewise.errors import ConfigError
+from stagewise.kinds import STRATEGIES
 
 
 def _error(data: dict) -> str:
@@ -25,7 +26,7 @@ def _error(data: dict) -> str:
 
 def test_defaults_validate() -> None:
     cfg = build_config({"data": "d"})
-    assert cfg.strategy == "finetune" and cfg.model == "resnet18" and cfg.epochs == 10
+    assert cfg.strategy == "scratch" and cfg.model == "resnet18" and cfg.epochs == 10  # no weights
 
 
 def test_unknown_key_names_it_suggests_and_lists_valid_keys() -> None:
@@ -176,10 +177,13 @@ def test_resume_needs_a_run_folder(tmp_path: Path, capsys) -> None:
 
 
 def test_strategy_defaults_fill_only_missing_keys_and_are_resolved() -> None:
-    for strategy, expected in STRATEGY_DEFAULTS.items():
-        resolved = build_config({"data": "d", "strategy": strategy}).resolved()
-        assert {k: resolved[k] for k in expected} == expected, strategy
-    assert build_config({"data": "d"}).freeze_epochs == STRATEGY_DEFAULTS["finetune"]["freeze_epochs"]
+    for strategy, s in STRATEGIES.items():
+        source = "transfer" if s.uses_weights else "none"
+        resolved = build_config({"data": "d", "strategy": strategy, "weights_source": source}).resolved()
+        assert {k: resolved[k] for k in s.defaults} == dict(s.defaults), strategy
+    with_weights = build_config({"data": "d", "weights": "w.safetensors"})
+    assert (with_weights.strategy, with_weights.weights_source) == ("finetune", "transfer")
+    assert with_weights.freeze_epochs == STRATEGIES["finetune"].defaults["freeze_epochs"]
     given = build_config({"data": "d", "strategy": "probe", "lr": 0.5, "augmentation": "light"})
     assert (given.lr, given.augmentation) == (0.5, "light")
     assert build_config({"data": "d", "strategy": "finetune", "layer_decay": None}).layer_decay is None
@@ -187,3 +191,21 @@ def test_strategy_defaults_fill_only_missing_keys_and_are_resolved() -> None:
     assert build_config({"data": "d", "strategy": "probe", "re_prob": 0.25}).augmentation == "standard"
     with pytest.raises(ConfigError, match="strategy"):
         build_config({"data": "d", "strategy": "bogus"})
+
+
+def test_recipe_follows_where_the_weights_come_from_and_the_optimizer() -> None:
+    """none = scratch; a foreign pretrained file = the strategy's transfer recipe; an earlier
+    stage (handoff) = no head-only warm-up and no layer decay; SGD gets SGD's weight decay."""
+    scratch = build_config({"data": "d"})
+    assert (scratch.strategy, scratch.weights_source, scratch.freeze_epochs) == ("scratch", "none", 0)
+    transfer = build_config({"data": "d", "weights": "w.safetensors", "strategy": "finetune"})
+    assert (transfer.freeze_epochs, transfer.layer_decay) == (1, 0.8)
+    handoff = build_config({"data": "d", "strategy": "finetune", "weights_source": "handoff"})
+    assert (handoff.freeze_epochs, handoff.layer_decay, handoff.lr) == (0, None, transfer.lr)
+    sgd = build_config({"data": "d", "optimizer": "sgd"})
+    assert sgd.weight_decay == 1e-4 and build_config({"data": "d"}).weight_decay == 0.05
+    assert build_config({"data": "d", "optimizer": "sgd", "weight_decay": 5e-4}).weight_decay == 5e-4
+    with pytest.raises(ConfigError, match="monitor .val_accuracy. is unknown; choose one of val_loss, val_top1, val_top5"):
+        build_config({"data": "d", "monitor": "val_accuracy"})
+    with pytest.raises(ConfigError, match="not measured by task .classify.; choose one of val_loss"):
+        build_config({"data": "d", "monitor": "val_map"})

@@ -9,8 +9,9 @@ import pytest
 
 from stagewise.cli import main
 from stagewise.config import MAX_CONFIG_BYTES, apply_overrides, build_config, load_yaml
+from stagewise.config.pipeline import MAX_STAGES
 from stagewise.errors import ConfigError
-from stagewise.runs.plan import MAX_STAGES, load_pipeline
+from stagewise.runs.plan import load_pipeline
 
 # Nine levels of nine aliases: 9**9 (387 million) strings once expanded.
 ALIAS_BOMB = "\n".join(
@@ -231,3 +232,25 @@ def test_a_variable_holds_one_value() -> None:
 def test_malformed_pipelines_are_config_errors_not_crashes(spec: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         load_pipeline(spec)
+
+
+# --- the pipeline file's own keys (config/pipeline.py) -------------------------------------------
+
+def test_pipeline_keys_are_checked_like_stage_keys() -> None:
+    msg = _pipeline_error({"stagess": [], "defaults": 3,
+                           "stages": [7, {"name": "a", "data": "d", "baseline": "scratchh", "lrr": 1}]})
+    assert ("stagess: unknown key (did you mean 'stages'?); valid keys: defaults, description, name, "
+            "stages, vars (a variable goes under vars:)") in msg
+    assert "defaults: Input should be a valid dictionary" in msg
+    assert "stages[0]: Input should be a valid dictionary" in msg
+    # The other entries are still checked: every problem at once.
+    assert "stages[1] (a).baseline: unknown value 'scratchh'; input should be 'scratch', 'pretrained'" in msg
+    assert "stages[1] (a).lrr: unknown key (did you mean 'lr'?)" in msg
+
+
+def test_bad_pipeline_key_exits_2(tmp_path: Path, capsys) -> None:
+    path = _file(tmp_path, "stages:\n  - name: a\n    data: d\n    init: 5\n    baselin: none\n", "p.yaml")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "stages[0] (a).baselin: unknown key (did you mean 'baseline'?)" in err
+    assert not (tmp_path / "run").exists()

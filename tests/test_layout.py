@@ -8,6 +8,7 @@ Every import is walked, including those inside functions: a lazy import is still
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "defaults": set(),
     "io": BASE,
     "lock": BASE,
-    "ranking": BASE,
-    "scoring": BASE,  # top-1/top-5/confusion (torchmetrics): for training, inference and reports  # exact search and retrieval metrics: for training's epochs and inference
+    "ranking": BASE,  # exact search and retrieval metrics: for training's epochs and inference
+    "scoring": BASE,  # top-1/top-5/confusion (torchmetrics): for training, inference and reports
     "data": BASE | {"io"},
     "models": BASE | {"io", "data"},
     # data: the `augment:` list is checked against torchvision's transforms at config load.
@@ -44,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
 }
 MAX_LINES = 60
+ARCHITECTURE = SRC.parents[1] / "docs" / "architecture.md"
 
 
 def _module_name(path: Path) -> str:
@@ -105,6 +107,20 @@ def test_imports_point_down_the_stated_direction() -> None:
             if other != part and other not in ALLOWED[part]:
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layout rule:\n" + "\n".join(sorted(wrong))
+
+
+def test_architecture_doc_states_this_rule() -> None:
+    """docs/architecture.md's table of parts says what ALLOWED says, part by part."""
+    stated: dict[str, set[str]] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = line.split("|")
+        if len(cells) == 4 and cells[1].strip().startswith("`") and "may import" not in line:
+            parts = re.findall(r"`([\w_]+)`", cells[1])
+            targets = set(re.findall(r"`([\w_]+)`", cells[2]))
+            if parts and all(p in ALLOWED for p in parts) and (targets or "nothing" in cells[2]):
+                for p in parts:
+                    stated[p] = targets | (set() if p in BASE or "only" in cells[2] else BASE)
+    assert stated == ALLOWED
 
 
 def test_no_import_cycles() -> None:

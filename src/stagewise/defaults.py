@@ -3,5 +3,10 @@ do the data readers and the CLI): a reader never re-declares a default of its ow
 
 VAL_FRACTION = 0.2  # held out for validation when a dataset has no val split
 SEED = 0
-TRAIN_OUT = "runs/train"  # where `stagewise train` writes without --out
+# Where each command writes without --out (run-folder layout inside them: runfolder.py).
+TRAIN_OUT = "runs/train"  # `stagewise train`
+PIPELINE_OUT = "runs/pipeline"  # `stagewise.run` (the CLI's `run FILE` asks for --out)
+DEMO_OUT = "runs/demo"  # `stagewise demo`, `stagewise run` without a file
+PRESETS_OUT = "runs"  # `stagewise presets run NAME`: runs/NAME
+LR_FIND_OUT = "runs/lr_find"  # `stagewise lr-find`
 EMBEDDING_DIM = 128  # embed stages: the size of the L2-normalised vectors

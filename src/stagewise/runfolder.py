@@ -26,7 +26,7 @@ from typing import Any, TypedDict, TypeVar, cast, overload
 import yaml
 
 from ._version import __version__
-from .config import parse_yaml
+from .config.yaml_loader import parse_yaml
 from .errors import ConfigError, WeightsError
 from .io import existing_dir, write_json, write_text
 from .metrics import METRICS, card_metrics, is_finite, lower_is_better
@@ -46,6 +46,11 @@ MANIFEST = "pipeline.json"
 PIPELINE_HISTORY = "history.json"
 FINAL = "final.safetensors"
 CELL_MARKER = "cell.json"
+STAGES = "stages"  # a pipeline's stage run folders: stages/<name>/ (stage_dir)
+BASELINES = "baselines"  # a pipeline's baseline run folders: baselines/<name>/ (baseline_dir)
+CELLS = "cells"  # a comparison's cell run folders: cells/<cell>/ (cell_dir)
+COMPARE = "compare.json"  # a comparison's table
+LR_FIND_PLOT = "lr_find.png"  # beside lr_find.json
 
 MODEL_FORMAT = "stagewise.model/1"
 MANIFEST_FORMAT = "stagewise.pipeline/1"
@@ -442,11 +447,17 @@ def read_manifest(out: Path) -> Manifest | None:
 
 
 def stage_dir(out: Path, name: str) -> Path:
-    return out / "stages" / name
+    """A pipeline stage's run folder; `stage_dir(Path(), name)` is the path relative to `out`."""
+    return out / STAGES / name
 
 
 def baseline_dir(out: Path, name: str) -> Path:
-    return out / "baselines" / name
+    return out / BASELINES / name
+
+
+def cell_dir(out: Path, name: str) -> Path:
+    """A comparison cell's run folder; `cell_dir(Path(), name)` is the path relative to `out`."""
+    return out / CELLS / name
 
 
 # ---- comparison cells: cell.json ----

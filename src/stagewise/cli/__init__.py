@@ -14,6 +14,7 @@ import sys
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
 from . import data, inference, models, pipeline, reporting, retrieval, train
+from .deferred import DeferredParser
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
@@ -21,7 +22,9 @@ PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stagewise", description=__doc__.splitlines()[0])
+    """The whole command line; a command's flags that need the library are added only when that
+    command is parsed or its help printed (DeferredParser), so --help stays free of torch."""
+    parser = DeferredParser(prog="stagewise", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stagewise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSERS:

@@ -10,28 +10,44 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import apply_overrides, load_yaml
+from ..config.choices import (
+    OWN_OPTIMIZERS,
+    Augmentation,
+    LogWith,
+    Precision,
+    SchedulerName,
+    Strategy,
+    choices_of,
+)
+from ..config.overrides import apply_overrides
+from ..config.yaml_loader import load_yaml
 from ..errors import StagewiseError
+
+
+def _names(literal: object) -> str:
+    """'a | b | c': a key's valid names, from the type the schema validates against."""
+    return " | ".join(choices_of(literal))
+
 
 # CLI flag -> config key, for the flags of `train` that map one to one.
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "data": ("data", str, "image folder (train/ and val/, or class folders)"),
     "model": ("model", str, "timm (or torchvision) model name, e.g. resnet18"),
     "weights": ("weights", str, "pretrained weights: a .safetensors/.pth file, 'hub' or hf-hub:ID"),
-    "strategy": ("strategy", str, "scratch | probe | finetune | gradual"),
+    "strategy": ("strategy", str, _names(Strategy)),
     "epochs": ("epochs", int, "epochs to train"),
     "lr": ("lr", float, "base learning rate"),
     "batch-size": ("batch_size", int, "images per batch"),
     "image-size": ("image_size", int, "input size in pixels (default: the model's)"),
-    "optimizer": ("optimizer", str, "sgd | adam | adamw | rmsprop | adamw8bit, or a timm optimizer "
+    "optimizer": ("optimizer", str, f"{' | '.join(OWN_OPTIMIZERS)}, or a timm optimizer "
                   "(lamb, lion, adan, lars, ...: timm.optim.list_optimizers())"),
-    "scheduler": ("scheduler", str, "constant | one_cycle | cosine | polynomial | exponential | step | multistep | plateau"),
-    "precision": ("precision", str, "auto | fp32 | bf16 | fp16"),
-    "augmentation": ("augmentation", str, "none | light | standard | strong"),
+    "scheduler": ("scheduler", str, _names(SchedulerName)),
+    "precision": ("precision", str, _names(Precision)),
+    "augmentation": ("augmentation", str, _names(Augmentation)),
     "num-workers": ("num_workers", int, "data loader workers"),
     "seed": ("seed", int, "random seed"),
     "out": ("out", str, "run folder to write"),
-    "log-with": ("log_with", str, "none | tensorboard | mlflow"),
+    "log-with": ("log_with", str, _names(LogWith)),
     "teacher": ("teacher", str, "distil from this run folder or model file (--set distill.alpha=0.7 "
                 "--set distill.temperature=4 tune it)"),
 }

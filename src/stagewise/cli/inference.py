@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+from .deferred import defer
 
 if TYPE_CHECKING:
     from ..inference import Evaluation
@@ -17,6 +18,8 @@ PROGRESS_MIN_IMAGES = 64  # below this a bar only flickers
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    # Each command's flags are described by the inference modules (formats, TTA modes, splits),
+    # which import torch: they are added when the command is used (cli/deferred.py).
     _predict_parser(sub)
     _evaluate_parser(sub)
     _export_parser(sub)
@@ -37,8 +40,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
-    from ..inference.output import FORMATS
-
     p = sub.add_parser("predict", help="classify images with a trained model",
                        description="Classify image files, folders (searched recursively) and globs. "
                        "Unreadable files become error rows; exit 0 unless nothing could be read (2). "
@@ -47,6 +48,12 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
                        "the ones after it are models while they are run folders or .safetensors "
                        "files) or `predict --model RUN_A --model RUN_B IMAGES...` (then every "
                        "positional is an image).")
+    defer(p, _predict_arguments)
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    from ..inference.output import FORMATS
+
     _common(p)
     p.add_argument("--model", dest="models", type=Path, action="append", default=[],
                    help=f"a model ({MODEL_HELP}); repeat for an ensemble")
@@ -112,13 +119,17 @@ def split_models(flagged: list[Path], positional: list[str]) -> tuple[list[Path]
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from ..inference.evaluate import SPLITS
-
     p = sub.add_parser("evaluate", help="score a trained model on a labelled image folder",
                        description="Top-1/top-5, per-class precision/recall/F1, confusion matrix and "
                        "calibration error, most-confused pairs and a top-losses grid; classes are "
                        "matched to the model's by id. Several models are scored as an ensemble "
                        "(mean softmax probability) and each on its own.")
+    defer(p, _evaluate_arguments)
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from ..inference.evaluate import SPLITS
+
     p.add_argument("model", type=Path, nargs="+", help=f"{MODEL_HELP}; several make an ensemble")
     _common(p)
     p.add_argument("--data", type=Path, required=True, help="image folder (train/val[/test] or classes)")
@@ -215,11 +226,15 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    from ..inference.export import DEFAULT_OPSET, FORMATS
-
     p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript",
                        description="Writes the model file and a .preprocess.json beside it, then "
                        "checks that the export reproduces PyTorch's logits within 1e-4.")
+    defer(p, _export_arguments)
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from ..inference.export import DEFAULT_OPSET, FORMATS
+
     p.add_argument("model", type=Path, help=MODEL_HELP)
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", type=Path, default=None, help="file to write (default: in the model folder)")

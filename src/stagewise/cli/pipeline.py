@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..defaults import DEMO_OUT, PRESETS_OUT
 from ..errors import StagewiseError
 from ..kinds import task
 from .common import add_output_flags, pct, print_done, reporter_kind, signed
@@ -23,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_run)
 
     d = sub.add_parser("demo", help="generate the synthetic curriculum and run the 3-stage demo")
-    _common(d, default_out="runs/demo")
+    _common(d, default_out=DEMO_OUT)
     d.set_defaults(handler=_cmd_demo)
 
     pr = sub.add_parser("presets", help="built-in pipelines: list, show, run")
@@ -71,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..runs.demo import run_demo
 
-    out = args.out or Path("runs/demo")
+    out = args.out or Path(DEMO_OUT)
     result = run_demo(out, reporter=reporter_kind(args), overrides=args.set, stages=_stages(args))
     print_summary(result, args)
     return 0
@@ -101,7 +102,7 @@ def _cmd_presets_run(args: argparse.Namespace) -> int:
     from ..runs.pipeline import run
     from ..runs.presets import load_preset
 
-    out = args.out or Path("runs") / args.name
+    out = args.out or Path(PRESETS_OUT) / args.name
     result = run(load_preset(args.name), out, stages=_stages(args), resume=args.resume,
                  overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)

@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config.choices import Strategy, Task, choices_of
+from ..defaults import LR_FIND_OUT
+from ..runfolder import LR_FIND, LR_FIND_PLOT
 from .common import (
     add_output_flags,
     add_settings_flags,
@@ -36,11 +39,12 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
                                    "finished cells are kept when the command is run again.")
     p.add_argument("--data", required=True, help="image folder")
     p.add_argument("--models", required=True, help="comma-separated model names")
-    p.add_argument("--strategies", default="finetune", help="comma-separated: scratch,probe,finetune,gradual")
+    p.add_argument("--strategies", default="finetune",
+                   help=f"comma-separated: {','.join(choices_of(Strategy))}")
     p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
     p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")
-    p.add_argument("--tasks", help="comma-separated: classify,embed (a classifier's features against "
-                                   "metric-learned ones; needs --retrieval-data)")
+    p.add_argument("--tasks", help=f"comma-separated: {','.join(choices_of(Task))} (a classifier's "
+                   "features against metric-learned ones; needs --retrieval-data)")
     p.add_argument("--retrieval-data", help="identity folders no cell trains on: every cell's best "
                                             "weights search them (recall@1, mAP)")
     p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
@@ -59,8 +63,8 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (max 1000)")
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--out", type=Path, default=Path("runs/lr_find"),
-                   help="folder for lr_find.json and lr_find.png")
+    p.add_argument("--out", type=Path, default=Path(LR_FIND_OUT),
+                   help=f"folder for {LR_FIND} and {LR_FIND_PLOT}")
     add_output_flags(p)
     p.set_defaults(handler=_cmd_lr_find)
 
@@ -114,10 +118,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
                      reporter=reporter_kind(args))
     print_done(args, {"valley": result.valley, "steepest": result.steepest, "steps": len(result.lrs),
                       "trainable_params": result.trainable_params, "stopped": result.stopped,
-                      "plot": str(args.out / "lr_find.png")},
+                      "plot": str(args.out / LR_FIND_PLOT)},
                f"suggested LR: valley {_lr(result.valley)}, steepest {_lr(result.steepest)} "
                f"({len(result.lrs)} steps over {result.trainable_params:,} trainable parameters, "
-               f"{result.stopped}); plot: {args.out / 'lr_find.png'}")
+               f"{result.stopped}); plot: {args.out / LR_FIND_PLOT}")
     return 0
 
 

@@ -1,11 +1,37 @@
-"""Datasets: layouts on disk, transforms, loaders."""
+"""Datasets: layouts on disk, transforms, loaders.
 
-from .folder import read_folder
-from .index import DatasetIndex, Samples
-from .layouts import load_dataset
-from .loader import ImageDataset, make_loader
-from .transforms import AugmentPlan, Preprocess, build_transform, resolve_preprocess
-from .verify import check_decodable, undecodable
+Names are imported on first use (PEP 562): the CLI reads `data.sources` (the dataset registry)
+to build `stagewise data fetch --help`, which should not import torch with the loaders.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs
+    from .folder import read_folder
+    from .index import DatasetIndex, Samples
+    from .layouts import load_dataset
+    from .loader import ImageDataset, make_loader
+    from .transforms import AugmentPlan, Preprocess, build_transform, resolve_preprocess
+    from .verify import check_decodable, undecodable
+
+# Exported name -> the module of this package that defines it.
+_EXPORTS = {
+    "read_folder": "folder",
+    "DatasetIndex": "index",
+    "Samples": "index",
+    "load_dataset": "layouts",
+    "ImageDataset": "loader",
+    "make_loader": "loader",
+    "AugmentPlan": "transforms",
+    "Preprocess": "transforms",
+    "build_transform": "transforms",
+    "resolve_preprocess": "transforms",
+    "check_decodable": "verify",
+    "undecodable": "verify",
+}
 
 __all__ = [
     "AugmentPlan",
@@ -21,3 +47,15 @@ __all__ = [
     "resolve_preprocess",
     "undecodable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stagewise.data' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

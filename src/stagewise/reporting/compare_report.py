@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import write_json, write_text
 from ..kinds import embeds
-from ..runfolder import CompareRow
+from ..runfolder import COMPARE, CompareRow
 from .document import (
     Document,
     Image,
@@ -35,7 +35,7 @@ def write_compare(out: Path, rows: Sequence[CompareRow], settings: dict[str, Any
     """Write every output of a (possibly partial) grid; returns compare.html."""
     out.mkdir(parents=True, exist_ok=True)
     splits = {r.get("split") for r in rows if r.get("split")}
-    write_json(out / "compare.json", {
+    write_json(out / COMPARE, {
         "settings": settings,
         "grid": [c.name for c in cells],
         "same_split": len(splits) <= 1,

@@ -20,6 +20,7 @@ from ..runfolder import (
     HISTORY,
     MANIFEST,
     PIPELINE_HISTORY,
+    STAGES,
     best_record,
     read_config,
     read_confusion,
@@ -136,7 +137,7 @@ def read_run(run_dir: str | Path) -> RunHistory:
     if not run_dir.is_dir():
         raise ReportError(f"run folder not found: {run_dir}")
     if (run_dir / PIPELINE_HISTORY).is_file() or (run_dir / MANIFEST).is_file() \
-            or (run_dir / "stages").is_dir():
+            or (run_dir / STAGES).is_dir():
         return _read_pipeline(run_dir)
     if (run_dir / CONFIG).is_file() or (run_dir / HISTORY).is_file():
         stage = read_stage(run_dir, run_dir.name)
@@ -208,7 +209,7 @@ def _stage_dir(run_dir: Path, name: str, given: Any) -> Path:
 
 def _unlisted_stage_dirs(run_dir: Path, manifest: dict[str, Any], known: set[str]) -> list[Path]:
     """Stage folders not yet in history.json (the running stage), in the pipeline's order."""
-    root = run_dir / "stages"
+    root = run_dir / STAGES
     if not root.is_dir():
         return []
     found = {p.name: p for p in root.iterdir() if p.is_dir() and p.name not in known

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, build_config
+from ..config.schema import TrainConfig, build_config
 from ..errors import ConfigError, StagewiseError
 from ..kinds import STRATEGIES, TASKS, embeds
-from ..reporting.compare_report import write_compare
-from ..reporting.history import ReportError
-from ..reporting.samples import load_model, predict, split_samples
 from ..runfolder import (
     BEST,
     CELL_MARKER,
+    CELLS,
+    COMPARE,
     SPLIT,
     CompareRow,
     best_record,
@@ -39,6 +38,7 @@ from ..runfolder import (
     try_read_model_card,
     write_cell_marker,
 )
+from ..runfolder import cell_dir as cell_path  # here `cell_dir` names a cell's folder (a Path)
 from ..training.distributed import single_process
 from ..training.progress import make_reporter
 from ..training.trackers import require_tracker
@@ -114,7 +114,7 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
     for value in axes:
         if isinstance(base.get(value), dict):
             cfg.update(base[value])
-    cfg.update(model=cell.model, strategy=cell.strategy, out=str(out / "cells" / cell.name))
+    cfg.update(model=cell.model, strategy=cell.strategy, out=str(cell_path(out, cell.name)))
     if cell.optimizer:
         cfg["optimizer"] = cell.optimizer
     if cell.scheduler:
@@ -193,7 +193,7 @@ def compare(
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
     require_tracker(base.get("log_with"))
-    with locked(out, ("cells", "compare.json")):
+    with locked(out, (CELLS, COMPARE)):
         return _run_cells(out, cells, configs, base, reporter)
 
 
@@ -218,6 +218,9 @@ def _retrieval_setting(tasks: list[str] | None, data: str | Path | None) -> dict
 
 def _run_cells(out: Path, cells: list[Cell], configs: dict[str, dict[str, Any]], base: dict[str, Any],
                reporter: str) -> CompareResult:
+    # Imported here: the report draws with matplotlib, which `import stagewise` should not pay for.
+    from ..reporting.compare_report import write_compare
+
     result = CompareResult(out=out, rows=[])
     for cell in cells:
         row, trained = run_cell(cell, configs[cell.name], reporter)
@@ -314,7 +317,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
         "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
         "images_per_sec": (sum(r.get("images_per_sec", 0.0) for r in trained) / len(trained)) if trained else None,
         "epochs_run": len(history), "curve": curve,
-        "split": _split_digest(cell_dir), "run_dir": f"cells/{cell.name}",
+        "split": _split_digest(cell_dir), "run_dir": cell_path(Path(), cell.name).as_posix(),
     }
 
 
@@ -334,6 +337,9 @@ def _test_top1(cell_dir: Path, weights: str, cfg: dict[str, Any]) -> float | Non
     record = read_test(cell_dir)
     if record is not None:
         return record.top1
+    from ..reporting.history import ReportError
+    from ..reporting.samples import load_model, predict, split_samples
+
     try:
         samples, _ = split_samples(cfg, cell_dir, "test")
     except ReportError:

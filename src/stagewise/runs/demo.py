@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..defaults import DEMO_OUT
 from .pipeline import PipelineResult, run
 from .presets import load_preset
 
@@ -32,7 +33,7 @@ def curriculum_data(seed: int = 0) -> Path:
 
 
 def run_demo(
-    out: Path = Path("runs/demo"),
+    out: Path = Path(DEMO_OUT),
     reporter: str = "rich",
     overrides: Sequence[str] = (),
     stages: list[str] | None = None,

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Distill
+from ..config.schema import Distill
 from ..errors import ConfigError
 from ..reporting.lr_plot import plot_lr_find
 from ..reporting.plots import save_figure
-from ..runfolder import LRFindResult, write_lr_find
+from ..runfolder import LR_FIND_PLOT, LRFindResult, write_lr_find
 from ..training import coerce_config, prepare_stage, start_epoch
 from ..training.distributed import single_process
 from ..training.loop import Criterion
@@ -225,5 +225,5 @@ def lr_find(
     if out is not None:
         out = Path(out)
         write_lr_find(out, result)
-        save_figure(plot_lr_find(result), out / "lr_find.png")
+        save_figure(plot_lr_find(result), out / LR_FIND_PLOT)
     return result

@@ -17,7 +17,8 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from ..config import TrainConfig
+from .. import defaults
+from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
 from ..io import write_json, write_with
 from ..kinds import task
@@ -29,6 +30,7 @@ from ..runfolder import (
     MANIFEST_FORMAT,
     MODEL_CARD,
     PIPELINE_HISTORY,
+    STAGES,
     BaselineEntry,
     EpochRecord,
     Gain,
@@ -81,7 +83,7 @@ def sha256(path: Path) -> str:
 
 def run(
     pipeline: str | Path | dict[str, Any] | PipelinePlan | None,
-    out: str | Path = "runs/pipeline",
+    out: str | Path = defaults.PIPELINE_OUT,
     *,
     stages: list[str] | None = None,
     resume: bool = False,
@@ -100,14 +102,14 @@ def run(
     elif resume and not overrides:  # the file again: with the overrides it was started with
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
-    with locked(out, (MANIFEST, "stages")):
-        return _run(plan, out, stages, resume, pipeline, overrides, reporter)
+    with locked(out, (MANIFEST, STAGES)):
+        return _run(plan, out, stages, resume, overrides, reporter)
 
 
-def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, pipeline: Any,
+def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
          overrides: Sequence[str], reporter: str) -> PipelineResult:
     manifest = _open(plan, out, stages, resume, overrides)
-    hint = _resume_hint(pipeline, out, overrides)
+    hint = _resume_hint(out)
     trained = False
     for stage in plan.stages:
         entry = manifest["stages"][stage.name]
@@ -115,7 +117,8 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool, 
             if entry["status"] != "done":
                 entry["status"] = "skipped"
             continue
-        if entry["status"] == "done" and _verified(out, stage, entry):
+        if entry["status"] == "done":
+            _check_finished(out, stage, entry)
             continue
         rep = make_reporter(reporter, stage.name)
         try:
@@ -211,13 +214,14 @@ def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
             "resume with the original pipeline or start a new run"
         )
     # Settings may change for stages that have not started; a started stage refuses a change
-    # with the differences listed (`_verified`, and `resume_config` as it resumes).
+    # with the differences listed (`_check_finished`, and `resume_config` as it resumes).
     return manifest
 
 
-def _verified(out: Path, stage: StagePlan, entry: StageEntry) -> bool:
+def _check_finished(out: Path, stage: StagePlan, entry: StageEntry) -> None:
     """A finished stage is skipped only when its artifacts still hash as recorded and the
-    pipeline still asks for the settings it was trained with (a change is an error, not ignored)."""
+    pipeline still asks for the settings it was trained with: either change is an error (raised
+    here), never ignored."""
     name = stage.name
     folder = stage_dir(out, name)
     if holds_run(folder):
@@ -230,7 +234,6 @@ def _verified(out: Path, stage: StagePlan, entry: StageEntry) -> bool:
                 f"Restore it, or delete {folder} and set its status to pending in "
                 f"{out / MANIFEST} to train it again"
             )
-    return True
 
 
 def _incoming(
@@ -257,7 +260,7 @@ def _incoming(
     return None, f"parent stage '{parent}' has no saved weights; starts from {fallback} instead"
 
 
-def _resume_hint(pipeline: object, out: Path, overrides: Sequence[str]) -> str:
+def _resume_hint(out: Path) -> str:
     """The command that continues this pipeline (an interrupted stage prints it): the folder
     holds the resolved plan and overrides, so nothing else is needed."""
     return f"stagewise run --out {shlex.quote(str(out))} --resume"
@@ -287,7 +290,8 @@ def _run_stage(
         entry["gain"] = _gain(result, entry["baseline"], _earlier_wall(plan, stage, manifest))
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update(status="done", finished=time.time(),
-                 artifacts={f"stages/{stage.name}/{f}": sha256(folder / f) for f in (BEST, MODEL_CARD)})
+                 artifacts={(stage_dir(Path(), stage.name) / f).as_posix(): sha256(folder / f)
+                            for f in (BEST, MODEL_CARD)})
 
 
 def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
@@ -396,7 +400,7 @@ def _write_history(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:
             global_epoch += 1
             epochs.append({"global_epoch": global_epoch, "stage": name, **r})
         entry = manifest["stages"][name]
-        stages.append({"name": name, "run_dir": f"stages/{name}", "first_epoch": first,
+        stages.append({"name": name, "run_dir": stage_dir(Path(), name).as_posix(), "first_epoch": first,
                        "last_epoch": global_epoch, "strategy": plan.stage(name).config.strategy,
                        "baseline": entry.get("baseline"), "gain": entry.get("gain"), "head": entry.get("head")})
     write_json(out / PIPELINE_HISTORY, {"stages": stages, "epochs": epochs})

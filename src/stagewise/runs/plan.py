@@ -11,24 +11,27 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import TrainConfig, apply_overrides, listing, load_yaml, validation_problems
+from ..config.errors_format import listing, validation_problems
+from ..config.overrides import apply_overrides
+from ..config.pipeline import Baseline, InitSource, PipelineFile, PipelineStage
+from ..config.schema import TrainConfig
+from ..config.yaml_loader import load_yaml
+from ..defaults import PIPELINE_OUT
 from ..errors import ConfigError, clip, shown
+from ..runfolder import stage_dir
 
-InitSource = str  # "previous" | "pretrained" | "scratch" | the name of an earlier stage
-Baseline = Literal["scratch", "pretrained", "none"]
-STAGE_ONLY_KEYS = {"name", "init", "baseline"}
-TOP_KEYS = {"vars", "defaults", "stages", "name", "description"}
+PIPELINE_KEYS = tuple(PipelineStage.model_fields)  # valid in a stage entry besides TrainConfig's
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # A stage name becomes a folder name (stages/<name>, baselines/<name>): no '/', no leading '.'
 # ('.', '..', hidden folders), no trailing '.' (Windows drops it), at most 64 characters.
 STAGE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?")
 STAGE_NAME_RULE = ("1-64 letters, digits, '_', '-' or '.', starting with a letter or digit and not "
                    "ending in '.' (the name is a folder name)")
-MAX_STAGES = 100
 # Text that ${var} substitution may add to a whole file: without a cap, a 1 MiB file could
 # repeat one long variable a million-fold.
 MAX_SUBSTITUTED = 2**20
@@ -119,37 +122,44 @@ def load_pipeline(
     label = str(source) if not isinstance(source, dict) else "pipeline"
     raw = load_yaml(Path(source)) if not isinstance(source, dict) else dict(source)
     raw, problems = _apply_pipeline_overrides(raw, list(overrides))
-    unknown = sorted(str(k) for k in raw if k not in TOP_KEYS)
-    if unknown:
-        problems.append(f"unknown top-level key(s) {clip(', '.join(unknown))}; valid: {', '.join(sorted(TOP_KEYS))}"
-                        " (a variable goes under vars:)")
-    variables = _variables(raw.get("vars"), problems)
+    file = _validated_file(raw, problems)
+    variables = _variables(file.vars, problems)
     substitute = Substitution(variables, problems)
-    defaults = substitute(raw.get("defaults") or {}, "defaults")
-    stages_raw = raw.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        problems.append("stages: expected a non-empty list of stages")
-        stages_raw = []
-    elif len(stages_raw) > MAX_STAGES:
-        problems.append(f"stages: {len(stages_raw)} stages; a pipeline may have at most {MAX_STAGES}")
-        stages_raw = []
-    if not isinstance(defaults, dict):
-        problems.append("defaults: expected a mapping of stage keys")
-        defaults = {}
-    plans = _stage_plans(stages_raw, defaults, substitute, problems, out, check_data)
+    defaults = substitute(file.defaults or {}, "defaults")
+    plans = _stage_plans(file.stages, defaults, substitute, problems, out, check_data)
     _check_references(plans, problems)
     if problems:
         raise ConfigError(f"{label}: {len(problems)} problem(s):\n" + listing(problems))
-    return PipelinePlan(name=str(raw.get("name") or Path(label).stem), stages=plans,
+    return PipelinePlan(name=str(file.name or Path(label).stem), stages=plans,
                         source=Substitution(variables, [])(raw))
 
 
-def _variables(declared: Any, problems: list[str]) -> dict[str, Any]:
+def _validated_file(raw: dict[str, Any], problems: list[str]) -> PipelineFile:
+    """The file's top level as a PipelineFile; with problems, the parts that are valid, so the
+    stages are still checked and every problem is listed at once."""
+    try:
+        return PipelineFile.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(validation_problems(err, PipelineFile))
+        # A bad stage entry drops only itself (_stage_plans skips it), not the whole list.
+        bad = {e["loc"][0] for e in err.errors() if e["loc"] and (len(e["loc"]) == 1 or e["loc"][0] != "stages")}
+        kept = {k: v for k, v in raw.items() if k in PipelineFile.model_fields and k not in bad}
+        return PipelineFile.model_construct(**{"stages": [], **kept})
+
+
+def _stage_keys(entry: dict[str, Any], where: str, problems: list[str]) -> PipelineStage:
+    """The entry's pipeline keys (name, init, baseline) checked, the rest kept for TrainConfig."""
+    try:
+        return PipelineStage.model_validate(entry)
+    except ValidationError as err:
+        problems.extend(f"{where}.{p}" for p in validation_problems(err, PipelineStage))
+        bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+        return PipelineStage.model_construct(**{k: v for k, v in entry.items() if k not in bad})
+
+
+def _variables(declared: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
     """The file's vars:, each one value: a list or mapping could be repeated by every ${name}."""
     if declared is None:
-        return {}
-    if not isinstance(declared, dict):
-        problems.append(f"vars: expected a mapping of name: value, got {type(declared).__name__}")
         return {}
     variables = dict(declared)
     for name, value in declared.items():
@@ -226,23 +236,23 @@ def _stage_plans(
     seen: set[str] = set()
     names = [str(e.get("name") or f"stage{i + 1}") if isinstance(e, dict) else "" for i, e in enumerate(stages_raw)]
     for i, entry in enumerate(stages_raw):
-        where = f"stages[{i}]"
         if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a mapping with at least name: and data:")
-            continue
-        entry = substitute(entry, where)
+            continue  # PipelineFile listed it
+        entry = substitute(entry, f"stages[{i}]")
         name = str(entry.get("name") or f"stage{i + 1}")
         where = f"stages[{i}] ({clip(name, 80)})"
         _check_name(name, seen, where, problems)
-        merged = {**defaults, **{k: v for k, v in entry.items() if k not in STAGE_ONLY_KEYS}}
-        merged["out"] = str((out or Path("runs/pipeline")) / "stages" / name)
-        init = str(entry.get("init", "previous"))
-        baseline = str(entry.get("baseline", "none"))
-        if baseline not in ("scratch", "pretrained", "none"):
-            problems.append(f"{where}.baseline: unknown value {shown(baseline)}; choose one of scratch, pretrained, none")
-            baseline = "none"
+        keys = _stage_keys(entry, where, problems)
+        init, baseline = keys.init, keys.baseline
+        merged = {**defaults, **keys.train_keys()}
+        merged["out"] = str(stage_dir(out or Path(PIPELINE_OUT), name))
         if init == "scratch":
             merged.pop("weights", None)
+        # Where the weights come from picks the stage's default recipe (kinds.recipe): an earlier
+        # stage's weights are a handoff, init: scratch is scratch whatever the defaults say.
+        merged.setdefault("weights_source", _source(init, i, names, merged))
+        if init == "scratch" and "strategy" not in keys.train_keys():
+            merged["strategy"] = "scratch"
         if merged.get("teacher"):
             merged["teacher"] = _teacher_path(str(merged["teacher"]), names[:i], names[i:], out,
                                               where, problems, check_data)
@@ -255,11 +265,20 @@ def _stage_plans(
         try:
             cfg = TrainConfig.model_validate(merged)
         except ValidationError as err:
-            problems.extend(f"{where}.{p}" for p in validation_problems(err, TrainConfig)
+            problems.extend(f"{where}.{p}" for p in validation_problems(err, TrainConfig, PIPELINE_KEYS)
                             if not p.startswith("data: Field required"))
             cfg = TrainConfig.model_construct(**{**merged, "weights": merged.get("weights")})
-        plans.append(StagePlan(name=name, config=cfg, init=init, baseline=baseline))  # type: ignore[arg-type]
+        plans.append(StagePlan(name=name, config=cfg, init=init, baseline=baseline))
     return plans
+
+
+def _source(init: str, i: int, names: list[str], merged: dict[str, Any]) -> str:
+    """none, transfer or handoff: where stage `i`'s starting weights come from."""
+    if init == "scratch":
+        return "none"
+    if (init == "previous" and i > 0) or init in names[:i]:
+        return "handoff"
+    return "transfer" if merged.get("weights") else "none"
 
 
 def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path | None, where: str,
@@ -267,7 +286,7 @@ def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path |
     """`teacher:` naming an earlier stage (as `init:` does) is that stage's folder; otherwise a
     path. A stage name wins over a folder of the same name in the working directory."""
     if teacher in earlier:
-        return str((out or Path("runs/pipeline")) / "stages" / teacher)
+        return str(stage_dir(out or Path(PIPELINE_OUT), teacher))
     if teacher in rest:
         which = "itself" if teacher == rest[0] else f"a later stage '{clip(teacher, 80)}'"
         problems.append(f"{where}.teacher: refers to {which}; a stage can learn only from an earlier one")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
-from ..config import TrainConfig
+from ..config.schema import TrainConfig
 from ..errors import ConfigError, RunStopped, TrainingInterrupted
 from ..lock import run_lock
 from ..models import LoadedWeights

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Distill, TrainConfig
+from ..config.schema import Distill, TrainConfig
 from ..data import AugmentPlan, ImageDataset, Preprocess, make_loader
 from ..errors import ConfigError
 from ..runfolder import read_teacher

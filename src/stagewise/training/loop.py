@@ -29,12 +29,20 @@ if TYPE_CHECKING:  # the modules that build these import the loop themselves
     from timm.data import Mixup
     from timm.utils import ModelEmaV3
 
-    from .distill import Distiller
     from .optim import Schedule
 
 # How often the live loss is pulled from the device: each .item() is a sync on a GPU.
 LOG_EVERY = 10
 NON_FINITE_FIX = "Lower the LR, add grad_clip, or use fp32 precision"
+
+
+class SoftTargets(Protocol):
+    """A teacher's part of the loss (training/distill.py's Distiller)."""
+
+    def __call__(self, task_loss: torch.Tensor, student_logits: torch.Tensor, x: torch.Tensor,
+                 index: torch.Tensor | None) -> torch.Tensor: ...
+
+    def take_mean(self, acc: Any) -> float: ...
 
 
 class Criterion(Protocol):
@@ -61,7 +69,7 @@ class LoopParts:
     grad_clip: float | None = None
     grad_accum: int = 1
     channels_last: bool = False
-    distill: Distiller | None = None  # a teacher's soft targets, mixed into the loss
+    distill: SoftTargets | None = None  # a teacher's soft targets, mixed into the loss
 
 
 @dataclass

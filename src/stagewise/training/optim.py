@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from ..config import TrainConfig, optimizer_names
+from ..config.schema import TrainConfig, optimizer_names
 from ..errors import ConfigError
 from ..metrics import lower_is_better
 from .strategies import fine_layer_ids
@@ -146,14 +146,12 @@ class Schedule:
             pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs and cfg.epochs else 0.25
             return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total + 1,
                                 pct_start=min(0.9, max(1e-3, pct)), cycle_momentum=False)
-        if name == "plateau":
-            self.plateau = S.ReduceLROnPlateau(opt, mode="min" if lower_is_better(cfg.monitor) else "max",
-                                               factor=cfg.gamma,
-                                               patience=cfg.plateau_patience)
-            # Per-step scheduler that keeps the group's current LR (chainable): LambdaLR would
-            # reset it to the base LR on the next step and undo every plateau reduction.
-            return S.ConstantLR(opt, factor=1.0, total_iters=0)
-        raise ConfigError(f"unknown scheduler '{name}'")
+        # plateau, the one name left: `scheduler` is a SchedulerName, checked when the config loads.
+        self.plateau = S.ReduceLROnPlateau(opt, mode="min" if lower_is_better(cfg.monitor) else "max",
+                                           factor=cfg.gamma, patience=cfg.plateau_patience)
+        # Per-step scheduler that keeps the group's current LR (chainable): LambdaLR would
+        # reset it to the base LR on the next step and undo every plateau reduction.
+        return S.ConstantLR(opt, factor=1.0, total_iters=0)
 
     def step(self) -> None:
         self.sched.step()

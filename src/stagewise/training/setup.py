@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig, build_config, load_yaml
+from ..config.schema import TrainConfig, build_config
+from ..config.yaml_loader import load_yaml
 from ..data import (
     AugmentPlan,
     DatasetIndex,
@@ -233,7 +234,7 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
         check_features_supported(cfg, world, model)
     if cfg.cache != "auto":
         return cfg.cache
-    # A teacher needs the images (config.py refuses `cache: features` with one).
+    # A teacher needs the images (config/schema.py refuses `cache: features` with one).
     exact = strategy(cfg.strategy).head_only and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
     # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
     simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config.schema import TrainConfig
 from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted

@@ -1,64 +1,48 @@
 """Typed configuration: one stage of training (`TrainConfig`), validated once at the edge.
 
-Every default lives here. The command line, YAML files and the Python API all build the same
-model, so a key has one name and one meaning everywhere.
+Every default of a stage key lives here (or in `defaults.py` where several layers need it). The
+command line, YAML files and the Python API all build the same model, so a key has one name and
+one meaning everywhere.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import typing
-from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import annotated_types
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from . import defaults
-from .errors import ConfigError, clip, shown
+from .. import defaults
+from ..errors import ConfigError, clip
+from ..kinds import STRATEGIES, TASKS, default_strategy, recipe
+from ..kinds import task as task_of
+from ..metrics import monitors
+from .choices import (
+    OWN_OPTIMIZERS,
+    Augmentation,
+    CacheMode,
+    DataFormat,
+    HeadMode,
+    LogWith,
+    MetricLoss,
+    Miner,
+    Precision,
+    SchedulerName,
+    Source,
+    Strategy,
+    Task,
+)
+from .errors_format import CHOICE_ERROR, format_validation_error
 
-Strategy = Literal["scratch", "probe", "finetune", "gradual"]
-# The hand-written optimizers (training/optim.py); any other name of timm's optimizer registry
-# (timm.optim.list_optimizers(): lamb, lion, adan, lars, sgdp, adabelief, adafactor...) is built
-# by timm from the same param groups.
-OWN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adamw8bit")
+LossArg = float | int | bool | Annotated[str, Field(max_length=100)]
+
 # Registry names that stagewise's training step cannot drive: adahessian needs a second-order
 # backward; fused*/bnb* need apex/bitsandbytes CUDA kernels (adamw8bit covers the common case).
 _UNSUPPORTED_OPTIMIZERS = ("adahessian",)
 _UNSUPPORTED_PREFIXES = ("fused", "bnb")
-SchedulerName = Literal[
-    "constant", "one_cycle", "cosine", "polynomial", "exponential", "step", "multistep", "plateau"
-]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Augmentation = Literal["none", "light", "standard", "strong"]
-HeadMode = Literal["match", "reset", "keep"]
-DataFormat = Literal[
-    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
-]
-Monitor = Literal["val_top1", "val_top5", "val_loss", "val_recall1", "val_recall5", "val_map", "val_map_at_r"]
-Task = Literal["classify", "embed"]
-# What each task's validation measures: a monitor from the other task's list is refused.
-TASK_MONITORS = {"classify": ("val_top1", "val_top5", "val_loss"),
-                 "embed": ("val_map", "val_map_at_r", "val_recall1", "val_recall5")}
-MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
-                     "multi_similarity"]
-Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",
-                "batch_easy_hard"]
-LossArg = float | int | bool | Annotated[str, Field(max_length=100)]
-
-
-MAX_CONFIG_BYTES = 2**20
-MAX_DEPTH = 20  # nesting levels in a config file; a pipeline needs 4
-MAX_LISTED = 50  # problems listed in one error message
-MAX_PER_KEY = 3  # of those, about one key (e.g. the items of one list)
-# Errors whose message lists every valid choice (transform names, optimizer names): not clipped
-# like other messages, which may echo a long input. Their user-given part is clipped where raised.
-CHOICE_ERROR = "unknown_choice"
-_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 # Upper bounds catch typos and hostile files (`lr: 1e30`, `image_size: 100000`) before a run
 # allocates anything; each is far beyond any real use. Why each bound: docs/decisions.md.
@@ -71,7 +55,8 @@ ClassWeight = Annotated[float, Field(ge=0.0, le=1000.0)]
 Mean = Annotated[float, Field(ge=0.0, le=1.0)]
 Std = Annotated[float, Field(gt=0.0, le=1.0)]
 
-# Said after the valid range, where the bound is not self-explanatory.
+# Said after the valid range, where the bound is not self-explanatory (errors_format reads it
+# as TrainConfig.bound_reasons).
 _WHY = {
     "image_size": "memory grows with the square of the size; 2048 px already needs ~80x the "
                   "activations of 224 px per image",
@@ -84,20 +69,6 @@ _WHY = {
 }
 
 
-# Defaults that depend on the strategy, filled in before validation for each key the config does
-# not give, so config.yaml holds the value the stage used (the field defaults below are only the
-# fallback of an invalid strategy). Measured on three small photo sets against a plain timm
-# script: docs/benchmarks.md "Recipes on real photo sets"; why each: docs/decisions.md.
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    # One layer on frozen features: a higher LR, and no augmentation, so `cache: auto` computes
-    # the features once (exact).
-    "probe": {"lr": 3e-3, "augmentation": "none", "freeze_epochs": 0, "layer_decay": None},
-    # fastai's fine_tune: the head alone for an epoch at the probe's LR, then everything, each
-    # layer below the head at 0.8x the LR of the one above; light crops for small sets.
-    "finetune": {"lr": 3e-3, "augmentation": "light", "freeze_epochs": 1, "layer_decay": 0.8},
-    "gradual": {"lr": 1e-3, "augmentation": "standard", "freeze_epochs": 0, "layer_decay": None},
-    "scratch": {"lr": 1e-3, "augmentation": "standard", "freeze_epochs": 0, "layer_decay": None},
-}
 # A probe's "none" would refuse these (they add to a preset): given any, the preset stays standard.
 _AUGMENTATION_ADDITIONS = ("augment", "auto_augment", "re_prob")
 
@@ -129,6 +100,8 @@ class Distill(_Strict):
 class TrainConfig(_Strict):
     """Everything one training stage needs. Unknown keys are errors, never ignored."""
 
+    bound_reasons: ClassVar[dict[str, str]] = _WHY
+
     # data
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
     format: DataFormat = "auto"
@@ -137,7 +110,7 @@ class TrainConfig(_Strict):
         None, description="[train, val] or [train, val, test] fractions of a folder of class "
         "folders (no train/val/test folders), held out per class; replaces val_fraction")
     augmentation: Augmentation = Field("standard", description="default by strategy "
-                                       "(STRATEGY_DEFAULTS): none (probe), light (finetune), standard")
+                                       "(kinds.recipe): none (probe), light (finetune), standard")
     augment: list[str | dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, max_length=64,
         description="torchvision v2 transforms by name with arguments, e.g. [{RandomResizedCrop: "
@@ -147,7 +120,7 @@ class TrainConfig(_Strict):
     re_prob: float | None = Field(None, ge=0.0, le=1.0, description="timm's random-erasing "
                                   "probability on top of the preset")
     num_workers: int | None = Field(None, ge=0, le=256, description="data loader workers; None: from cores")
-    cache: Literal["auto", "none", "memory", "disk", "features"] = Field(
+    cache: CacheMode = Field(
         "auto", description="memory/disk: decoded images; features: a probe's backbone features "
         "(computed once); auto: features for a probe without augmentation (exact), else none")
     feature_views: int = Field(0, ge=0, le=64, description="cache: features with augmentation: "
@@ -182,7 +155,11 @@ class TrainConfig(_Strict):
                                     "of m images of one identity (pair and triplet losses need positives)")
 
     # strategy
-    strategy: Strategy = "finetune"
+    strategy: Strategy = Field("finetune", description="default: scratch from random init, else finetune")
+    weights_source: Source | None = Field(
+        None, description="where the starting weights come from: none (random init), transfer (a "
+        "pretrained file or hub) or handoff (an earlier pipeline stage); filled in, it picks the "
+        "default recipe (kinds.recipe)")
     freeze: list[str] = Field(default_factory=list, description="glob patterns of params to freeze")
     train_bn: bool = Field(False, description="keep BatchNorm of frozen parts training")
     freeze_bn_stats: bool = Field(
@@ -190,14 +167,14 @@ class TrainConfig(_Strict):
     )
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="each layer group below the "
                                       "head at this times the LR of the one above; default by strategy "
-                                      "(STRATEGY_DEFAULTS): 0.8 for finetune")
+                                      "(kinds.recipe): 0.8 for finetune")
     group_lrs: dict[str, LearningRate] = Field(
         default_factory=dict, description="explicit LR per param glob pattern, e.g. {'fc.*': 1e-3}"
     )
     freeze_epochs: int = Field(
         0, ge=0, le=MAX_EPOCHS,
         description="finetune: train only the head for this many epochs first (fastai's fine_tune); "
-        "default by strategy (STRATEGY_DEFAULTS): 1 for finetune",
+        "default by strategy (kinds.recipe): 1 for finetune",
     )
     unfreeze_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="gradual: epochs between unfreezing groups")
     unfreeze_at: list[EpochNumber] | None = Field(
@@ -207,7 +184,7 @@ class TrainConfig(_Strict):
     # optimisation
     optimizer: str = Field("adamw", max_length=100, description=f"{', '.join(OWN_OPTIMIZERS)}, or any "
                            "name in timm.optim.list_optimizers() (lamb, lion, adan, lars...)")
-    lr: LearningRate = Field(1e-3, description="default by strategy (STRATEGY_DEFAULTS): 3e-3 "
+    lr: LearningRate = Field(1e-3, description="default by strategy (kinds.recipe): 3e-3 "
                              "for probe and finetune, 1e-3 for gradual and scratch")
     weight_decay: float = Field(0.05, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -234,7 +211,8 @@ class TrainConfig(_Strict):
     class_weights: Literal["balanced"] | list[ClassWeight] | None = None
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights")
     early_stopping: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="patience in epochs")
-    monitor: Monitor = "val_top1"
+    monitor: str = Field("val_top1", max_length=100, description="the metric that picks the best "
+                         "epoch (metrics.py's table); default: the task's own (val_top1, val_map)")
     target: float | None = Field(None, gt=0.0, le=1.0, description="stop at this val top-1")
     max_minutes: float | None = Field(None, gt=0.0, le=1e6)
     seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1)
@@ -257,18 +235,29 @@ class TrainConfig(_Strict):
     # output
     out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
-    log_with: Literal["none", "tensorboard", "mlflow"] = "none"
+    log_with: LogWith = "none"
 
     @model_validator(mode="before")
     @classmethod
-    def _strategy_defaults(cls, data: Any) -> Any:
-        """Fill the keys of STRATEGY_DEFAULTS[strategy] that `data` leaves out (given ones win)."""
+    def _defaults_by_choice(cls, data: Any) -> Any:
+        """Fill the defaults that depend on other keys, for each key `data` leaves out (given ones
+        win, and config.yaml records the values used): where the weights come from, the strategy
+        that fits it, the recipe of that strategy in that context and optimizer (kinds.recipe),
+        and the task's own monitor."""
         if not isinstance(data, dict):
             return data
-        strategy = data.get("strategy", cls.model_fields["strategy"].default)
-        fill = dict(STRATEGY_DEFAULTS.get(strategy, {})) if isinstance(strategy, str) else {}
+        source = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
+        fill: dict[str, Any] = {"weights_source": source}
+        strategy = data.get("strategy", default_strategy(source))
+        fill["strategy"] = strategy
+        optimizer = data.get("optimizer", cls.model_fields["optimizer"].default)
+        if isinstance(strategy, str) and source in ("none", "transfer", "handoff"):
+            fill.update(recipe(strategy, source, optimizer if isinstance(optimizer, str) else None))
         if any(data.get(k) for k in _AUGMENTATION_ADDITIONS) and fill.get("augmentation") == "none":
             fill["augmentation"] = "standard"
+        task = data.get("task", cls.model_fields["task"].default)
+        if isinstance(task, str) and task in TASKS:
+            fill["monitor"] = TASKS[task].default_monitor
         return {**fill, **data}
 
     @field_validator("data", "out")
@@ -300,7 +289,7 @@ class TrainConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from .models.build import resolve_model_name
+        from ..models.build import resolve_model_name
 
         return resolve_model_name(value)
 
@@ -320,7 +309,7 @@ class TrainConfig(_Strict):
     @field_validator("augment")
     @classmethod
     def _known_transforms(cls, value: list[Any]) -> list[Any]:
-        from .data.augment import check_steps
+        from ..data.augment import check_steps
 
         try:
             check_steps(value)
@@ -345,7 +334,7 @@ class TrainConfig(_Strict):
     @field_validator("head_activation")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        from .models.head import ACTIVATIONS
+        from ..models.head import ACTIVATIONS
 
         if value not in ACTIVATIONS:
             raise ValueError(f"unknown activation {value!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -355,8 +344,8 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if (self.mixup or self.cutmix) and self.class_weights is not None:
             raise ValueError("class_weights cannot be combined with mixup/cutmix; drop one of them")
-        if self.strategy == "scratch" and self.weights:
-            raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
+        if not STRATEGIES[self.strategy].uses_weights and self.weights:
+            raise ValueError(f"strategy {self.strategy!r} starts from random weights; remove 'weights'")
         self._consistent_augmentation()
         self._consistent_distill()
         # By value (config.yaml holds every default): a changed val_fraction beside split would
@@ -379,17 +368,13 @@ class TrainConfig(_Strict):
         return self
 
     def _consistent_task(self) -> None:
-        from .models.embedding import METRIC_LOSSES, MINERS, check_args
+        from ..models.embedding import METRIC_LOSSES, MINERS, check_args
 
-        valid = TASK_MONITORS[self.task]
-        if self.monitor not in valid:
-            if "monitor" in self.model_fields_set:
-                raise ValueError(f"monitor {self.monitor!r} is not measured by task {self.task!r}; "
-                                 f"choose one of {', '.join(valid)}")
-            # Not set by the user: the task's own default (mAP ranks every true match, recall@1
-            # only the first). Set in __dict__: an assignment would re-run these validators.
-            self.__dict__["monitor"] = valid[0]
-        if self.task == "classify":
+        valid = task_of(self.task).monitors
+        if self.monitor not in valid:  # given by the user: the default is the task's own
+            known = f"is not measured by task {self.task!r}" if self.monitor in monitors() else "is unknown"
+            raise ValueError(f"monitor {self.monitor!r} {known}; choose one of {', '.join(valid)}")
+        if not task_of(self.task).embeds:
             return
         clash = [k for k in ("mixup", "cutmix", "label_smoothing", "class_weights", "teacher")
                  if getattr(self, k)]
@@ -431,7 +416,7 @@ class TrainConfig(_Strict):
 
     def as_scratch(self) -> TrainConfig:
         """The same stage trained from random weights: what "scratch" means, in one place."""
-        return self.model_copy(update={"weights": None, "strategy": "scratch"})
+        return self.model_copy(update={"weights": None, "strategy": "scratch", "weights_source": "none"})
 
     def resolved(self) -> dict[str, Any]:
         """Plain data for config.yaml (paths as strings)."""
@@ -445,235 +430,6 @@ def optimizer_names() -> list[str]:
     timm_names = [n for n in list_optimizers() if n not in _UNSUPPORTED_OPTIMIZERS
                   and not n.startswith(_UNSUPPORTED_PREFIXES)]
     return sorted(set(OWN_OPTIMIZERS) | set(timm_names))
-
-
-def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
-    """One readable message naming each bad key path, what was wrong and the valid choices."""
-    return f"{source}: invalid configuration\n" + listing(validation_problems(err, model))
-
-
-def validation_problems(err: ValidationError, model: type[BaseModel]) -> list[str]:
-    """One line per error, at most MAX_PER_KEY per top-level key: a long list of bad items must
-    not push the other keys' problems out of the message."""
-    lines: list[str] = []
-    per_key: Counter[Any] = Counter()
-    for item in err.errors():
-        key = item["loc"][0] if item["loc"] else None
-        per_key[key] += 1
-        if per_key[key] <= MAX_PER_KEY:
-            lines.append(_problem_line(item, model))
-    for key, n in per_key.items():
-        if n > MAX_PER_KEY:
-            lines.append(f"{_key_path((key,) if key is not None else ())}: {n - MAX_PER_KEY} more problem(s) "
-                         "like those above")
-    return lines
-
-
-def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
-    """The key path, what was wrong, and the valid choices or range."""
-    path = _key_path(item["loc"])
-    kind = item["type"]
-    given = item.get("input")
-    valid_range = _valid_range(model, item["loc"], path) if kind in _BOUND_ERRORS else ""
-    if kind == "extra_forbidden":
-        valid = sorted(_fields_at(model, item["loc"][:-1]))
-        hint = difflib.get_close_matches(str(item["loc"][-1])[:100], valid, n=1)
-        near = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{path}: unknown key{near}; valid keys: {', '.join(valid)}"
-    if kind == "literal_error":
-        return f"{path}: unknown value {shown(given)}; {item['msg'].lower()}"
-    if valid_range:
-        problem = "not a finite number" if kind == "finite_number" else "out of range"
-        return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
-    if kind == CHOICE_ERROR:
-        return f"{path}: {clip(item['msg'], 3000)}"
-    shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
-    return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"
-
-
-def listing(problems: list[str]) -> str:
-    """Indented lines, one per problem, at most MAX_LISTED of them: the first few say what to fix."""
-    lines = [f"  - {p}" for p in problems[:MAX_LISTED]]
-    if len(problems) > MAX_LISTED:
-        lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
-    return "\n".join(lines)
-
-
-def _valid_range(model: type[BaseModel], loc: tuple[Any, ...], path: str) -> str:
-    """'16 <= image_size <= 2048' (and why) for a field with numeric bounds, else ''."""
-    field = model.model_fields.get(loc[0]) if loc and isinstance(loc[0], str) else None
-    if field is None:
-        return ""
-    bounds = field.metadata or _inner_bounds(field.annotation)
-    low = next((f"{b.gt} < " for b in bounds if isinstance(b, annotated_types.Gt)), "") or next(
-        (f"{b.ge} <= " for b in bounds if isinstance(b, annotated_types.Ge)), "")
-    high = next((f" < {b.lt}" for b in bounds if isinstance(b, annotated_types.Lt)), "") or next(
-        (f" <= {b.le}" for b in bounds if isinstance(b, annotated_types.Le)), "")
-    if not (low or high):
-        return ""
-    why = f" ({_WHY[loc[0]]})" if loc[0] in _WHY else ""
-    return f"{low}{path}{high}{why}"
-
-
-def _inner_bounds(annotation: Any) -> list[Any]:
-    """The bounds of the first constrained type inside e.g. `list[EpochPoint] | None`."""
-    for arg in typing.get_args(annotation):
-        if typing.get_origin(arg) is Annotated:
-            return [b for m in arg.__metadata__ for b in getattr(m, "metadata", [m])]
-        if found := _inner_bounds(arg):
-            return found
-    return []
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("literal['balanced']", "list[constrained-float]"):
-            continue  # pydantic's name of a union member, not a key
-        else:
-            part = clip(str(part), 80)
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> set[str]:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or current is None:
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return set(current.model_fields)
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if current is None:
-            # list[Stage] and similar: look one level inside
-            for a in args:
-                inner = getattr(a, "__args__", ())
-                current = next((i for i in inner if isinstance(i, type) and issubclass(i, BaseModel)), None)
-                if current:
-                    break
-    return set(current.model_fields) if current else set()
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """Safe loading that refuses anchors/aliases and deep nesting while composing, before any
-    value is built, so a hostile file costs no more than reading it."""
-
-    _depth = 0  # nodes being composed, one inside the other
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
-        anchor = getattr(event, "anchor", None)
-        if anchor is not None:
-            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            raise yaml.composer.ComposerError(
-                None, None, f"found {sign}{clip(anchor, 40)}: anchors and aliases are not allowed in "
-                "config files (a few bytes can expand to gigabytes); write the value out, or share it "
-                "with a pipeline's vars: or defaults:", event.start_mark)
-        if self._depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_DEPTH} levels; a config needs a few", event.start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def parse_yaml(text: str | bytes, source: str) -> Any:
-    """Parse one YAML document safely; raise ConfigError naming `source` on any problem."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; a configuration is a few "
-                          "KB, so this is likely not a config file")
-    try:
-        return _construct(_ConfigLoader(text), source)
-    except yaml.reader.ReaderError as exc:  # not UTF-8, or a control character: likely not text
-        raise ConfigError(f"{source}: not valid YAML at position {exc.position}: "
-                          f"#x{exc.character:02x}: {exc.reason}") from None
-    except (yaml.YAMLError, ValueError) as exc:
-        # PyYAML's own text points at "<unicode string>"; say the source, line and column instead.
-        # ValueError: an explicit tag on a bad scalar, e.g. `!!int ten`.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: not valid YAML{where}: {clip(problem, 400)}") from None
-
-
-def _construct(loader: _ConfigLoader, source: str) -> Any:
-    try:
-        node = loader.get_single_node()
-        duplicates = _duplicate_keys(loader, node) if node is not None else []
-        if duplicates:
-            raise ConfigError(f"{source}: duplicate keys (each key may appear once in a mapping; "
-                              f"keep one):\n" + listing(duplicates))
-        return loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
-
-
-def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, path: str = "") -> list[str]:
-    """'key.path: given at line 3 and again at line 7' for each key given twice in one mapping
-    (PyYAML would keep the last silently)."""
-    found: list[str] = []
-    if isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            found += _duplicate_keys(loader, item, f"{path}[{i}]")
-    elif isinstance(node, yaml.MappingNode):
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            # Compare constructed keys, so `1` and `0x1` count as the same key, as in the dict.
-            key = loader.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else key_node
-            label = f"{path}.{clip(str(key), 80)}" if path else clip(str(key), 80)
-            line = key_node.start_mark.line + 1
-            if key in first_line:
-                found.append(f"{label}: given at line {first_line[key]} and again at line {line}")
-            first_line.setdefault(key, line)
-            found += _duplicate_keys(loader, value_node, label)
-    return found
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
-    try:
-        with open(path, "rb") as f:
-            # Read one byte past the cap, never the whole of a huge file (or of /dev/zero).
-            text = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    data = parse_yaml(text, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` / `a.b.c=value` strings; values are parsed as YAML scalars."""
-    result = dict(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {shown(item)}: expected key=value, e.g. --set lr=0.01")
-        key, raw = item.split("=", 1)
-        value = parse_yaml(raw, f"--set {clip(key, 80)}") if raw.strip() else None
-        target = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = target.get(part)
-            if not isinstance(node, dict):
-                node = {} if node is None else node
-                if not isinstance(node, dict):
-                    raise ConfigError(f"--set {clip(key, 80)}: '{clip(part, 80)}' is not a mapping")
-                target[part] = node = dict(node)
-            else:
-                target[part] = node = dict(node)
-            target = node
-        target[parts[-1]] = value
-    return result
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
