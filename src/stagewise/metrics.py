@@ -59,6 +59,10 @@ _TABLE = (
     Metric("epoch", "epoch", tracked=False, card=True, fmt="d"),
     Metric("global_step", "optimizer steps", tracked=False, fmt="d"),
     Metric("image_size", "train image size", fmt="d"),
+    # what progressive learning set for the epoch (config: progressive)
+    Metric("randaugment_magnitude", "RandAugment magnitude", fmt="g"),
+    Metric("mixup", "mixup alpha", fmt="g"),
+    Metric("drop_rate", "classifier dropout", fmt="g"),
     Metric("lr", "learning rate per param group", tracked=False, fmt=".2e"),
     Metric("event", "event", tracked=False, fmt="s"),
     # training

@@ -64,6 +64,9 @@ class EpochRecord(TypedDict, total=False):
     epoch: int
     global_step: int
     image_size: int  # of the training images this epoch (progressive_resize); val is at full size
+    randaugment_magnitude: float  # progressive learning's values for this epoch (config: progressive)
+    mixup: float
+    drop_rate: float
     train_loss: float
     train_top1: float
     val_loss: float

@@ -86,6 +86,32 @@ class ProgressiveResize(_Strict):
                           "full size is reached")
 
 
+ImageSize = Annotated[int, Field(ge=16, le=2048)]
+Magnitude = Annotated[float, Field(ge=0.0, le=10.0)]  # timm's RandAugment scale
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+DropRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Progressive(_Strict):
+    """`progressive: {stages: 4, image_size: [128, 224], randaugment_magnitude: [5, 15],
+    mixup: [0, 0.2], drop_rate: [0.1, 0.3]}`: EfficientNetV2's progressive learning. The epochs
+    fall into `stages` equal sub-stages; each knob given goes linearly from its first value (the
+    first sub-stage) to its last (the last one). Evaluation stays at the stage's image_size."""
+
+    stages: int = Field(4, ge=2, le=100, description="sub-stages (at most the stage's epochs)")
+    image_size: tuple[ImageSize, ImageSize] | None = Field(None, description="training image size, first and last")
+    randaugment_magnitude: tuple[Magnitude, Magnitude] | None = Field(
+        None, description="timm RandAugment magnitude (0-10, 10: full strength), first and last")
+    mixup: tuple[Fraction, Fraction] | None = Field(None, description="mixup alpha, first and last")
+    drop_rate: tuple[DropRate, DropRate] | None = Field(
+        None, description="dropout before the classifier (timm's drop_rate), first and last")
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The knobs given, each with its (first, last) values."""
+        return {k: v for k in ("image_size", "randaugment_magnitude", "mixup", "drop_rate")
+                if (v := getattr(self, k)) is not None}
+
+
 class Distill(_Strict):
     """`distill: {alpha: 0.5, temperature: 4.0}`: learn from `teacher:`'s soft targets (Hinton et al.)."""
 
@@ -220,6 +246,10 @@ class TrainConfig(_Strict):
     progressive_resize: ProgressiveResize | None = Field(
         None, description="train at start x image_size first, growing linearly to the full size "
         "by `finish` of the epochs (evaluation stays at the full size)")
+    progressive: Progressive | None = Field(
+        None, description="progressive learning: image size and regularisation grow together over "
+        "sub-stages of the epochs (EfficientNetV2), e.g. {stages: 4, image_size: [128, 224], "
+        "randaugment_magnitude: [5, 15], mixup: [0, 0.2], drop_rate: [0.1, 0.3]}")
     sync_bn: bool = Field(False, description="with several processes, BatchNorm statistics over the "
                           "global batch (SyncBatchNorm; CUDA only); off: per-process statistics")
     checkpoint_every: int | None = Field(None, ge=1, le=10**9, description="also save last/ every N "
@@ -378,6 +408,8 @@ class TrainConfig(_Strict):
             return
         clash = [k for k in ("mixup", "cutmix", "label_smoothing", "class_weights", "teacher")
                  if getattr(self, k)]
+        if self.progressive is not None and self.progressive.mixup is not None:
+            clash.append("progressive.mixup")
         if clash:
             raise ValueError(f"{', '.join(clash)}: classification settings; task: embed trains with a "
                              "metric loss on identity labels, so remove them")
@@ -405,6 +437,28 @@ class TrainConfig(_Strict):
                              "list RandAugment/TrivialAugmentWide/RandomErasing in augment: instead")
         if self.augmentation == "none" and (self.auto_augment or self.re_prob):
             raise ValueError("auto_augment/re_prob add to an augmentation preset; augmentation is 'none'")
+        self._consistent_progressive()
+
+    def _consistent_progressive(self) -> None:
+        p = self.progressive
+        if p is None:
+            return
+        if not p.ranges():
+            raise ValueError("progressive: give at least one of image_size, randaugment_magnitude, "
+                             "mixup, drop_rate as [first, last]")
+        if self.progressive_resize is not None:
+            raise ValueError("progressive_resize and progressive both set the training image size; "
+                             "use progressive.image_size alone")
+        if p.stages > self.epochs:
+            raise ValueError(f"progressive.stages {p.stages} is more than the stage's {self.epochs} "
+                             "epochs; each sub-stage needs at least one epoch")
+        if p.randaugment_magnitude is not None and (self.augment or self.auto_augment
+                                                     or self.augmentation == "none"):
+            raise ValueError("progressive.randaugment_magnitude sets timm's RandAugment on the "
+                             "augmentation preset: it needs augmentation light/standard/strong and "
+                             "no augment: list or auto_augment")
+        if p.mixup is not None and self.class_weights is not None:
+            raise ValueError("progressive.mixup cannot be combined with class_weights; drop one")
 
     def _consistent_distill(self) -> None:
         if self.distill is not None and not self.teacher:

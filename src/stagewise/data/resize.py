@@ -3,16 +3,11 @@ the image size first and grow linearly to the full size by a given fraction of t
 
 The size is a pure function of the epoch, and the epoch travels inside each sample's key (see
 loader.py), so persistent workers pick it up without being told, and a resumed run lands on the
-size an uninterrupted one used. Evaluation always runs at the full size.
+size an uninterrupted one used. Evaluation always runs at the full size. The transform of each epoch is progressive.py's
+`EpochTransforms`, shared with progressive learning.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
-from .transforms import AugmentPlan, Preprocess, build_transform
 
 
 def size_schedule(full: int, epochs: int, start: float, finish: float) -> list[int]:
@@ -27,18 +22,3 @@ def size_schedule(full: int, epochs: int, start: float, finish: float) -> list[i
         size = max(step, int(round(frac * full / step)) * step)
         sizes.append(min(full, size))
     return sizes
-
-
-class SizedTransforms:
-    """One training transform per size, chosen by epoch (picklable, for worker processes)."""
-
-    def __init__(self, pre: Preprocess, augmentation: str | AugmentPlan, sizes: list[int]) -> None:
-        self.sizes = sizes
-        self.by_size = {s: build_transform(dataclasses.replace(pre, image_size=s), augmentation, True)
-                        for s in sorted(set(sizes))}
-
-    def size(self, epoch: int) -> int:
-        return self.sizes[min(epoch, len(self.sizes) - 1)]
-
-    def __call__(self, epoch: int) -> Callable[[Any], Any]:
-        return self.by_size[self.size(epoch)]

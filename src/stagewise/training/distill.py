@@ -146,7 +146,8 @@ def cache_exact(cfg: TrainConfig) -> bool:
     """Whether a training image is the same tensor every epoch, so its teacher logits are too."""
     settings = cfg.distill or Distill()
     plan = AugmentPlan.from_mapping(cfg.model_dump())
-    return settings.cache and not (plan.active or cfg.mixup or cfg.cutmix or cfg.progressive_resize)
+    return settings.cache and not (plan.active or cfg.mixup or cfg.cutmix or cfg.progressive_resize
+                                   or cfg.progressive)
 
 
 def check_same_teacher(run_dir: Path, teacher: Teacher) -> None:

@@ -95,8 +95,8 @@ def check_features_supported(cfg: Any, world: int, model: nn.Module) -> None:
         problems.append("ema averages the whole network; drop ema or use cache: memory")
     if cfg.train_bn:
         problems.append("train_bn trains the backbone's BatchNorm, so its features change; drop one")
-    if cfg.progressive_resize:
-        problems.append("progressive_resize changes the images every epoch; drop one of them")
+    if cfg.progressive_resize or cfg.progressive:
+        problems.append("progressive_resize/progressive change the images every epoch; drop one of them")
     if world > 1:
         problems.append("several processes would each extract every feature; run a probe with "
                         "cached features in one process")

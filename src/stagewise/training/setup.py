@@ -32,7 +32,8 @@ from ..data.cache import attach_cache
 from ..data.folder import load_split, resplit
 from ..data.identities import EXPECTED, check_identities, read_identities
 from ..data.loader import m_per_class_order
-from ..data.resize import SizedTransforms, size_schedule
+from ..data.progressive import EpochTransforms, progressive_values, randaugment
+from ..data.resize import size_schedule
 from ..data.verify import check_decodable
 from ..errors import ConfigError
 from ..kinds import Unfreezing, strategy, task
@@ -109,10 +110,14 @@ class StageSetup:
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
 
     def train_size(self, epoch: int) -> int:
-        """The image size the training images have in `epoch` (progressive resizing)."""
+        """The image size the training images have in `epoch` (progressive resizing/learning)."""
         dataset = self.parts.train_loader.dataset
         schedule = getattr(dataset, "transform_for", None)
         return schedule.size(epoch) if schedule is not None else self.pre.image_size
+
+    def progressive(self, epoch: int) -> dict[str, float]:
+        """What progressive learning sets in `epoch` (knob -> value; {} without it)."""
+        return epoch_values(self.cfg, epoch)
 
     @property
     def model(self) -> nn.Module:
@@ -237,7 +242,8 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     # A teacher needs the images (config/schema.py refuses `cache: features` with one).
     exact = strategy(cfg.strategy).head_only and not cfg.teacher and not AugmentPlan.from_mapping(cfg.model_dump()).active
     # train_bn trains the backbone's BatchNorm and drop_path is off while extracting: not exact.
-    simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.train_bn
+    simple = not (cfg.mixup or cfg.cutmix or cfg.ema or cfg.progressive_resize or cfg.progressive
+                  or cfg.train_bn
                   or cfg.drop_path_rate) and world == 1 and has_feature_head(model)
     return "features" if exact and simple else "none"
 
@@ -291,7 +297,38 @@ def start_epoch(setup: StageSetup, epoch: int) -> Trainable:
     trainable = apply_strategy(setup.model, cfg.strategy, epoch, cfg.freeze, cfg.train_bn,
                                cfg.unfreeze_every, cfg.unfreeze_at, cfg.freeze_epochs)
     set_train_mode(setup.parts.model, cfg.train_bn, cfg.freeze_bn_stats)
+    values = setup.progressive(epoch)
+    if "mixup" in values and setup.parts.mixup is not None:
+        setup.parts.mixup.mixup_alpha = values["mixup"]
+        # timm's Mixup refuses to draw with every alpha at 0: switch it off for such epochs.
+        setup.parts.mixup.mixup_enabled = values["mixup"] > 0 or cfg.cutmix > 0
+    if "drop_rate" in values:
+        set_drop_rate(setup.model, values["drop_rate"])
     return trainable
+
+
+def epoch_values(cfg: TrainConfig, epoch: int) -> dict[str, float]:
+    """Progressive learning's values for 0-based `epoch` ({} when the stage has none)."""
+    if cfg.progressive is None:
+        return {}
+    values = progressive_values(cfg.progressive.ranges(), cfg.progressive.stages, cfg.epochs)
+    return values[min(epoch, len(values) - 1)]
+
+
+def set_drop_rate(model: nn.Module, rate: float) -> None:
+    """Dropout before the classifier: timm networks read `drop_rate` in forward_head, others
+    (ViTs) keep an nn.Dropout as `head_drop`."""
+    found = False
+    if isinstance(getattr(model, "drop_rate", None), (int, float)):
+        model.drop_rate = rate
+        found = True
+    head_drop = getattr(model, "head_drop", None)
+    if isinstance(head_drop, nn.Dropout):
+        head_drop.p = rate
+        found = True
+    if not found:
+        raise ConfigError(f"progressive.drop_rate: {type(model).__name__} has no classifier dropout "
+                          "to set (timm's drop_rate or head_drop); remove drop_rate from progressive")
 
 
 def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str,
@@ -301,8 +338,16 @@ def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str
                             seeded=plan.active, seed_numpy=plan.uses_numpy)
     if cfg.progressive_resize is not None:
         ramp = cfg.progressive_resize
-        train_ds.transform_for = SizedTransforms(
-            pre, plan, size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish))
+        sizes = size_schedule(pre.image_size, cfg.epochs, ramp.start, ramp.finish)
+        train_ds.transform_for = EpochTransforms(pre, [(s, plan) for s in sizes])
+    elif cfg.progressive is not None:
+        values = [epoch_values(cfg, e) for e in range(cfg.epochs)]
+        per_epoch = [(int(v.get("image_size", pre.image_size)),
+                      randaugment(plan, v["randaugment_magnitude"]) if "randaugment_magnitude" in v
+                      else plan) for v in values]
+        train_ds.transform_for = EpochTransforms(pre, per_epoch)
+        train_ds.seed_numpy = train_ds.seed_numpy or any(p.uses_numpy for _, p in per_epoch
+                                                         if isinstance(p, AugmentPlan))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
         attach_cache([train_ds, val_ds], "memory" if cache == "memory" else "disk", pre,
@@ -323,7 +368,7 @@ def _loop_parts(
     per_rank = -(-len(train_ds.samples if not cfg.m_per_class else
                       m_per_class_order(train_ds.samples.labels, cfg.m_per_class, 0)) // world)
     # Mixup pairs images and BatchNorm cannot train on one image: drop a last batch that small.
-    small_tail = bool(cfg.mixup or cfg.cutmix) or per_rank % cfg.batch_size == 1
+    small_tail = bool(cfg.mixup or cfg.cutmix or _mixes(cfg)) or per_rank % cfg.batch_size == 1
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                                drop_last=small_tail and per_rank > cfg.batch_size,
                                rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class)
@@ -352,7 +397,7 @@ def _loss(cfg: TrainConfig, index: DatasetIndex, model: nn.Module) -> tuple[Any,
     head = embedding_head(model)
     if head is not None:
         return None, EmbedCriterion(head)
-    if cfg.mixup or cfg.cutmix:
+    if cfg.mixup or cfg.cutmix or _mixes(cfg):
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
@@ -374,3 +419,8 @@ def _class_weights(cfg: TrainConfig, index: DatasetIndex) -> torch.Tensor | None
             f"({', '.join(index.class_ids[:10])})"
         )
     return torch.tensor(cfg.class_weights, dtype=torch.float)
+
+
+def _mixes(cfg: TrainConfig) -> bool:
+    """Progressive learning grows mixup from its first value: the Mixup object must exist."""
+    return cfg.progressive is not None and cfg.progressive.mixup is not None

@@ -278,6 +278,7 @@ def _make_record(
     record = epoch_record({
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
         "train_loss": stats.loss, **metrics,
+        **{k: v for k, v in setup.progressive(epoch).items() if k != "image_size"},
         "lr": group_lrs(parts.optimizer),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
