@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
+import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.config import TrainConfig
 from stagewise.errors import ConfigError
 from stagewise.training.optim import Schedule, create_optimizer, group_lrs, param_groups
@@ -222,3 +225,23 @@ def test_schedule_state_round_trips_through_weights_only_load(name: str, tmp_pat
         opt2.step()
         again.step()
         assert math.isclose(opt.param_groups[0]["lr"], opt2.param_groups[0]["lr"], rel_tol=1e-12)
+
+
+def test_lr_scale_follows_the_global_batch(tmp_path: Path) -> None:
+    """lr_scale: the LR used is the configured one times (global batch / reference), linear or
+    sqrt, and the optimizer's groups carry it."""
+    from stagewise.config import build_config
+    from stagewise.training.optim import lr_factor, scaled
+
+    cfg = build_config({"data": "d", "lr": 0.1, "batch_size": 64, "grad_accum": 2,
+                        "lr_scale": "linear", "lr_reference_batch": 256,
+                        "group_lrs": {"fc.*": 0.01}})
+    assert lr_factor(cfg, 4) == 2.0 and scaled(cfg, 4).lr == pytest.approx(0.2)
+    assert scaled(cfg, 4).group_lrs == {"fc.*": pytest.approx(0.02)}
+    assert lr_factor(cfg.model_copy(update={"lr_scale": "sqrt"}), 4) == pytest.approx(2 ** 0.5)
+    assert lr_factor(cfg.model_copy(update={"lr_scale": "none"}), 4) == 1.0
+    data = make_image_folder(tmp_path / "d", per_class=4)
+    result = stagewise.train(tiny_config(data, tmp_path / "run", epochs=1, lr=0.01, batch_size=4,
+                                         scheduler="constant", lr_scale="linear",
+                                         lr_reference_batch=8), reporter="quiet")
+    assert list(result.history[-1]["lr"].values()) == pytest.approx([0.005] * len(result.history[-1]["lr"]))

@@ -22,6 +22,7 @@ SchedulerName = Literal[
     "constant", "one_cycle", "cosine", "polynomial", "exponential", "step", "multistep", "plateau"
 ]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+LRScale = Literal["none", "linear", "sqrt"]
 Augmentation = Literal["none", "light", "standard", "strong"]
 HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[

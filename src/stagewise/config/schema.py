@@ -27,6 +27,7 @@ from .choices import (
     DataFormat,
     HeadMode,
     LogWith,
+    LRScale,
     MetricLoss,
     Miner,
     Precision,
@@ -212,7 +213,12 @@ class TrainConfig(_Strict):
                            "name in timm.optim.list_optimizers() (lamb, lion, adan, lars...)")
     lr: LearningRate = Field(1e-3, description="default by strategy (kinds.recipe): 3e-3 "
                              "for probe and finetune, 1e-3 for gradual and scratch")
-    weight_decay: float = Field(0.05, ge=0.0, le=1.0)
+    lr_scale: LRScale = Field("none", description="scale lr (and group_lrs) by the global batch "
+                              "(processes x batch_size x grad_accum) over lr_reference_batch: "
+                              "linear (Goyal et al.), sqrt, or none")
+    lr_reference_batch: int = Field(256, ge=1, le=2**20, description="the global batch lr is given for")
+    weight_decay: float = Field(0.05, ge=0.0, le=1.0, description="default by optimizer "
+                                "(kinds.recipe): 1e-4 for SGD-like, 0.05 for AdamW, 0 for Adam")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     scheduler: SchedulerName = "cosine"

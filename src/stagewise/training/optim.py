@@ -24,6 +24,22 @@ from ..metrics import lower_is_better
 from .strategies import fine_layer_ids
 
 
+def lr_factor(cfg: TrainConfig, processes: int) -> float:
+    """What `lr_scale` multiplies the configured LRs by for a global batch of `processes` x
+    batch_size x grad_accum images against `lr_reference_batch` (1.0 with `lr_scale: none`)."""
+    ratio = processes * cfg.batch_size * cfg.grad_accum / cfg.lr_reference_batch
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scale]
+
+
+def scaled(cfg: TrainConfig, processes: int) -> TrainConfig:
+    """`cfg` with lr and group_lrs multiplied by `lr_factor` (min_lr stays: it is a floor)."""
+    factor = lr_factor(cfg, processes)
+    if factor == 1.0:
+        return cfg
+    return cfg.model_copy(update={"lr": cfg.lr * factor,
+                                  "group_lrs": {k: v * factor for k, v in cfg.group_lrs.items()}})
+
+
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Groups keyed by (layer, decay?, explicit LR), each with its `lr` and a readable `name`."""
     layer_of = fine_layer_ids(model)

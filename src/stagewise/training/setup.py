@@ -57,7 +57,7 @@ from .features import (
     has_feature_head,
 )
 from .loop import LoopParts
-from .optim import Schedule, create_optimizer
+from .optim import Schedule, create_optimizer, lr_factor, scaled
 from .progress import Reporter, progress_of
 from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, set_train_mode
@@ -214,6 +214,10 @@ def prepare_stage(
     if world > 1 or cfg.grad_accum > 1:
         rep.message(f"{world} process(es) x batch {cfg.batch_size} x grad_accum {cfg.grad_accum}: "
                     f"global batch {world * cfg.batch_size * cfg.grad_accum} per optimizer step")
+    if cfg.lr_scale != "none":
+        rep.message(f"lr_scale {cfg.lr_scale}: lr {cfg.lr:g} x {lr_factor(cfg, world):.4g} (global batch "
+                    f"{world * cfg.batch_size * cfg.grad_accum} / {cfg.lr_reference_batch}) = "
+                    f"{scaled(cfg, world).lr:.4g}")
     if cfg.progressive_resize is not None and hasattr(bundle.model, "patch_embed"):
         raise ConfigError(f"progressive_resize: {cfg.model} embeds fixed-size patches with a "
                           "position table for one image size; use it with a convolutional network")
@@ -378,7 +382,7 @@ def _loop_parts(
         model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = create_optimizer(model, cfg)
+    optimizer = create_optimizer(model, scaled(cfg, world))
     schedule = Schedule(optimizer, cfg, math.ceil(len(train_loader) / cfg.grad_accum))
     mixup, criterion = _loss(cfg, index, model)
     model, optimizer = accelerator.prepare(model, optimizer)
