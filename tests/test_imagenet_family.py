@@ -108,12 +108,49 @@ def test_cli_writes_the_family_and_refuses_bad_counts(tmp_path: Path, capsys: py
 
 def _fast_overrides(data_root: Path) -> list[str]:
     """What the preset needs changed to run on a CPU in seconds: every stage sets its own
-    image_size, epochs and batch_size (defaults.* would lose to them), two set warmup_epochs."""
+    image_size, epochs, batch_size and warm-up (defaults.* would lose to them)."""
     sets = [f"data_root={data_root}", "defaults.model=test_resnet", "defaults.num_workers=0",
             "defaults.augmentation=none", "defaults.seed=0"]
     for stage in ("imagenette", "tiny-imagenet", "imagenet-mini", "imagenet-1k"):
-        sets += [f"stages.{stage}.image_size=32", f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=16"]
-    return sets + ["stages.tiny-imagenet.warmup_epochs=0", "stages.imagenet-1k.warmup_epochs=0"]
+        sets += [f"stages.{stage}.image_size=32", f"stages.{stage}.epochs=1", f"stages.{stage}.batch_size=16",
+                 f"stages.{stage}.warmup_epochs=0"]
+    return sets
+
+
+def test_dry_run_shows_the_recipe_each_stage_would_run_with(family: Path, capsys) -> None:
+    """The issue's acceptance: the scratch stage trains everything from epoch 1 without layer
+    decay, every SGD stage has SGD's weight decay, later stages are handoffs, LRs are scaled."""
+    assert main(["run", "imagenet-progressive", "--set", f"data_root={family}", "--dry-run",
+                 "--log-format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == ["imagenette", "tiny-imagenet", "imagenet-mini", "imagenet-1k"]
+    first = rows[0]
+    assert (first["strategy"], first["weights_source"], first["freeze_epochs"], first["layer_decay"]) == \
+        ("scratch", "none", 0, None)
+    assert all(r["weight_decay"] <= 5e-4 for r in rows if r["optimizer"] == "sgd")
+    assert all(r["weights_source"] == "handoff" and r["freeze_epochs"] == 0 for r in rows[1:])
+    assert all(r["channels_last"] and r["checkpoint_every"] and r["lr_scale"] == "linear" for r in rows)
+    assert rows[0]["lr_used"] == pytest.approx(0.1 * 64 / 256) and rows[0]["global_batch"] == 64
+    assert rows[0]["train_images"] == 10 * 3 and rows[0]["steps"] == 20 and not rows[0]["problems"]
+
+
+def test_dry_run_lists_missing_folders_without_failing(tmp_path: Path, capsys) -> None:
+    assert main(["run", "imagenet-progressive", "--set", f"data_root={tmp_path / 'none'}", "--dry-run",
+                 "--log-format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(any("folder not found" in p for p in r["problems"]) for r in rows)
+    assert not (tmp_path / "none").exists()
+
+
+def test_skipping_a_stage_whose_successor_needs_its_weights_is_refused(family: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    code = main(["run", "imagenet-progressive", "--out", str(tmp_path / "run"), "--stages",
+                 "imagenette,imagenet-mini", "--quiet", *[a for s in _fast_overrides(family)
+                                                          for a in ("--set", s)]])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'imagenet-mini' starts from stage 'tiny-imagenet', which --stages skips" in err
+    assert "stages.imagenet-mini.init=" in err and not (tmp_path / "run" / "stages").exists()
 
 
 @pytest.mark.slow

@@ -99,6 +99,15 @@ def test_handoff_beats_scratch_baseline_on_first_epoch(tmp_path: Path) -> None:
     assert hard["baseline"]["kind"] == "scratch"
     assert hard["first_epoch_val_top1"] > hard["baseline"]["first_epoch_val_top1"]
     assert hard["gain"]["first_epoch"] > 0
+    # The verdict: wall times (the earlier stage's counted against the handoff) and whether it paid.
+    gain, easy = hard["gain"], result.stages["easy"]
+    assert gain["baseline_s"] == pytest.approx(hard["baseline"]["wall_seconds"]) and gain["baseline_s"] > 0
+    if gain["epochs_to_baseline_best"] is not None:
+        assert gain["time_to_baseline_best_s"] > easy["wall_seconds"] > 0
+        assert gain["pays"] == (gain["time_to_baseline_best_s"] < gain["baseline_best_s"])
+    else:
+        assert gain["time_to_baseline_best_s"] is None and gain["pays"] is False
+    assert hard["score"] == "val_top1" and hard["best_score"] == hard["best_val_top1"]
 
 
 def test_validation_lists_every_problem_at_once(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..defaults import DEMO_OUT, PRESETS_OUT
 from ..errors import StagewiseError
@@ -17,10 +19,18 @@ if TYPE_CHECKING:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a pipeline of stages (no file: the built-in demo)",
-                       description="Run a pipeline YAML. Without a file, runs the built-in demo.")
-    p.add_argument("pipeline", nargs="?", type=Path, help="pipeline YAML (omit for the demo)")
+                       description="Run a pipeline YAML or a built-in preset (stagewise presets "
+                       "list). Without either, runs the built-in demo.")
+    p.add_argument("pipeline", nargs="?", type=Path,
+                   help="pipeline YAML, or a preset's name (omit for the demo)")
     _common(p)
     p.add_argument("--stages", help="comma-separated subset of stages to run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what every stage would run with (resolved recipe, weights source, "
+                   "LR after scaling, global batch, estimated steps) and the problems it would "
+                   "hit; train nothing")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="with --dry-run: the processes the run will use (default: WORLD_SIZE or 1)")
     p.set_defaults(handler=_cmd_run)
 
     d = sub.add_parser("demo", help="generate the synthetic curriculum and run the 3-stage demo")
@@ -57,15 +67,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # `run --resume --out RUN` alone continues the pipeline saved in RUN; `run` alone is the demo.
     resume_saved = args.pipeline is None and args.resume and args.out is not None \
         and (args.out / "pipeline.json").is_file()
+    spec, out = _pipeline_source(args)
+    if args.dry_run:
+        return _dry_run(spec, args)
     if args.pipeline is None and not resume_saved:
         return _cmd_demo(args)
     from ..runs.pipeline import run
 
-    if args.out is None:
+    if out is None:
         raise StagewiseError("run needs --out RUN_FOLDER for a pipeline file")
-    result = run(args.pipeline, args.out, stages=_stages(args), resume=args.resume,
+    result = run(spec, out, stages=_stages(args), resume=args.resume,
                  overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)
+    return 0
+
+
+def _pipeline_source(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """What `run`'s argument names: a YAML file, else a preset (with its default folder), else
+    (none) the demo's preset; and the run folder."""
+    from ..runs.presets import is_preset, load_preset
+
+    given = args.pipeline
+    if given is None:
+        return (None if args.resume else load_preset("demo")), args.out
+    if not given.exists() and is_preset(str(given)):
+        return load_preset(str(given)), args.out or Path(PRESETS_OUT) / str(given)
+    return given, args.out
+
+
+def _dry_run(spec: Any, args: argparse.Namespace) -> int:
+    from ..runs.dry_run import dry_run
+
+    if spec is None:
+        raise StagewiseError("--dry-run needs a pipeline file or a preset name")
+    rows = dry_run(spec, args.set, args.out, _stages(args), args.processes)
+    if args.log_format == "json":
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("stage", "strategy", "weights from", "optimizer", "lr used", "wd", "schedule",
+                  "freeze ep", "layer decay", "size", "epochs", "global batch", "est. steps",
+                  title="dry run: what each stage would run with")
+    for r in rows:
+        table.add_row(r["name"], r["strategy"], r["weights_from"], r["optimizer"], f"{r['lr_used']:.3g}",
+                      f"{r['weight_decay']:g}", f"{r['scheduler']} (warmup {r['warmup_epochs']:g})",
+                      str(r["freeze_epochs"]), str(r["layer_decay"] or "-"), str(r["image_size"] or "model's"),
+                      str(r["epochs"]), str(r["global_batch"]),
+                      "-" if r["steps"] is None else f"{'' if r['steps_exact'] else '~'}{r['steps']:,}")
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or file: no wrapping
+    console.print(table)
+    for r in rows:
+        for problem in r["problems"]:
+            console.print(f"[{r['name']}] would fail: {problem}", style="yellow", markup=False)
     return 0
 
 

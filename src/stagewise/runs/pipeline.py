@@ -144,11 +144,31 @@ def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(plan.order)}")
     manifest = _load_manifest(out / MANIFEST, plan) if resume else _new_manifest(plan, overrides)
+    _check_skips(plan, stages, manifest, out)
     wait_for_everyone()  # every rank has checked the folder before rank 0 writes into it
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(out, manifest)
     return manifest
+
+
+def _check_skips(plan: PipelinePlan, stages: list[str] | None, manifest: Manifest, out: Path) -> None:
+    """A stage that starts from an earlier one's weights cannot run while that one is skipped and
+    has none: it would silently start from random init instead."""
+    if not stages:
+        return
+    problems = []
+    for stage in plan.stages:
+        parent = stage.parent(plan.order)
+        if stage.name not in stages or parent is None or parent in stages:
+            continue
+        if not (stage_dir(out, parent) / BEST).is_file():
+            problems.append(f"stage '{stage.name}' starts from stage '{parent}', which --stages skips "
+                            f"and which has no weights in {stage_dir(out, parent)}: add it to --stages, or "
+                            f"say where '{stage.name}' starts (--set stages.{stage.name}.init=pretrained "
+                            f"with weights, or init=scratch)")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _save(out: Path, plan: PipelinePlan, manifest: Manifest, report: bool, files: bool = True) -> None:

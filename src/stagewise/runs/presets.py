@@ -23,6 +23,10 @@ def list_presets() -> dict[str, str]:
     return out
 
 
+def is_preset(name: str) -> bool:
+    return "/" not in name and (_folder() / f"{name}.yaml").is_file()
+
+
 def preset_path(name: str) -> Path:
     path = _folder() / f"{name}.yaml"
     if not path.is_file():
