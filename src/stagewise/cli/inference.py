@@ -134,18 +134,20 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inference import evaluate, load_ensemble
-    from ..inference.evaluate import top_losses_path
+    from ..inference.evaluate import EVAL_FILE, output_paths, top_losses_path
     from ..inference.output import progress_bar
+    from ..runfolder import check_outputs
 
     if args.retrieval:
         return _evaluate_retrieval(args)
     clf = load_ensemble(args.model, device=args.device)
+    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
+    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
+    check_outputs([*output_paths(out), top_losses_path(out)], EVAL_FILE)  # before the work
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
         result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
                           on_progress=update)
-    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
-    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     json_path, report = result.write(out)
     if not args.quiet:
         print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
@@ -183,8 +185,10 @@ def _print_interpretation(result: Evaluation) -> None:
 
 def _evaluate_retrieval(args: argparse.Namespace) -> int:
     from ..inference import load
+    from ..inference.evaluate import EVAL_FILE, output_paths
     from ..inference.retrieval import require_faiss
     from ..inference.retrieval_eval import evaluate_retrieval, require_metrics
+    from ..runfolder import check_outputs
 
     require_faiss()  # both before loading the model and embedding every image
     require_metrics()
@@ -194,8 +198,9 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
               file=sys.stderr)
-    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers)
     out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
+    check_outputs(list(output_paths(out)), EVAL_FILE)  # before embedding every image
+    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers, split=args.split)
     json_path, report = result.write(out)
     if not args.quiet:
         from rich.console import Console
