@@ -204,6 +204,7 @@ MAX_HEAD_LAYERS = 16
 MAX_HEAD_WIDTH = 65_536
 IMAGE_SIZES = (16, 2048)
 EMBEDDING_DIMS = (2, 8192)
+MAX_CROP_PCT = 2.0
 
 # What a key may hold, for the error message (pydantic's own names only the bound crossed).
 _VALID = {
@@ -214,7 +215,7 @@ _VALID = {
     "preprocess.image_size": f"an integer from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels)",
     "preprocess.mean": "3 numbers from 0 to 1",
     "preprocess.std": "3 numbers above 0, at most 1",
-    "preprocess.crop_pct": "a number above 0, at most 1",
+    "preprocess.crop_pct": f"a number above 0, at most {MAX_CROP_PCT} (timm's go up to 1.15)",
     "weights": "a file name inside the run folder, e.g. best.safetensors",
     "head_layers": f"a list of up to {MAX_HEAD_LAYERS} widths, each from 1 to {MAX_HEAD_WIDTH:,}",
     "head_dropout": "a number from 0 to below 1",
@@ -241,7 +242,7 @@ class PreprocessSchema(BaseModel):
     mean: tuple[Unit, Unit, Unit]
     std: tuple[PositiveUnit, PositiveUnit, PositiveUnit]
     interpolation: str = "bilinear"
-    crop_pct: float = Field(0.875, gt=0.0, le=1.0)
+    crop_pct: float = Field(0.875, gt=0.0, le=MAX_CROP_PCT)
 
     @field_validator("interpolation")
     @classmethod

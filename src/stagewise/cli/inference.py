@@ -122,12 +122,15 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, nargs="+", help=f"{MODEL_HELP}; several make an ensemble")
     _common(p)
     p.add_argument("--data", type=Path, required=True, help="image folder (train/val[/test] or classes)")
-    p.add_argument("--split", choices=SPLITS, default="val", help="which split to score")
+    p.add_argument("--split", choices=SPLITS, default="val",
+                   help="which split to score (--retrieval: which split folder of a train/ val/ "
+                   "layout of identities is searched)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file to write (a .md report goes beside it); default: in the model folder")
     p.add_argument("--retrieval", action="store_true",
                    help="re-identification instead: --data holds identity folders (searched leave-"
-                   "one-out) or query/ and gallery/ of them; recall@1/5/10, mAP, mAP@R, open-set "
+                   "one-out), train/ and val/ of them (--split picks one), or query/ and gallery/ "
+                   "of them; recall@1/5/10, mAP, mAP@R, open-set "
                    "rejection (needs stagewise[retrieval])")
     p.set_defaults(handler=_cmd_evaluate)
 
