@@ -33,7 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "models": BASE | {"io", "data"},
     # data: the `augment:` list is checked against torchvision's transforms at config load.
     "config": BASE | {"io", "models", "data"},
-    "runfolder": BASE | {"io", "config"},  # config's guarded YAML loader reads config.yaml
+    # config's guarded YAML loader reads config.yaml; model.json is checked against the registries
+    # config checks a TrainConfig against (model names, activations, interpolations).
+    "runfolder": BASE | {"io", "config", "models", "data"},
     "training": BASE | {"ranking", "scoring", "io", "data", "models", "config", "runfolder"},
     "inference": BASE | {"ranking", "scoring", "io", "data", "models", "config", "runfolder"},
     "reporting": BASE | {"ranking", "scoring", "io", "data", "config", "runfolder", "inference"},

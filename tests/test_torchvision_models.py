@@ -146,12 +146,25 @@ def test_model_names_resolve_to_one_library() -> None:
         resolve_model_name("squeezenet1_2")
 
 
-def test_a_torchvision_file_under_timms_name_says_to_use_tv(fast_dir: Path) -> None:
+def test_a_torchvision_file_under_timms_name_builds_torchvisions_network(fast_dir: Path) -> None:
+    # It used to be refused with the fix in the message (use tv:...); now the fix is applied.
     torch.manual_seed(0)
     path = fast_dir / "efficientnet_b0.pth"
     torch.save(_reference("efficientnet_b0").state_dict(), path)
-    with pytest.raises(WeightsError, match="torchvision's efficientnet_b0 weights.*model: tv:efficientnet_b0"):
-        build_model("efficientnet_b0", USER_CLASSES, weights=str(path))
+    bundle = build_model("efficientnet_b0", USER_CLASSES, weights=str(path))
+    assert bundle.architecture == "tv:efficientnet_b0"
+    assert "torchvision's layout of efficientnet_b0" in bundle.load_notes[0]
+
+
+@pytest.mark.parametrize("name", [n for n in torchvision_names()
+                                  if timm.is_model(n) and not n.startswith(TIMM_SAME)])
+def test_every_shared_name_with_another_timm_layout_builds_torchvisions(name: str) -> None:
+    from stagewise.models.build import _architecture_for
+    from stagewise.models.weights import LoadedWeights
+
+    with torch.device("meta"):
+        state = get_model(name, num_classes=NUM_CLASSES, **REF_KWARGS.get(name, {})).state_dict()
+    assert _architecture_for(name, LoadedWeights(state_dict=state, source="file")) == f"tv:{name}"
 
 
 @pytest.mark.parametrize("name", [n for n in torchvision_names()

@@ -20,14 +20,23 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, TypedDict, TypeVar, cast, overload
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast, overload
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ._version import __version__
 from .config.yaml_loader import parse_yaml
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, shown
 from .io import existing_dir, write_json, write_text
 from .metrics import METRICS, card_metrics, is_finite, lower_is_better
 
@@ -217,6 +226,148 @@ class ModelCard:
 _CARD_FIELDS = {f.name for f in fields(ModelCard)}
 _CARD_REQUIRED = ("architecture", "class_ids", "preprocess")
 
+# Bounds of model.json's numbers: what a real model has, with room; anything past them is a typo
+# or a hostile file, refused before it sizes a network or an image transform. The sizes are the
+# ones TrainConfig accepts for the same keys.
+MAX_CLASSES = 1_000_000
+MAX_HEAD_LAYERS = 16
+MAX_HEAD_WIDTH = 65_536
+IMAGE_SIZES = (16, 2048)
+EMBEDDING_DIMS = (2, 8192)
+MAX_CROP_PCT = 2.0
+
+# What a key may hold, for the error message (pydantic's own names only the bound crossed).
+_VALID = {
+    "architecture": "a timm or torchvision model name (tv:NAME)",
+    "class_ids": f"a list of 1 to {MAX_CLASSES:,} distinct class ids (strings)",
+    "class_names": "a list of names, one per class id",
+    "num_classes": "an integer, the length of class_ids",
+    "preprocess.image_size": f"an integer from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels)",
+    "preprocess.mean": "3 numbers from 0 to 1",
+    "preprocess.std": "3 numbers above 0, at most 1",
+    "preprocess.crop_pct": f"a number above 0, at most {MAX_CROP_PCT} (timm's go up to 1.15)",
+    "weights": "a file name inside the run folder, e.g. best.safetensors",
+    "head_layers": f"a list of up to {MAX_HEAD_LAYERS} widths, each from 1 to {MAX_HEAD_WIDTH:,}",
+    "head_dropout": "a number from 0 to below 1",
+    "embedding.embedding_dim": f"an integer from {EMBEDDING_DIMS[0]} to {EMBEDDING_DIMS[1]}",
+}
+
+
+def _class_id(value: Any) -> Any:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("a class id is a string")
+
+
+ClassId = Annotated[str, BeforeValidator(_class_id), Field(max_length=1000)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveUnit = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class PreprocessSchema(BaseModel):
+    """model.json's `preprocess` (resize and crop are derived from these, written for readers)."""
+
+    model_config = ConfigDict(extra="allow")
+    image_size: int = Field(ge=IMAGE_SIZES[0], le=IMAGE_SIZES[1])
+    mean: tuple[Unit, Unit, Unit]
+    std: tuple[PositiveUnit, PositiveUnit, PositiveUnit]
+    interpolation: str = "bilinear"
+    crop_pct: float = Field(0.875, gt=0.0, le=MAX_CROP_PCT)
+
+    @field_validator("interpolation")
+    @classmethod
+    def _known_interpolation(cls, value: str) -> str:
+        from .data.transforms import INTERPOLATIONS
+
+        if value not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation; choose one of {', '.join(INTERPOLATIONS)}")
+        return value
+
+
+class EmbeddingSchema(BaseModel):
+    """model.json's `embedding` (an embed run's EmbeddingSpec.as_dict())."""
+
+    model_config = ConfigDict(extra="allow")
+    embedding_dim: int | None = Field(None, ge=EMBEDDING_DIMS[0], le=EMBEDDING_DIMS[1])
+
+
+class CardSchema(BaseModel):
+    """model.json as read: every key ModelCard holds, typed and bounded. Unknown keys are ignored
+    (a newer stagewise may add some); `num_classes` is derived, and checked when present."""
+
+    model_config = ConfigDict(extra="ignore")
+    architecture: str = Field(min_length=1, max_length=300)
+    class_ids: list[ClassId] = Field(min_length=1, max_length=MAX_CLASSES)
+    class_names: list[ClassId] | None = Field(None, max_length=MAX_CLASSES)
+    num_classes: int | None = None
+    preprocess: PreprocessSchema
+    weights: str = Field(BEST, min_length=1, max_length=255)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    strategy: str | None = None
+    head: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = None
+    layout: str | None = None
+    stage: str | None = None
+    teacher: dict[str, Any] | None = None
+    head_layers: list[Annotated[int, Field(ge=1, le=MAX_HEAD_WIDTH)]] = Field(
+        default_factory=list, max_length=MAX_HEAD_LAYERS)
+    head_activation: str = "relu"
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    task: Literal["classify", "embed"] = "classify"
+    embedding: EmbeddingSchema = Field(default_factory=EmbeddingSchema)
+    stagewise_version: str = ""
+    format: str = MODEL_FORMAT
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        from .models.build import resolve_model_name
+
+        resolve_model_name(value)  # raises ValueError naming close matches
+        return value
+
+    @field_validator("head_activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        from .models.head import ACTIVATIONS
+
+        if value not in ACTIVATIONS:
+            raise ValueError(f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _inside_the_folder(cls, value: str) -> str:
+        # Weights are read from beside model.json only: a card cannot point a loader at a file
+        # elsewhere (another run's weights, or any file the reader can open).
+        posix, windows = PurePosixPath(value), PureWindowsPath(value)
+        if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts:
+            raise ValueError("points outside the run folder (weights are read from beside model.json)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CardSchema:
+        n = len(self.class_ids)
+        if len(set(self.class_ids)) != n:
+            raise ValueError("class_ids: the same class id is listed twice")
+        if self.num_classes is not None and self.num_classes != n:
+            raise ValueError(f"num_classes is {self.num_classes} but class_ids lists {n} classes")
+        if self.class_names is not None and len(self.class_names) != n:
+            raise ValueError(f"class_names has {len(self.class_names)} entries, class_ids {n}")
+        return self
+
+
+def card_problems(err: ValidationError, limit: int = 5) -> list[str]:
+    """One line per problem: the key, what is wrong, the value given, and what is valid."""
+    out = []
+    for e in err.errors()[:limit]:
+        key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        valid = _VALID.get(key)
+        got = "" if e["type"] == "missing" or not key else f" (got {shown(e.get('input'), 80)})"
+        out.append(f"{key or 'model.json'}: {msg}{got}" + (f"; valid: {valid}" if valid else ""))
+    return out
+
 
 def write_teacher(folder: Path, record: dict[str, Any]) -> None:
     write_json(folder / TEACHER, record)
@@ -233,7 +384,8 @@ def write_model_card(folder: Path, card: ModelCard) -> None:
 
 
 def read_model_card(path: Path) -> ModelCard:
-    """model.json (a file, or the folder holding it), checked: it is an input a user may hand us."""
+    """model.json (a file, or the folder holding it), checked against `CardSchema`: it is an input
+    a user may hand us, and its numbers size the network and the image transforms."""
     path = path / MODEL_CARD if path.is_dir() else path
     try:
         meta = json.loads(path.read_text())
@@ -248,13 +400,13 @@ def read_model_card(path: Path) -> ModelCard:
     if missing:
         raise WeightsError(f"{path}: missing key(s) {', '.join(missing)}; re-export the model "
                            "with a current stagewise")
+    try:
+        CardSchema.model_validate(meta)
+    except ValidationError as err:
+        raise WeightsError(f"{path}: " + "; ".join(card_problems(err)) + "; correct the value(s) "
+                           "or re-export the model with a current stagewise") from None
     ids = [str(c) for c in meta["class_ids"]]
-    if "num_classes" in meta and len(ids) != int(meta["num_classes"]):
-        raise WeightsError(f"{path}: num_classes is {meta['num_classes']} but class_ids lists "
-                           f"{len(ids)} classes")
     names = meta.get("class_names")
-    if names is not None and len(names) != len(ids):
-        raise WeightsError(f"{path}: class_names has {len(names)} entries, class_ids {len(ids)}")
     known = {k: v for k, v in meta.items() if k in _CARD_FIELDS}
     known.update(class_ids=ids, class_names=[str(n) for n in names] if names is not None else None)
     return ModelCard(**known)
@@ -537,6 +689,51 @@ LR_FIND = "lr_find.json"
 
 def write_lr_find(folder: Path, result: LRFindResult) -> None:
     write_json(folder / LR_FIND, result.as_dict())
+
+
+# ---- outputs of the commands that use a run: never over the run's own files ----
+
+# What a run folder holds that an output file must never replace: a written embeddings file or
+# index sidecar named `model.json` makes the run unloadable; one named after its weights replaces
+# them. (Sub-folders stages/, baselines/, cells/ are run folders themselves, checked as such.)
+RUN_FILES = frozenset({CONFIG, SPLIT, HISTORY, MODEL_CARD, CONFUSION, TEST, TEACHER, BEST, LAST,
+                       f"{LAST}.old", MANIFEST, PIPELINE_HISTORY, FINAL, CELL_MARKER, LR_FIND,
+                       "report.md", "report.html"})
+_RUN_MARKERS = (MODEL_CARD, MANIFEST, CELL_MARKER)
+
+
+def check_outputs(paths: list[Path], example: str) -> None:
+    """Refuse output files that are folders or would replace a file of a run folder.
+
+    The one guard of every command that writes beside a model (embed, index, evaluate, export):
+    each file it will write is checked before any work starts, and again by the writer. `example`
+    is a file name to suggest instead (the command's usual output name).
+    """
+    for path in paths:
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; name the file to write, e.g. {path / example}")
+        resolved = path.resolve()
+        for folder in resolved.parents:
+            if not _is_run_folder(folder):
+                continue
+            part = resolved.relative_to(folder).parts[0]
+            if part in RUN_FILES or part == _card_weights(folder):
+                raise ConfigError(f"{path}: would overwrite {folder / part}, a file of the run folder "
+                                  f"{folder} (the run would no longer load); write elsewhere, e.g. "
+                                  f"{folder / example}")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _RUN_MARKERS) or (
+        (folder / CONFIG).is_file() and (folder / HISTORY).is_file())
+
+
+def _card_weights(folder: Path) -> str | None:
+    """The first path part of the weights model.json names (tolerant: any value, or none)."""
+    card = read_json(folder / MODEL_CARD) if (folder / MODEL_CARD).is_file() else None
+    weights = card.get("weights") if isinstance(card, dict) else None
+    return PurePosixPath(weights).parts[0] if isinstance(weights, str) and weights else None
 
 
 # ---- tolerant reading ----

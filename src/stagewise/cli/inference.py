@@ -133,30 +133,35 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, nargs="+", help=f"{MODEL_HELP}; several make an ensemble")
     _common(p)
     p.add_argument("--data", type=Path, required=True, help="image folder (train/val[/test] or classes)")
-    p.add_argument("--split", choices=SPLITS, default="val", help="which split to score")
+    p.add_argument("--split", choices=SPLITS, default="val",
+                   help="which split to score (--retrieval: which split folder of a train/ val/ "
+                   "layout of identities is searched)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file to write (a .md report goes beside it); default: in the model folder")
     p.add_argument("--retrieval", action="store_true",
                    help="re-identification instead: --data holds identity folders (searched leave-"
-                   "one-out) or query/ and gallery/ of them; recall@1/5/10, mAP, mAP@R, open-set "
+                   "one-out), train/ and val/ of them (--split picks one), or query/ and gallery/ "
+                   "of them; recall@1/5/10, mAP, mAP@R, open-set "
                    "rejection (needs stagewise[retrieval])")
     p.set_defaults(handler=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inference import evaluate, load_ensemble
-    from ..inference.evaluate import top_losses_path
+    from ..inference.evaluate import EVAL_FILE, output_paths, top_losses_path
     from ..inference.output import progress_bar
+    from ..runfolder import check_outputs
 
     if args.retrieval:
         return _evaluate_retrieval(args)
     clf = load_ensemble(args.model, device=args.device)
+    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
+    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
+    check_outputs([*output_paths(out), top_losses_path(out)], EVAL_FILE)  # before the work
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
         result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
                           on_progress=update)
-    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
-    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     json_path, report = result.write(out)
     if not args.quiet:
         print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
@@ -194,8 +199,10 @@ def _print_interpretation(result: Evaluation) -> None:
 
 def _evaluate_retrieval(args: argparse.Namespace) -> int:
     from ..inference import load
+    from ..inference.evaluate import EVAL_FILE, output_paths
     from ..inference.retrieval import require_faiss
     from ..inference.retrieval_eval import evaluate_retrieval, require_metrics
+    from ..runfolder import check_outputs
 
     require_faiss()  # both before loading the model and embedding every image
     require_metrics()
@@ -205,8 +212,9 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
               file=sys.stderr)
-    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers)
     out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
+    check_outputs(list(output_paths(out)), EVAL_FILE)  # before embedding every image
+    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers, split=args.split)
     json_path, report = result.write(out)
     if not args.quiet:
         from rich.console import Console

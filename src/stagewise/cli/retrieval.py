@@ -79,7 +79,10 @@ def _embed(clf: Any, inputs: list[str], args: argparse.Namespace) -> Any:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from ..inference import load
+    from ..inference.retrieval import EMBEDDINGS_FILE
+    from ..runfolder import check_outputs
 
+    check_outputs([args.out], EMBEDDINGS_FILE)  # before minutes of embedding, not after
     clf = load(args.model, device=args.device)  # embeddings need no faiss: plain numpy out
     emb = _embed(clf, args.inputs, args)
     out = emb.save(args.out)
@@ -92,9 +95,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from ..inference import load
-    from ..inference.retrieval import Retriever, require_faiss
+    from ..inference.retrieval import INDEX_FILE, Retriever, index_paths, require_faiss
+    from ..runfolder import check_outputs
 
     require_faiss()  # before minutes of embedding, not after
+    check_outputs(list(index_paths(args.out)), INDEX_FILE)
     clf = load(args.model, device=args.device)
     gallery = Retriever(_embed(clf, args.gallery, args), clf=clf)
     path, sidecar = gallery.save(args.out)

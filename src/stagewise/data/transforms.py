@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Resampling filters timm's transforms know by name (timm.data.transforms.str_to_interp_mode).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
+
 
 @dataclass(frozen=True)
 class Preprocess:

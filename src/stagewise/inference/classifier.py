@@ -84,7 +84,9 @@ class Classifier:
         """Whether the model maps images to vectors (a task: embed run) rather than classes."""
         return self.meta.get("task") == "embed"
 
-    def _classifier_only(self, what: str) -> None:
+    def require_classes(self, what: str) -> None:
+        """Refuse `what` (predict, score...) for an embed run: it has vectors, not classes. Every
+        path to class probabilities passes here (single views, multi-view TTA, ensembles)."""
         if self.is_embedding:
             raise DataError(f"{self.source}: an embed run (task: embed) maps images to vectors and "
                             f"has no classes to {what}; use embed, index/search or evaluate --retrieval")
@@ -96,7 +98,7 @@ class Classifier:
     def predict(self, inputs: Inputs, top_k: int = 5, batch_size: int = 32,
                 tta: str | TTA | None = None) -> Prediction | list[Prediction]:
         """One Prediction for one image; a list for a list (or a (N, 3, H, W) tensor)."""
-        self._classifier_only("predict")
+        self.require_classes("predict")
         if top_k < 1:
             raise DataError(f"top_k must be at least 1, got {top_k}")
         preds: list[Prediction] = []
@@ -140,7 +142,7 @@ class Classifier:
     def logits(self, batch: torch.Tensor, tta: str | TTA | None = None) -> torch.Tensor:
         """Raw scores (on the model's device) of a preprocessed batch (N, 3, H, W); with
         tta='flip', averaged with those of the mirrored batch."""
-        self._classifier_only("score")
+        self.require_classes("score")
         mode = parse_tta(tta)
         if mode.multi_view:
             raise DataError(f"tta '{mode.mode}' averages probabilities, not logits; use probabilities()")
@@ -154,6 +156,7 @@ class Classifier:
     def probabilities(self, batch: torch.Tensor, tta: str | TTA | None = None) -> torch.Tensor:
         """Softmax (on the CPU) of a batch from `input_transform(tta)`; over the views of a
         multi-view tta, the mean of each view's probabilities."""
+        self.require_classes("score")
         mode = parse_tta(tta)
         if not mode.multi_view:
             return self.logits(batch, mode).softmax(dim=1).cpu()

@@ -45,6 +45,10 @@ def column_orders(members: Sequence[Classifier]) -> list[list[int]]:
     first = members[0].class_ids
     orders = []
     for m in members:
+        if m.is_embedding:
+            raise ConfigError(f"ensemble: {m.source or 'a member'} is an embed run (task: embed): it "
+                              "maps images to vectors and has no class probabilities to average; "
+                              "leave it out (use it with embed, index/search or evaluate --retrieval)")
         if set(m.class_ids) != set(first):
             missing, extra = sorted(set(first) - set(m.class_ids)), sorted(set(m.class_ids) - set(first))
             raise ConfigError(f"ensemble: {m.source or 'a member'} has different classes than "

@@ -16,8 +16,9 @@ import torch
 
 from ..data import ImageDataset, Samples, load_dataset, make_loader
 from ..data.folder import split_dirs
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..io import write_json, write_text
+from ..runfolder import check_outputs
 from ..scoring import ClassScores, class_metrics
 from .classifier import Classifier
 from .ensemble import Ensemble
@@ -25,6 +26,7 @@ from .interpret import TOP_LOSSES, draw_top_losses, most_confused, thumbnail, to
 from .views import parse_tta
 
 SPLITS = ("val", "test", "train", "all")
+EVAL_FILE = "eval.json"  # suggested when --out is refused
 ECE_BINS = 15
 MAX_MARKDOWN_CLASSES = 20  # larger confusion matrices stay in the JSON only
 
@@ -63,8 +65,8 @@ class Evaluation:
 
     def write(self, out: Path) -> tuple[Path, Path]:
         """JSON to `out`, the markdown report beside it (same name, .md)."""
-        out = Path(out)
-        report = out.with_suffix(".md")
+        out, report = output_paths(out)
+        check_outputs([out, report, top_losses_path(out)], EVAL_FILE)
         write_json(out, self.as_dict())
         write_text(report, self.markdown())
         if self.thumbnails:
@@ -107,6 +109,15 @@ class Evaluation:
             lines += [f"| {t['source']} | {t['true']} | {t['predicted']} | {t['p_true']:.3f} | "
                       f"{t['loss']:.3f} |" for t in self.top_losses]
         return lines
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """The JSON and markdown report an evaluation writes for `out` (`RetrievalEvaluation` too)."""
+    out = Path(out)
+    if out.suffix == ".md":
+        raise ConfigError(f"{out}: the markdown report goes beside the JSON as NAME.md; name the "
+                          f"JSON file, e.g. {out.with_suffix('.json')}")
+    return out, out.with_suffix(".md")
 
 
 def top_losses_path(out: Path) -> Path:
@@ -233,6 +244,8 @@ def evaluate(
         >>> ev.top1, ev.ece, ev.most_confused[:3]  # doctest: +SKIP
     """
     parse_tta(tta)  # a bad value fails before any image is decoded
+    if isinstance(clf, Classifier):  # an Ensemble refused embed members when it was made
+        clf.require_classes("evaluate")
     samples, notes = split_samples(Path(data), split, clf.class_ids)
     dataset = ImageDataset(samples, clf.input_transform(tta), seeded=False)
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=num_workers,

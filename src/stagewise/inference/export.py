@@ -16,6 +16,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import StagewiseError
 from ..io import write_json, write_with
+from ..runfolder import check_outputs
 from .classifier import Classifier
 
 FORMATS = ("onnx", "torchscript")
@@ -55,6 +56,7 @@ def export(
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     path = _default_out(clf, fmt) if out is None else Path(out)
+    check_outputs(export_paths(path), f"model{SUFFIX[fmt]}")
     # Export from a CPU copy: the file must not depend on the device the model was loaded on.
     model = clf.model if clf.device.type == "cpu" else copy.deepcopy(clf.model).cpu()
     model.eval()
@@ -76,11 +78,16 @@ def export(
     if diff is not None and diff > tolerance:
         raise ExportError(f"{path}: written, but its logits differ from PyTorch's by up to {diff:.2e} "
                           f"(> {tolerance:g}); do not deploy it. Try another --opset or format")
-    # model.onnx -> model.preprocess.json, model.torchscript.pt -> model.torchscript.preprocess.json
-    pre_path = path.with_suffix(".preprocess.json")
+    pre_path = export_paths(path)[1]
     write_json(pre_path, _preprocess_doc(clf, path, fmt, dynamic_batch, diff, note))
     return ExportResult(path=path, preprocess_path=pre_path, format=fmt, checked=diff is not None,
                         max_abs_diff=diff, note=note)
+
+
+def export_paths(path: Path) -> list[Path]:
+    """The model file and the preprocessing JSON beside it that `export` writes."""
+    # model.onnx -> model.preprocess.json, model.torchscript.pt -> model.torchscript.preprocess.json
+    return [path, path.with_suffix(".preprocess.json")]
 
 
 def _default_out(clf: Classifier, fmt: str) -> Path:

@@ -43,6 +43,8 @@ def predict_files(
 
     `on_progress(n)` is called with the number of files finished after each batch.
     """
+    if isinstance(clf, Classifier):  # before any image is decoded; an Ensemble checked its members
+        clf.require_classes("predict")
     todo = [k for k, e in enumerate(entries) if e.error is None]
     paths = [entries[k].path for k in todo]
     results = list(entries)

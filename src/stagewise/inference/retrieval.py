@@ -12,14 +12,17 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .._version import __version__
 from ..data.folder import class_dirs
+from ..data.hashing import file_digest
 from ..data.images import is_image_file
+from ..errors import clip
 from ..io import write_json, write_with
 from ..ranking import (  # noqa: F401  (re-exported: the names retrieval users import from here)
     EXTRA_HINT,
@@ -29,9 +32,18 @@ from ..ranking import (  # noqa: F401  (re-exported: the names retrieval users i
     require_faiss,
     search_index,
 )
+from ..runfolder import check_outputs
 from .files import expand_paths, file_loader
 
 SIDECAR_SUFFIX = ".json"  # gallery.index -> gallery.index.json
+EMBEDDINGS_FILE = "embeddings.npz"  # the usual output names, suggested when --out is refused
+INDEX_FILE = "gallery.index"
+
+
+def index_paths(path: str | Path) -> tuple[Path, Path]:
+    """The two files `Retriever.save(path)` writes: the index and its sidecar JSON."""
+    path = Path(path)
+    return path, path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 class Embedder(Protocol):
@@ -108,6 +120,7 @@ class Embeddings:
     def save(self, out: str | Path) -> Path:
         """An .npz with vectors, paths, labels ('' where none) and the model."""
         out = Path(out)
+        check_outputs([out], EMBEDDINGS_FILE)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a path
@@ -188,12 +201,13 @@ class Retriever:
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """The faiss index at `path` and a sidecar JSON (paths, identities, model) beside it."""
         faiss = require_faiss()
-        path = Path(path)
-        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        path, sidecar = index_paths(path)
+        check_outputs([path, sidecar], INDEX_FILE)
         write_with(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
         g = self.gallery
         write_json(sidecar, {"kind": "stagewise-gallery", "stagewise": __version__,
-                             "model": g.model, "metric": "cosine", "dim": int(self.index.d),
+                             "model": g.model, "weights_sha256": weights_digest(self.clf),
+                             "metric": "cosine", "dim": int(self.index.d),
                              "paths": g.paths, "labels": g.labels, "failed": g.failed})
         return path, sidecar
 
@@ -202,7 +216,16 @@ class Retriever:
         """A saved gallery; `clf` embeds image queries (pass the model named in the sidecar)."""
         faiss = require_faiss()
         meta = read_sidecar(Path(path))
-        index = faiss.read_index(str(path))
+        check_same_model(Path(path), meta, clf)
+        try:
+            index = faiss.read_index(str(path))
+        except (RuntimeError, OSError, MemoryError) as exc:  # faiss raises RuntimeError on bad bytes
+            reason = clip(" ".join(str(exc).split()), 160)
+            raise RetrievalError(f"{path}: not an index faiss can read ({reason}); rebuild it with "
+                                 "`stagewise index MODEL GALLERY --out FILE`") from None
+        if index.d != meta["dim"]:
+            raise RetrievalError(f"{path}: holds {index.d}-d vectors but its sidecar says {meta['dim']}; "
+                                 "rebuild it with `stagewise index`")
         if index.ntotal != len(meta["paths"]):
             raise RetrievalError(f"{path}: holds {index.ntotal} vectors but its sidecar lists "
                                  f"{len(meta['paths'])} files; rebuild it with `stagewise index`")
@@ -211,17 +234,65 @@ class Retriever:
         return cls(gallery, clf, index)
 
 
+class Sidecar(BaseModel):
+    """The JSON beside a saved index (`Retriever.save`), as read."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["stagewise-gallery"]
+    model: str
+    dim: int = Field(ge=1, le=1_000_000)
+    paths: list[str]
+    labels: list[str | None]
+    failed: list[str] = Field(default_factory=list)
+    weights_sha256: str | None = None  # of the weights that embedded the gallery (None: older)
+
+    @model_validator(mode="after")
+    def _one_label_per_path(self) -> Sidecar:
+        if len(self.labels) != len(self.paths):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
+        return self
+
+
 def read_sidecar(path: Path) -> dict[str, Any]:
-    """The JSON beside a saved index, checked enough to give a clear error."""
+    """The JSON beside a saved index, checked against `Sidecar`, with a clear error when it is not."""
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if not path.is_file() or not sidecar.is_file():
         raise RetrievalError(f"{path}: not a saved gallery (expected the index and {sidecar.name} "
                              "beside it, as written by `stagewise index`)")
-    meta = json.loads(sidecar.read_text())
+    fix = "rebuild it with `stagewise index MODEL GALLERY --out FILE`"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RetrievalError(f"{sidecar}: not a readable JSON file ({clip(str(exc), 120)}); {fix}") from None
     if not isinstance(meta, dict) or meta.get("kind") != "stagewise-gallery":
-        raise RetrievalError(f"{sidecar}: not a stagewise gallery sidecar; rebuild with `stagewise index`")
-    meta.setdefault("failed", [])
-    return meta
+        raise RetrievalError(f"{sidecar}: not a stagewise gallery sidecar; {fix}")
+    try:
+        return Sidecar.model_validate(meta).model_dump()
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'sidecar'}: "
+                             f"{str(e['msg']).removeprefix('Value error, ')}" for e in err.errors()[:3])
+        raise RetrievalError(f"{sidecar}: {problems}; {fix}") from None
+
+
+def weights_digest(clf: Embedder | None) -> str | None:
+    """sha256 of the weights file `clf` was loaded from (None: built in memory)."""
+    source = getattr(clf, "source", None)
+    return file_digest(Path(source), "sha256") if source and Path(source).is_file() else None
+
+
+def check_same_model(path: Path, meta: dict[str, Any], clf: Embedder | None) -> None:
+    """Refuse to search an index with a model other than the one that embedded its gallery:
+    another model's vectors (even of the same size) are not comparable, so the matches would be
+    nonsense. Compared by the weights' sha256 the sidecar records."""
+    recorded = meta.get("weights_sha256")
+    given = weights_digest(clf) if recorded else None
+    if recorded and given and given != recorded:
+        raise RetrievalError(
+            f"{path} was indexed with {meta['model']} (weights sha256 {recorded[:12]}...), but the "
+            f"model given is {getattr(clf, 'source', None)} (sha256 {given[:12]}...): other weights, "
+            "whose embeddings cannot be compared with the index's. Search with the model that built "
+            f"the index (--model {meta['model']}), or index the gallery again with this one: "
+            "stagewise index MODEL GALLERY --out FILE")
 
 
 def is_saved_index(path: Path) -> bool:

@@ -74,6 +74,7 @@ class ModelBundle:
     data_config: dict[str, Any]
     head: HeadReport
     load_notes: list[str] = field(default_factory=list)
+    architecture: str = ""  # the name the network was built as (model.json records it)
 
 
 def build_model(
@@ -96,19 +97,48 @@ def build_model(
     layers before the classifier; a saved model is rebuilt with the same `head` (model.json's
     head_layers/head_activation/head_dropout, read with `HeadSpec.from_mapping`).
     """
-    head = head or HeadSpec()
+    if incoming is None and weights:
+        incoming = _fetch_weights(name, weights)
+    built = _architecture_for(name, incoming)
+    bundle = _build(built, class_ids, incoming, head_mode, drop_rate, drop_path_rate, image_size,
+                    class_names, head or HeadSpec(), embedding, train_embedding)
+    bundle.architecture = built
+    if built != name:
+        note = (f"warning: {incoming.source if incoming else 'the weights'} are torchvision's layout "
+                f"of {name} (every backbone tensor fits), while '{name}' names timm's network; built "
+                f"{built} instead, as model.json records (say model: {built} to silence this)")
+        log.warning(note)
+        bundle.load_notes.insert(0, note)
+    return bundle
+
+
+def _architecture_for(name: str, incoming: LoadedWeights | None) -> str:
+    """`name`, or `tv:<name>` when `name` is one both timm and torchvision define, the weights do
+    not fit timm's network and every backbone tensor of torchvision's is in them (the name was
+    meant as torchvision's: its weights file says so)."""
+    if incoming is None or tv.is_torchvision(name) or name not in tv.torchvision_names():
+        return name
+    import timm
+
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        timm_model = timm.create_model(name, num_classes=1)
+    if tv.body_fits(timm_model, incoming.state_dict) or not tv.fits_layout(name, incoming.state_dict):
+        return name
+    return tv.PREFIX + name
+
+
+def _build(name: str, class_ids: list[str], incoming: LoadedWeights | None, head_mode: str | None,
+           drop_rate: float, drop_path_rate: float, image_size: int | None,
+           class_names: list[str] | None, head: HeadSpec, embedding: EmbeddingSpec | None,
+           train_embedding: bool) -> ModelBundle:
     if tv.is_torchvision(name):
         base = tv.base_name(name)
-        if incoming is None and weights:
-            incoming = _fetch_weights(name, weights)
         kwargs = tv.build_kwargs(base, len(class_ids), drop_rate, drop_path_rate, image_size)
         model = tv.create_for_weights(base, kwargs, incoming.state_dict if incoming else None)
         data_config: dict[str, Any] | None = tv.data_config(base, image_size)
     else:
         model = _create_timm(name, len(class_ids), drop_rate, drop_path_rate, image_size)
         data_config = None
-        if incoming is None and weights:
-            incoming = _fetch_weights(name, weights)
     if embedding is not None:
         return _embedding_bundle(model, class_ids, embedding, head, incoming, name, head_mode,
                                  data_config, train_embedding)

@@ -193,21 +193,31 @@ def resample_pos_embed(model: nn.Module, src: torch.Tensor) -> torch.Tensor | No
     return state["encoder.pos_embedding"]
 
 
-def layout_hint(name: str, state: Mapping[str, torch.Tensor]) -> str | None:
-    """For a timm name torchvision also uses: a hint when `state` is torchvision's layout of it."""
+def body_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every backbone (non-head) tensor of `model` is in `state` with its shape."""
     from .head import head_param_names
 
-    if name not in torchvision_names():
-        return None
-    with torch.device("meta"):
-        model = create(name, build_kwargs(name, 1000))
     head = set(head_param_names(model))
     body = {k: v for k, v in model.state_dict().items() if k not in head}
-    if all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in body.items()):
-        return (f"these are torchvision's {name} weights (all {len(body)} backbone tensors fit), "
-                f"while '{name}' names timm's own {name}, a different layout; use model: "
-                f"{PREFIX}{name}")
-    return None
+    return bool(body) and all(k in state and tuple(state[k].shape) == tuple(v.shape)
+                              for k, v in body.items())
+
+
+def fits_layout(name: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether `state` holds every backbone tensor of torchvision's `name` (a name it defines)."""
+    if name not in torchvision_names():
+        return False
+    with torch.device("meta"):
+        model = create(name, build_kwargs(name, 1000))
+    return body_fits(model, state)
+
+
+def layout_hint(name: str, state: Mapping[str, torch.Tensor]) -> str | None:
+    """For a timm name torchvision also uses: a hint when `state` is torchvision's layout of it."""
+    if not fits_layout(name, state):
+        return None
+    return (f"these are torchvision's {name} weights (all backbone tensors fit), while '{name}' "
+            f"names timm's own {name}, a different layout; use model: {PREFIX}{name}")
 
 
 def close_matches(name: str) -> list[str]:

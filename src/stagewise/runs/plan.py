@@ -254,8 +254,9 @@ def _stage_plans(
         if init == "scratch" and "strategy" not in keys.train_keys():
             merged["strategy"] = "scratch"
         if merged.get("teacher"):
+            embed = {p.name for p in plans if getattr(p.config, "task", None) == "embed"}
             merged["teacher"] = _teacher_path(str(merged["teacher"]), names[:i], names[i:], out,
-                                              where, problems, check_data)
+                                              where, problems, check_data, embed)
         data = str(merged.get("data") or "")
         # os.path.exists, not Path.exists: a name too long for the OS is "not found", not a crash.
         if check_data and data and "${" not in data and not os.path.exists(data):
@@ -282,10 +283,15 @@ def _source(init: str, i: int, names: list[str], merged: dict[str, Any]) -> str:
 
 
 def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path | None, where: str,
-                  problems: list[str], check_data: bool) -> str:
+                  problems: list[str], check_data: bool, embed_stages: set[str]) -> str:
     """`teacher:` naming an earlier stage (as `init:` does) is that stage's folder; otherwise a
-    path. A stage name wins over a folder of the same name in the working directory."""
+    path. A stage name wins over a folder of the same name in the working directory. An embed
+    stage or run cannot teach (no class probabilities): refused here, before any stage runs."""
+    from .teacher import NOT_A_TEACHER, is_embed_run
+
     if teacher in earlier:
+        if teacher in embed_stages:
+            problems.append(f"{where}.teacher: stage '{clip(teacher, 80)}' {NOT_A_TEACHER}")
         return str(stage_dir(out or Path(PIPELINE_OUT), teacher))
     if teacher in rest:
         which = "itself" if teacher == rest[0] else f"a later stage '{clip(teacher, 80)}'"
@@ -293,6 +299,8 @@ def _teacher_path(teacher: str, earlier: list[str], rest: list[str], out: Path |
     elif check_data and "${" not in teacher and not os.path.exists(teacher):
         problems.append(f"{where}.teacher: {shown(teacher)} is neither an earlier stage "
                         f"({clip(', '.join(earlier)) or 'there is none'}) nor an existing run folder or file")
+    elif check_data and "${" not in teacher and is_embed_run(Path(teacher)):
+        problems.append(f"{where}.teacher: {shown(teacher)} {NOT_A_TEACHER}")
     return teacher
 
 

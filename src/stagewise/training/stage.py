@@ -100,7 +100,7 @@ def run_stage(
             write_teacher(run_dir, teacher.record())
     wait_for_everyone()
     state, history = _restore(setup, resume, rep)
-    card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
+    card = ModelCard(architecture=setup.bundle.architecture or cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
