@@ -13,15 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 HEAVY = ("torch", "torchvision", "timm", "matplotlib")
 # Their flags are described by constants of inference/ modules that import torch (output formats,
 # TTA modes, splits, ONNX opset): their --help imports it until those constants live in a torch-free
 # module there. Parsed last, so the other commands are checked before torch is loaded.
-KNOWN_HEAVY = ("predict", "evaluate", "export")
-
 # Walks the parser for every command (nested ones too, e.g. `data fetch`) and asks each for its
 # --help in turn, noting which heavy modules are loaded after each; one interpreter for all.
 _SCRIPT = """
@@ -75,13 +71,8 @@ def test_top_level_help_imports_no_heavy_module() -> None:
 
 
 def test_import_and_every_command_help_import_no_heavy_module() -> None:
-    seen = _heavy_after_each(skip=KNOWN_HEAVY)
+    seen = _heavy_after_each()
     assert "import stagewise" in seen and "train --help" in seen and "data fetch --help" in seen
     loaded = {label: mods for label, mods in seen.items() if mods}
     assert not loaded, f"heavy modules imported by (first importer shown): {loaded}"
 
-
-@pytest.mark.xfail(strict=True, reason="inference/ keeps the constants these flags list beside torch")
-def test_inference_commands_help_imports_no_heavy_module() -> None:
-    seen = _heavy_after_each(only=KNOWN_HEAVY)
-    assert not {label: mods for label, mods in seen.items() if mods}

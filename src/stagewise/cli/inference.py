@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from ..inference.views import TTA_HELP
+    from ..inference.choices import TTA_HELP
 
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=None,
@@ -52,7 +52,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference.output import FORMATS
+    from ..inference.choices import OUTPUT_FORMATS as FORMATS
 
     _common(p)
     p.add_argument("--model", dest="models", type=Path, action="append", default=[],
@@ -128,7 +128,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference.evaluate import SPLITS
+    from ..inference.choices import SPLITS
 
     p.add_argument("model", type=Path, nargs="+", help=f"{MODEL_HELP}; several make an ensemble")
     _common(p)
@@ -241,7 +241,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    from ..inference.export import DEFAULT_OPSET, FORMATS
+    from ..inference.choices import DEFAULT_OPSET
+    from ..inference.choices import EXPORT_FORMATS as FORMATS
 
     p.add_argument("model", type=Path, help=MODEL_HELP)
     p.add_argument("--format", choices=FORMATS, required=True)

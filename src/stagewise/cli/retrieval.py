@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StagewiseError
+from ..inference.choices import OUTPUT_FORMATS
 from .inference import MODEL_HELP
 
-FORMATS = ("table", "json", "csv")
+FORMATS = OUTPUT_FORMATS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -1,14 +1,37 @@
 """Use a trained model: load the artifact, predict, evaluate on a labelled set, export; embed,
-index and search images for re-identification (retrieval needs `stagewise[retrieval]`)."""
+index and search images for re-identification (retrieval needs `stagewise[retrieval]`).
 
-from .artifact import Artifact, find_artifact, load
-from .classifier import Candidate, Classifier, Prediction
-from .ensemble import Ensemble, load_ensemble
-from .evaluate import Evaluation, evaluate
-from .export import ExportError, ExportResult, export
-from .predict import FileResult, expand_inputs, predict_files
-from .retrieval import Embeddings, Match, RetrievalError, Retriever
-from .retrieval_eval import RetrievalEvaluation, evaluate_retrieval
+Names are imported on first use (PEP 562): the CLI reads `inference.choices` to build the
+inference commands' --help, which should not import torch with the models.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, for type checkers and IDEs
+    from .artifact import Artifact, find_artifact, load
+    from .classifier import Candidate, Classifier, Prediction
+    from .ensemble import Ensemble, load_ensemble
+    from .evaluate import Evaluation, evaluate
+    from .export import ExportError, ExportResult, export
+    from .predict import FileResult, expand_inputs, predict_files
+    from .retrieval import Embeddings, Match, RetrievalError, Retriever
+    from .retrieval_eval import RetrievalEvaluation, evaluate_retrieval
+
+# Exported name -> the module of this package that defines it.
+_EXPORTS = {
+    "Artifact": "artifact", "find_artifact": "artifact", "load": "artifact",
+    "Candidate": "classifier", "Classifier": "classifier", "Prediction": "classifier",
+    "Ensemble": "ensemble", "load_ensemble": "ensemble",
+    "Evaluation": "evaluate", "evaluate": "evaluate",
+    "ExportError": "export", "ExportResult": "export", "export": "export",
+    "FileResult": "predict", "expand_inputs": "predict", "predict_files": "predict",
+    "Embeddings": "retrieval", "Match": "retrieval", "RetrievalError": "retrieval",
+    "Retriever": "retrieval",
+    "RetrievalEvaluation": "retrieval_eval", "evaluate_retrieval": "retrieval_eval",
+}
 
 __all__ = [
     "Artifact",
@@ -34,3 +57,15 @@ __all__ = [
     "load_ensemble",
     "predict_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'stagewise.inference' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

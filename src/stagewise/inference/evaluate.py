@@ -20,12 +20,13 @@ from ..errors import ConfigError, DataError
 from ..io import write_json, write_text
 from ..runfolder import check_outputs
 from ..scoring import ClassScores, class_metrics
+from . import choices
 from .classifier import Classifier
 from .ensemble import Ensemble
 from .interpret import TOP_LOSSES, draw_top_losses, most_confused, thumbnail, top_losses
 from .views import parse_tta
 
-SPLITS = ("val", "test", "train", "all")
+SPLITS = choices.SPLITS
 EVAL_FILE = "eval.json"  # suggested when --out is refused
 ECE_BINS = 15
 MAX_MARKDOWN_CLASSES = 20  # larger confusion matrices stay in the JSON only

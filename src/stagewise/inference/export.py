@@ -17,11 +17,12 @@ from .._version import __version__
 from ..errors import StagewiseError
 from ..io import write_json, write_with
 from ..runfolder import check_outputs
+from . import choices
 from .classifier import Classifier
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = choices.EXPORT_FORMATS
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = choices.DEFAULT_OPSET
 TOLERANCE = 1e-4
 
 

@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import choices
 from .predict import FileResult
 
-FORMATS = ("table", "json", "csv")
+FORMATS = choices.OUTPUT_FORMATS
 
 
 def result_row(result: FileResult) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ..data.transforms import Preprocess
 from ..errors import DataError
+from . import choices
 
-TTA_HELP = "flip, five_crop, ten_crop or scales=0.875,1.0,1.15"
+TTA_HELP = choices.TTA_HELP
 
 
 @dataclass(frozen=True)
