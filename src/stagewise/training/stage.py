@@ -233,6 +233,13 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
                clock: _Clock) -> EpochStats:
     """Train one epoch, skipping the batches a resumed epoch has already done."""
     skip = state.batches_done if epoch == state.epoch else 0
+    setup.sampler.set_epoch(epoch)
+    if skip >= len(setup.parts.train_loader):
+        # A step checkpoint taken at the epoch's last batch (killed in its validation): the
+        # epoch's training is done, so the resume goes on to its validation and skips nothing.
+        # Its training loss was not saved with the checkpoint, and the record leaves it out.
+        rep.message(f"epoch {epoch + 1}: every batch was trained before the checkpoint, validating")
+        return EpochStats(loss=math.nan, top1=math.nan, images=0, seconds=0.0, batches_done=skip)
     setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
     rep.epoch_start(epoch + 1, setup.cfg.epochs, len(setup.parts.train_loader) + skip)
 
@@ -271,7 +278,9 @@ def _make_record(
     confusion = metrics.pop("confusion", None)
     record: EpochRecord = {
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
-        "train_loss": stats.loss, **metrics,  # type: ignore[typeddict-item]
+        # NaN: no batch trained since the resume (_run_epoch), so the record leaves it out
+        **({} if math.isnan(stats.loss) else {"train_loss": stats.loss}),
+        **metrics,  # type: ignore[typeddict-item]
         "lr": group_lrs(parts.optimizer),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
