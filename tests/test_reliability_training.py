@@ -53,3 +53,63 @@ def test_checkpoint_at_last_batch_then_crash_in_validation_resumes(
     _same_weights(straight.run_dir / "last" / "model.safetensors",
                   resumed.run_dir / "last" / "model.safetensors")
     _same_weights(straight.weights, resumed.weights)
+
+
+# ---- 2. a folder of the user's own files, named like a run's, is never written into ----
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--model", "test_resnet", "--image-size", "32",
+            "--epochs", "1", "--out", str(out), "--set", "num_workers=0", "--set", "report=false",
+            "--quiet", *extra]
+
+
+@pytest.mark.parametrize("files", [
+    {"config.yaml": "lr: 0.1\nlayers: 3\n", "train.py": "print('mine')\n"},
+    {"history.jsonl": '{"epoch": 1, "loss": 0.5}\n', "analysis.ipynb": "{}"},
+    {"split.json": '{"mine": 1}', "notes.txt": "x"},
+])
+def test_users_files_named_like_a_runs_are_refused_and_kept(
+        tmp_path: Path, files: dict[str, str], capsys: pytest.CaptureFixture) -> None:
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    for extra in ((), ("--resume",)):
+        assert main(_train_args(data, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and "not a stagewise run" in err and "stage run" in err and "Traceback" not in err
+        assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
+def test_a_pipeline_folder_of_the_users_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "mine"
+    (out / "stages").mkdir(parents=True)
+    (out / "pipeline.json").write_text('{"my": "pipeline"}')
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"stages:\n  - name: one\n    data: {data}\n    model: test_resnet\n")
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    assert "not a stagewise run (none of them is what a pipeline run" in capsys.readouterr().err
+    assert (out / "pipeline.json").read_text() == '{"my": "pipeline"}'
+
+
+def test_a_run_folder_is_still_resumable_and_kinds_are_not_mixed(tmp_path: Path) -> None:
+    """The lock file records the kind of run; a folder written before it did is read instead."""
+    from stagewise.errors import ConfigError
+    from stagewise.lock import LOCK
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "run"
+    stagewise.train(tiny_config(data, out, epochs=1), reporter="quiet")
+    assert (out / LOCK).read_text().split()[1] == "stage"
+    (out / LOCK).unlink()  # a run folder from before the lock: its config.yaml proves it
+    assert stagewise.train(resume=True, reporter="quiet", out=str(out)).history[-1]["epoch"] == 1
+    spec = {"stages": [{"name": "one", **tiny_config(data, out, epochs=1)}]}
+    spec["stages"][0].pop("out")
+    with pytest.raises(ConfigError, match="holds a stagewise stage run, not a pipeline run"):
+        stagewise.run(spec, out, reporter="quiet")

@@ -36,6 +36,7 @@ from ..runfolder import (
     baseline_dir,
     holds_nothing_trained,
     holds_run,
+    proves_pipeline_run,
     read_history,
     read_json,
     read_manifest,
@@ -97,7 +98,7 @@ def run(
     elif resume and not overrides:  # the file again: with the overrides it was started with
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
-    with locked(out, (MANIFEST, "stages")):
+    with locked(out, "pipeline", proves_pipeline_run):
         return _run(plan, out, stages, resume, pipeline, overrides, reporter)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,12 @@ from ..config import TrainConfig
 from ..errors import ConfigError, RunStopped, TrainingInterrupted
 from ..lock import run_lock
 from ..models import LoadedWeights
-from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_nothing_trained, holds_run
+from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
 from ..training.distributed import is_main_process
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
 from .teacher import load_teacher
-
-STAGE_MARKERS = (CONFIG, SPLIT, HISTORY, LAST)
 
 
 def run_folder(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any],
@@ -52,9 +51,10 @@ def stage_config(config: TrainConfig | dict | str | Path | None, overrides: dict
     return resume_config(run_folder(config, overrides, resume), given)
 
 
-def locked(folder: Path, markers: tuple[str, ...]) -> contextlib.AbstractContextManager:
-    """The run-folder lock, held by rank 0 (the other ranks of the same run share its folder)."""
-    return run_lock(folder, markers) if is_main_process() else contextlib.nullcontext()
+def locked(folder: Path, kind: str, proof: Callable[[Path], bool]) -> contextlib.AbstractContextManager:
+    """The run-folder lock, held by rank 0 (the other ranks of the same run share its folder);
+    `kind` and `proof` say what an existing folder must hold to be written into (lock.py)."""
+    return run_lock(folder, kind, proof) if is_main_process() else contextlib.nullcontext()
 
 
 def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
@@ -94,7 +94,7 @@ def train(
         ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
-    with locked(run_folder(config, overrides, resume), STAGE_MARKERS):
+    with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
         cfg = stage_config(config, overrides, resume)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
