@@ -113,3 +113,25 @@ def test_a_run_folder_is_still_resumable_and_kinds_are_not_mixed(tmp_path: Path)
     spec["stages"][0].pop("out")
     with pytest.raises(ConfigError, match="holds a stagewise stage run, not a pipeline run"):
         stagewise.run(spec, out, reporter="quiet")
+
+
+# ---- 4. `run --out X --resume` with no plan in X never starts something else ----
+
+@pytest.mark.parametrize("state", ["empty", "missing", "startup"])
+def test_resume_without_a_saved_plan_starts_nothing(tmp_path: Path, state: str,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from stagewise.cli import main
+    from stagewise.lock import LOCK
+
+    out = tmp_path / "run"
+    if state != "missing":
+        out.mkdir()
+    if state == "startup":  # a pipeline killed during start-up: its lock file, no manifest
+        (out / LOCK).write_text("123\npipeline\n")
+        (out / "stages").mkdir()
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "stagewise run PIPELINE.yaml --out" in err and "Traceback" not in err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+    assert not (tmp_path / "runs").exists()  # and no demo elsewhere either

@@ -181,8 +181,16 @@ def _saved_plan(out: Path, resume: bool) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{out / MANIFEST}: cannot read the pipeline manifest ({exc})") from None
     if manifest is None or not isinstance(manifest.get("pipeline"), dict):
-        raise ConfigError(f"{out}: no pipeline run to resume here (no {MANIFEST} with its plan); "
-                          "pass the pipeline file, or the --out of a pipeline run")
+        if not out.is_dir():
+            raise ConfigError(f"--out {out}: no such folder, so no pipeline run to resume; pass "
+                              "the --out of a pipeline run, or start one with: stagewise run "
+                              f"PIPELINE.yaml --out {out}")
+        raise ConfigError(
+            f"--out {out} holds no pipeline plan ({out / MANIFEST}): the run there stopped before "
+            "it saved one (during start-up), so --resume has nothing to continue and starts "
+            f"nothing else. Start it again: stagewise run PIPELINE.yaml --out {out} (the same "
+            f"file; or `stagewise run --out {out}` for the demo), or pass the file with --resume")
+    return manifest["pipeline"]
     return manifest["pipeline"]
 
 
