@@ -135,3 +135,41 @@ def test_resume_without_a_saved_plan_starts_nothing(tmp_path: Path, state: str,
     assert str(out) in err and "stagewise run PIPELINE.yaml --out" in err and "Traceback" not in err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
     assert not (tmp_path / "runs").exists()  # and no demo elsewhere either
+
+
+# ---- 12. augment: steps that pass their constructor but fail on an image, or are too large ----
+
+@pytest.mark.parametrize("step, needle", [
+    ({"RandomResizedCrop": {"interpolation": "__import__"}}, "Invalid interpolation mode"),
+    ({"RandomPosterize": {"bits": 100}}, "bits must be"),
+    ({"RandomCrop": {"size": 64}}, "pad_if_needed: true"),
+    ({"Resize": {"size": 30000}}, "30000 px is over 2048 px"),
+    ({"Pad": {"padding": 20000}}, "20000 px is over 2048 px"),
+    ({"Pad": {"padding": 2000}}, "makes a 4032 px image"),
+])
+def test_augment_steps_are_run_once_at_config_load(tmp_path: Path, step: dict, needle: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    config = tmp_path / "stage.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(data, tmp_path / "run"),
+                                      "augment": ["RandomHorizontalFlip", step]}))
+    assert main(["train", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    name = next(iter(step))
+    assert f"augment: step 2: {name}(" in err and needle in err and "Traceback" not in err
+    assert str(config) in err  # the file, not "config:"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sound_augment_list_still_loads_and_keeps_the_random_streams() -> None:
+    from stagewise.config import build_config
+
+    before = torch.get_rng_state()
+    cfg = build_config({"data": "d", "image_size": 32, "augment": [
+        {"RandomResizedCrop": {"scale": [0.5, 1.0]}}, "RandomHorizontalFlip", "TrivialAugmentWide",
+        {"RandomErasing": {"p": 0.25}}, {"RandomCrop": {"size": 24}}]})
+    assert len(cfg.augment) == 5 and torch.equal(before, torch.get_rng_state())

@@ -358,6 +358,7 @@ class TrainConfig(_Strict):
         if self.strategy == "scratch" and self.weights:
             raise ValueError("strategy 'scratch' starts from random weights; remove 'weights'")
         self._consistent_augmentation()
+        self._augment_runs()
         self._consistent_distill()
         # By value (config.yaml holds every default): a changed val_fraction beside split would
         # be silently ignored, so the two are refused together.
@@ -413,6 +414,22 @@ class TrainConfig(_Strict):
         if self.m_per_class and self.batch_size % self.m_per_class:
             raise ValueError(f"m_per_class {self.m_per_class} must divide batch_size {self.batch_size} "
                              "(each batch holds whole groups of one identity)")
+
+    def _augment_runs(self) -> None:
+        """The augment: list, run once at the stage's image size(s) (data.augment.try_steps)."""
+        if not self.augment:
+            return
+        from .data.augment import try_steps
+
+        size = self.image_size or 224
+        sizes = {size}
+        if self.progressive_resize is not None:
+            sizes.add(max(16, int(size * self.progressive_resize.start)))
+        try:
+            for each in sorted(sizes):
+                try_steps(self.augment, each)
+        except ValueError as exc:
+            raise PydanticCustomError(CHOICE_ERROR, f"augment: {exc}") from None
 
     def _consistent_augmentation(self) -> None:
         if self.augment and (self.auto_augment or self.re_prob is not None):
@@ -486,7 +503,10 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
         problem = "not a finite number" if kind == "finite_number" else "out of range"
         return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
     if kind == CHOICE_ERROR:
-        return f"{path}: {clip(item['msg'], 3000)}"
+        msg = item["msg"]
+        if not item["loc"] and msg.split(":", 1)[0] in model.model_fields:
+            return clip(msg, 3000)  # a whole-config check that names its key itself
+        return f"{path}: {clip(msg, 3000)}"
     shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
     return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"
 
