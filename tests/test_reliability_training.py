@@ -173,3 +173,85 @@ def test_a_sound_augment_list_still_loads_and_keeps_the_random_streams() -> None
         {"RandomResizedCrop": {"scale": [0.5, 1.0]}}, "RandomHorizontalFlip", "TrivialAugmentWide",
         {"RandomErasing": {"p": 0.25}}, {"RandomCrop": {"size": 24}}]})
     assert len(cfg.augment) == 5 and torch.equal(before, torch.get_rng_state())
+
+
+# ---- 9, 13. metric-learning settings that train nothing, or blow up, are refused at load ----
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"metric_loss": "supcon", "loss_args": {"temperature": 0}}, "trains nothing"),
+    ({"metric_loss": "arcface", "loss_args": {"scale": 0}}, "trains nothing"),
+    ({"metric_loss": "arcface", "loss_args": {"margin": "abc"}}, "loss_args.margin: 'abc' is not a number"),
+    ({"metric_loss": "supcon", "m_per_class": 8}, "each batch would hold one identity"),
+    ({"head_layers": [1_000_000_000]}, "head_layers[0]"),
+])
+def test_degenerate_embed_settings_exit_2_at_load(tmp_path: Path, settings: dict, needle: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("pytorch_metric_learning")
+    import yaml
+
+    from stagewise.cli import main
+
+    config = tmp_path / "embed.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(tmp_path / "ids", tmp_path / "run"), "task": "embed",
+                                      "strategy": "scratch", **settings}))
+    assert main(["train", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(config) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sound_loss_args_still_load() -> None:
+    pytest.importorskip("pytorch_metric_learning")
+    from stagewise.config import build_config
+
+    for loss, args in [("supcon", {"temperature": 0.07}), ("arcface", {"margin": 28.6, "scale": 16}),
+                       ("triplet", {"margin": 0.1}), ("contrastive", {"neg_margin": 1}),
+                       ("multi_similarity", {"alpha": 2}), ("cosface", {"margin": 0.35})]:
+        build_config({"data": "d", "task": "embed", "metric_loss": loss, "loss_args": args})
+
+
+def test_m_per_class_beyond_every_identity_is_refused_before_the_run(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("faiss")
+    from conftest import make_identity_folder
+    from stagewise.cli import main
+
+    data = make_identity_folder(tmp_path / "ids", identities=8, views=3)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "test_resnet", "--image-size", "32",
+                 "--epochs", "1", "--out", str(out), "--quiet", "--set", "num_workers=0",
+                 "--set", "report=false", "--set", "task=embed", "--set", "strategy=scratch",
+                 "--set", "metric_loss=supcon", "--set", "m_per_class=4", "--set", "batch_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert "m_per_class: 4" in err and "more than 3 image(s)" in err and "m_per_class <= 3" in err
+    assert not out.exists()
+
+
+# ---- 10. validation identities that are training identities: said, and recorded ----
+
+def test_val_identities_that_are_trained_on_are_warned_and_recorded(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("faiss")
+    import json
+
+    from conftest import make_identity_folder
+
+    make_identity_folder(tmp_path / "ids" / "train", identities=4, views=4)
+    make_identity_folder(tmp_path / "ids" / "val", identities=4, views=3, seed=1)
+    result = stagewise.train(tiny_config(tmp_path / "ids", tmp_path / "run", task="embed",
+                                         strategy="scratch", epochs=1, batch_size=8), reporter="quiet")
+    assert result.history[-1]["val_map"] is not None
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["embedding"]["val_not_held_out"] == ["id00", "id01", "id02", "id03"]
+    err = capsys.readouterr().err
+    assert "4 of the 4 validation identities are training identities" in err
+
+
+# ---- 19. a val file skipped at indexing counts in bad_val_images ----
+
+def test_bad_val_file_skipped_at_indexing_is_counted(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    (data / "val" / "alpha" / "empty.png").write_bytes(b"")
+    (data / "train" / "beta" / "empty.png").write_bytes(b"")  # a training file: not a val one
+    result = stagewise.train(tiny_config(data, tmp_path / "run", epochs=1), reporter="quiet")
+    assert [r["bad_val_images"] for r in result.history] == [1]

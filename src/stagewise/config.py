@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from collections import Counter
 from pathlib import Path
@@ -165,8 +166,10 @@ class TrainConfig(_Strict):
     head: HeadMode | None = Field(None, description="None: match when class ids are known")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    head_layers: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=list, description="hidden sizes of an MLP before the classifier; [] = linear head"
+    # Bounded like embedding_dim: `[1000000000]` would try to allocate hundreds of GB.
+    head_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
+        default_factory=list, max_length=16,
+        description="hidden sizes of an MLP before the classifier; [] = linear head"
     )
     head_activation: str = Field("relu", description="activation between the head's hidden layers")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden head layer")
@@ -380,7 +383,7 @@ class TrainConfig(_Strict):
         return self
 
     def _consistent_task(self) -> None:
-        from .models.embedding import METRIC_LOSSES, MINERS, check_args
+        from .models.embedding import METRIC_LOSSES, MINERS, check_args, check_loss
 
         valid = TASK_MONITORS[self.task]
         if self.monitor not in valid:
@@ -404,6 +407,8 @@ class TrainConfig(_Strict):
             raise ValueError("target: a val top-1 to stop at; task: embed has none (use early_stopping)")
         kind = METRIC_LOSSES[self.metric_loss]
         check_args("losses", kind.pml, self.loss_args, "loss_args")
+        if self.loss_args:  # the defaults are known to train
+            check_loss(self.metric_loss, self.loss_args, self.embedding_dim)
         if self.miner not in ("auto", "none"):
             if kind.classes:
                 raise ValueError(f"miner: {self.metric_loss} compares each image with class centres, "
@@ -414,6 +419,10 @@ class TrainConfig(_Strict):
         if self.m_per_class and self.batch_size % self.m_per_class:
             raise ValueError(f"m_per_class {self.m_per_class} must divide batch_size {self.batch_size} "
                              "(each batch holds whole groups of one identity)")
+        if self.m_per_class and self.batch_size < 2 * self.m_per_class:
+            raise ValueError(f"m_per_class {self.m_per_class} with batch_size {self.batch_size}: each "
+                             "batch would hold one identity, with nothing to tell it from, and a pair "
+                             "loss would train nothing; use batch_size >= 2 x m_per_class")
 
     def _augment_runs(self) -> None:
         """The augment: list, run once at the stage's image size(s) (data.augment.try_steps)."""
@@ -502,10 +511,10 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel]) -> str:
     if valid_range:
         problem = "not a finite number" if kind == "finite_number" else "out of range"
         return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
+    msg = item["msg"].removeprefix("Value error, ")
+    if not item["loc"] and re.split(r"[:. \[]", msg, maxsplit=1)[0] in model.model_fields:
+        return clip(msg, 3000)  # a whole-config check that names its key itself
     if kind == CHOICE_ERROR:
-        msg = item["msg"]
-        if not item["loc"] and msg.split(":", 1)[0] in model.model_fields:
-            return clip(msg, 3000)  # a whole-config check that names its key itself
         return f"{path}: {clip(msg, 3000)}"
     shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
     return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"

@@ -29,10 +29,16 @@ from ..data import (
 )
 from ..data.cache import attach_cache
 from ..data.folder import load_split, resplit
-from ..data.identities import EXPECTED, check_identities, read_identities
+from ..data.identities import (
+    EXPECTED,
+    check_groups,
+    check_identities,
+    read_identities,
+    shared_identities,
+)
 from ..data.loader import m_per_class_order
 from ..data.resize import SizedTransforms, size_schedule
-from ..data.verify import check_decodable
+from ..data.verify import check_decodable, skipped_in
 from ..errors import ConfigError
 from ..models import (
     EmbeddingSpec,
@@ -105,6 +111,8 @@ class StageSetup:
     parts: LoopParts
     sampler: Any  # the training loader's EpochSampler (set per epoch, skips on resume)
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
+    val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
+    val_shared: list[str] | None = None  # embed: val identities that are training identities
 
     def train_size(self, epoch: int) -> int:
         """The image size the training images have in `epoch` (progressive resizing)."""
@@ -182,6 +190,7 @@ def prepare_stage(
     if cfg.task == "embed":  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
     index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
+    shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
     bad_val = _check_val(index, rep)
     if index.skipped:
         shown = ", ".join(index.skipped[:3])
@@ -224,7 +233,21 @@ def prepare_stage(
     if teacher is not None:
         attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
-                      network=network)
+                      network=network, val_skipped=skipped_in(index, "val"), val_shared=shared)
+
+
+def _check_identities(cfg: TrainConfig, index: DatasetIndex, rep: Reporter) -> list[str]:
+    """An embed stage's groups and held-out identities; returns the validation identities that
+    are training identities too (the retrieval metrics are then not held out: said, not refused)."""
+    check_groups(index, cfg.m_per_class)
+    shared = shared_identities(index)
+    if shared:
+        every = len(set(index.splits["val"].labels))
+        rep.message(f"warning: {len(shared)} of the {every} validation identities are training "
+                    f"identities too ({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): "
+                    "val_map and recall@k measure identities the loss trained on, not held-out "
+                    "ones; give val/ other identities (or drop it: val_fraction holds some out)")
+    return shared
 
 
 def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:

@@ -101,8 +101,7 @@ def run_stage(
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
                      teacher=teacher.record() if teacher is not None else None,
-                     embedding=EmbeddingSpec.from_mapping(cfg.model_dump()).as_dict()
-                     if cfg.task == "embed" else {},
+                     embedding=_embedding_card(setup) if cfg.task == "embed" else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
     if not (run_dir / BEST).exists() and is_main_process():
@@ -114,6 +113,15 @@ def run_stage(
                        weights=run_dir / BEST, class_ids=setup.index.class_ids,
                        class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
                        test=test)
+
+
+def _embedding_card(setup: StageSetup) -> dict[str, Any]:
+    """model.json's `embedding`: the spec, and the validation identities that were trained on
+    (its retrieval metrics are then not held out)."""
+    card = EmbeddingSpec.from_mapping(setup.cfg.model_dump()).as_dict()
+    if setup.val_shared:
+        card["val_not_held_out"] = list(setup.val_shared)
+    return card
 
 
 def _start_folder(setup: StageSetup, resume: bool) -> None:
@@ -364,10 +372,14 @@ def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
     parts = setup.parts
     with bar(rep, "validating", len(parts.val_loader)) as advance:
         if setup.cfg.task == "embed":
-            return evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
-                                       setup.cfg.channels_last, progress=advance)
-        return evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
-                        setup.cfg.channels_last, progress=advance)
+            metrics = evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
+                                          setup.cfg.channels_last, progress=advance)
+        else:
+            metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator,
+                               parts.num_classes, setup.cfg.channels_last, progress=advance)
+    # The files the loader dropped, and those indexing skipped before they reached it.
+    metrics["bad_val_images"] = int(metrics.get("bad_val_images", 0)) + setup.val_skipped
+    return metrics
 
 
 def _finite(model: nn.Module) -> bool:
