@@ -255,3 +255,61 @@ def test_bad_val_file_skipped_at_indexing_is_counted(tmp_path: Path) -> None:
     (data / "train" / "beta" / "empty.png").write_bytes(b"")  # a training file: not a val one
     result = stagewise.train(tiny_config(data, tmp_path / "run", epochs=1), reporter="quiet")
     assert [r["bad_val_images"] for r in result.history] == [1]
+
+
+# ---- 17. torchrun: one rank SIGKILLed, the survivor says so (no traceback) ----
+
+def test_a_dead_peer_in_a_collective_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Simulated in one process: the backend error a survivor gets, raised from a collective."""
+    import torch.distributed as dist
+
+    import stagewise.training.distributed as distributed
+    import stagewise.training.loop as loop
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+
+    def dead_peer(acc, value):
+        raise dist.DistBackendError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 2))  # as rank 0 of 2 would be
+    monkeypatch.setattr(loop, "max_over_ranks", dead_peer)
+    assert main(_train_args(data, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "rank 1 of this 2-process run died" in err and "--resume" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_under_torchrun(tmp_path: Path) -> None:
+    """The real thing: torchrun with 2 gloo processes, rank 1 killed after the first epoch
+    (about 35 s on 2 busy cores, most of it torchrun's start: marked slow)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_distributed import CHILD, ENV, TINY, _rank_pid
+
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              str(CHILD), "train", "--data", str(data), *TINY, "--batch-size", "4", "--epochs", "30",
+              "--out", str(run), "--log-format", "json"]
+    proc = subprocess.Popen(launch, env={**ENV, "STAGEWISE_TEST_OUT": str(run)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{") and json.loads(line).get("event") == "epoch":
+                os.kill(_rank_pid(run, "1", time.time() + 30), signal.SIGKILL)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "rank 1 of this 2-process run died" in err, err[-3000:]
+    assert "stagewise/" not in err.replace(str(CHILD), ""), err[-3000:]

@@ -16,7 +16,7 @@ from ..lock import run_lock
 from ..models import LoadedWeights
 from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
-from ..training.distributed import is_main_process
+from ..training.distributed import is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
 from .teacher import load_teacher
@@ -63,7 +63,8 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
     NaN loss after a checkpoint) so the user is told how to go on."""
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None
     try:
-        return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
+        with peer_failures(cfg.out):
+            return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
     except TrainingInterrupted as exc:
         exc.resume_hint = exc.resume_hint or hint
         reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines
