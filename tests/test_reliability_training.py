@@ -313,3 +313,29 @@ def test_sigkill_of_one_rank_under_torchrun(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "rank 1 of this 2-process run died" in err, err[-3000:]
     assert "stagewise/" not in err.replace(str(CHILD), ""), err[-3000:]
+
+
+# ---- 19. the epoch record's LRs: one per layer group, as groups_total counts them ----
+
+@pytest.mark.parametrize("strategy", ["probe", "finetune"])
+def test_one_lr_per_layer_group(tmp_path: Path, strategy: str) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    # convnext_atto: 7 coarse groups, 15 finer layers for layer_decay
+    result = stagewise.train(tiny_config(data, tmp_path / "run", model="convnext_atto", epochs=1,
+                                         strategy=strategy, layer_decay=0.8), reporter="quiet")
+    last = result.history[-1]
+    assert len(last["lr"]) == last["groups_total"] == 7
+    assert last["lr"]["layer6"] == max(last["lr"].values())  # the head's, the highest
+
+
+def test_done_is_printed_by_rank_0_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from stagewise.cli.common import print_done
+
+    args = argparse.Namespace(quiet=False, log_format="rich")
+    monkeypatch.setenv("RANK", "1")
+    assert not print_done(args, {}, "done (completed)")
+    monkeypatch.setenv("RANK", "0")
+    assert print_done(args, {}, "done (completed)")
+    assert capsys.readouterr().out.count("done (completed)") == 1

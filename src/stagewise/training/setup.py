@@ -63,7 +63,7 @@ from .loop import LoopParts
 from .optim import Schedule, create_optimizer
 from .progress import Reporter, progress_of
 from .runtime import make_accelerator
-from .strategies import Trainable, apply_strategy, set_train_mode
+from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
 RESUME_FREE = {"num_workers", "out"}
@@ -113,6 +113,13 @@ class StageSetup:
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
     val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
     val_shared: list[str] | None = None  # embed: val identities that are training identities
+    _groups: list[list[str]] | None = None
+
+    def coarse_groups(self) -> list[list[str]]:
+        """The strategy's layer groups (parameter names), as groups_total counts them."""
+        if self._groups is None:
+            self._groups = coarse_groups(self.model)
+        return self._groups
 
     def train_size(self, epoch: int) -> int:
         """The image size the training images have in `epoch` (progressive resizing)."""

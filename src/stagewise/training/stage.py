@@ -289,7 +289,7 @@ def _make_record(
         # NaN: no batch trained since the resume (_run_epoch), so the record leaves it out
         **({} if math.isnan(stats.loss) else {"train_loss": stats.loss}),
         **metrics,  # type: ignore[typeddict-item]
-        "lr": group_lrs(parts.optimizer),
+        "lr": group_lrs(parts.optimizer, setup.coarse_groups()),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
         "epoch_seconds": stats.seconds, "images_per_sec": stats.images / max(stats.seconds, 1e-9),
