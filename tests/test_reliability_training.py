@@ -339,3 +339,36 @@ def test_done_is_printed_by_rank_0_only(monkeypatch: pytest.MonkeyPatch, capsys:
     monkeypatch.setenv("RANK", "0")
     assert print_done(args, {}, "done (completed)")
     assert capsys.readouterr().out.count("done (completed)") == 1
+
+
+# ---- 19. a refused resume leaves config.yaml as it was ----
+
+def test_a_refused_resume_does_not_rewrite_config_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import stagewise.training.stage as stage
+    from stagewise.errors import CheckpointError
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    real = stage._checkpoint
+
+    def crash_after_epoch_1(setup, where) -> None:
+        real(setup, where)
+        if where.epoch == 1:
+            raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stage, "_checkpoint", crash_after_epoch_1)
+        with pytest.raises(Crash):
+            stagewise.train(tiny_config(data, tmp_path / "old", epochs=2), reporter="quiet")
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "old", moved)
+    saved = (moved / "config.yaml").read_bytes()
+    good = (moved / "last" / "state.pt").read_bytes()
+    (moved / "last" / "state.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError):
+        stagewise.train(resume=True, reporter="quiet", out=str(moved))
+    assert (moved / "config.yaml").read_bytes() == saved  # out: still names the old folder
+    (moved / "last" / "state.pt").write_bytes(good)
+    stagewise.train(resume=True, reporter="quiet", out=str(moved))
+    assert f"out: {moved}" in (moved / "config.yaml").read_text()  # an accepted resume records it

@@ -37,6 +37,7 @@ from ..runfolder import (
     EpochRecord,
     HeldOutRecord,
     ModelCard,
+    read_config,
     read_history,
     read_model_card,
     write_config,
@@ -96,6 +97,8 @@ def run_stage(
             write_teacher(run_dir, teacher.record())
     wait_for_everyone()
     state, history = _restore(setup, resume, rep)
+    if resume and is_main_process():
+        _record_resume(setup)
     card = ModelCard(architecture=cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
@@ -136,7 +139,17 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
         save_split(setup.index, run_dir / SPLIT)
     # Written only once every setting has been checked against the data (class_weights, the
     # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
-    write_config(run_dir, setup.cfg.resolved())
+    # A resume rewrites it (a new out: or num_workers:) only once its checkpoint has loaded
+    # (_record_resume): a refused resume leaves the folder as it was.
+    if not resume:
+        write_config(run_dir, setup.cfg.resolved())
+
+
+def _record_resume(setup: StageSetup) -> None:
+    """config.yaml of a resume that has been accepted, where its free keys changed it."""
+    resolved = setup.cfg.resolved()
+    if read_config(setup.cfg.out) != resolved:
+        write_config(setup.cfg.out, resolved)
 
 
 def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
