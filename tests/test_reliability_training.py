@@ -372,3 +372,47 @@ def test_a_refused_resume_does_not_rewrite_config_yaml(tmp_path: Path, monkeypat
     (moved / "last" / "state.pt").write_bytes(good)
     stagewise.train(resume=True, reporter="quiet", out=str(moved))
     assert f"out: {moved}" in (moved / "config.yaml").read_text()  # an accepted resume records it
+
+
+# ---- 19. report and evaluate refuse a folder a training holds; a training teacher is warned of ----
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from stagewise.lock import run_lock
+with run_lock(Path(sys.argv[1]), "stage"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_report_and_evaluate_refuse_a_folder_in_training_and_a_teacher_is_warned(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import subprocess
+    import sys
+
+    from stagewise.cli import main
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    stagewise.train(tiny_config(data, run, epochs=1), reporter="quiet")
+    before = sorted(p.name for p in run.iterdir())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is being trained by another stagewise process (PID {holder.pid})" in err
+        assert "wait for the run to finish" in err
+        assert main(["evaluate", str(run), "--data", str(data), "--quiet", "--num-workers", "0"]) == 2
+        assert "evaluate would write into it" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == before
+        # A student of that teacher trains, and is told that the teacher is still training.
+        student = stagewise.train(tiny_config(data, tmp_path / "student", epochs=1, teacher=str(run)),
+                                  reporter="quiet")
+        assert student.history[-1]["epoch"] == 1
+        assert f"warning: teacher {run} is still being trained (PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["report", str(run)]) == 0  # free again

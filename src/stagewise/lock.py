@@ -80,6 +80,29 @@ def held_by_other(folder: Path) -> str | None:
         os.close(fd)  # closing the descriptor releases a lock this probe took
 
 
+def running_in(folder: Path) -> tuple[Path, str] | None:
+    """(the locked folder, its holder's PID) when another process holds `folder` or the run
+    folder around it (a pipeline's stages/NAME, a comparison's cells/NAME), else None."""
+    folder = Path(folder).resolve()
+    around = [folder.parent.parent] if folder.parent.name in ("stages", "cells", "baselines") else []
+    for candidate in (folder, *around):
+        holder = held_by_other(candidate)
+        if holder is not None and holder != str(os.getpid()):
+            return candidate, holder
+    return None
+
+
+def refuse_if_running(folder: Path, command: str) -> None:
+    """For commands that write into a run folder without training it (report, evaluate): exit 2
+    while a training holds the folder, whose files change under it."""
+    found = running_in(folder)
+    if found is not None:
+        where, pid = found
+        raise ConfigError(f"{where} is being trained by another stagewise process (PID {pid}); "
+                          f"{command} would write into it while its files change: wait for the "
+                          f"run to finish (or stop it), then run {command} again")
+
+
 def _holder(fd: int) -> str:
     return os.pread(fd, 64, 0).decode(errors="replace").split("\n", 1)[0].strip() or "?"
 

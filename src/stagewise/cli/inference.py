@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+from ..lock import refuse_if_running
 
 if TYPE_CHECKING:
     from ..inference import Evaluation
@@ -140,12 +141,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.retrieval:
         return _evaluate_retrieval(args)
     clf = load_ensemble(args.model, device=args.device)
+    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
+    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
+    refuse_if_running(out.parent, "evaluate")
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
         result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
                           on_progress=update)
-    prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
-    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     json_path, report = result.write(out)
     if not args.quiet:
         print(f"{args.split}: {result.images} images, top-1 {result.top1:.4f}, top-5 "
@@ -194,8 +196,9 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
               file=sys.stderr)
-    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers)
     out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
+    refuse_if_running(out.parent, "evaluate")
+    result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers)
     json_path, report = result.write(out)
     if not args.quiet:
         from rich.console import Console

@@ -12,7 +12,7 @@ from typing import Any
 from .. import defaults
 from ..config import TrainConfig
 from ..errors import ConfigError, RunStopped, TrainingInterrupted
-from ..lock import run_lock
+from ..lock import run_lock, running_in
 from ..models import LoadedWeights
 from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
@@ -62,6 +62,8 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
     """run_stage, with `hint` attached to an interruption (or a resumable error: a full disk,
     NaN loss after a checkpoint) so the user is told how to go on."""
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None
+    if cfg.teacher:
+        _warn_if_training(Path(cfg.teacher).expanduser(), reporter)
     try:
         with peer_failures(cfg.out):
             return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
@@ -73,6 +75,16 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
         if exc.resumable:
             exc.resume_hint = exc.resume_hint or hint
         raise
+
+
+def _warn_if_training(teacher: Path, reporter: Reporter) -> None:
+    """A teacher whose own run is still training: its best weights may still change."""
+    found = running_in(teacher if teacher.is_dir() else teacher.parent)
+    if found is not None:
+        reporter.message(
+            f"warning: teacher {teacher} is still being trained (PID {found[1]} holds {found[0]}): "
+            "this stage learns from the weights saved there now (their sha256 is recorded in "
+            "teacher.json), not the run's final ones; wait for it to finish for those")
 
 
 def train(
