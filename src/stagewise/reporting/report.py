@@ -17,7 +17,6 @@ import yaml
 
 from ..data import AugmentPlan, Preprocess
 from ..io import write_text
-from ..lock import refuse_if_running
 from . import plots
 from .document import (
     Block,
@@ -64,7 +63,6 @@ def write_report(run_dir: str | Path, *, predictions: bool = True) -> Path:
         PosixPath('runs/pets/report.html')
     """
     run_dir = Path(run_dir)
-    refuse_if_running(run_dir, "report")  # the run itself (this process) may write its report
     history = read_run(run_dir)
     with preserved_rng():  # building a model for the predictions draws random initial weights
         doc = build_document(history, run_dir / "plots", predictions=predictions)
