@@ -1,7 +1,8 @@
 """SIGKILL campaign: kill a small 2-stage pipeline at random moments, resume, compare bit for bit.
 
 Each trial starts `stagewise run PIPELINE --out RUN`, kills it with SIGKILL after a random
-(seeded) delay, resumes it with `stagewise run PIPELINE --out RUN --resume`, and compares every
+(seeded) delay (one trial in ten during start-up, the others at a uniform moment of the training
+that follows it, as timed on the reference run), resumes it with `stagewise run PIPELINE --out RUN --resume`, and compares every
 safetensors file the run left (each stage's best weights and last/ checkpoint, the pipeline's
 final weights) tensor by tensor with those of an uninterrupted reference run. Trials alternate
 between two pipelines: a classify stage followed by an embed stage (`task: embed`, supcon with
@@ -44,14 +45,14 @@ COMMON = {"model": "test_resnet", "image_size": 32, "batch_size": 16, "num_worke
           "augmentation": "light"}
 PIPELINES = {
     "embed": [
-        {"name": "classify", "strategy": "scratch", "epochs": 3, "lr": 1e-2},
+        {"name": "classify", "strategy": "scratch", "epochs": 4, "lr": 1e-2},
         {"name": "embed", "task": "embed", "strategy": "finetune", "metric_loss": "supcon",
-         "m_per_class": 4, "epochs": 3, "lr": 3e-3},
+         "m_per_class": 4, "epochs": 4, "lr": 3e-3},
     ],
     "distill": [
-        {"name": "teacher", "strategy": "scratch", "epochs": 3, "lr": 1e-2},
+        {"name": "teacher", "strategy": "scratch", "epochs": 4, "lr": 1e-2},
         {"name": "student", "init": "scratch", "strategy": "scratch", "teacher": "teacher",
-         "distill": {"alpha": 0.5}, "epochs": 3, "lr": 1e-2},
+         "distill": {"alpha": 0.5}, "epochs": 4, "lr": 1e-2},
     ],
 }
 
@@ -91,6 +92,32 @@ def run_to_end(pipeline: Path, out: Path, resume: bool = False) -> tuple[int, fl
     return proc.returncode, time.perf_counter() - start, proc.stderr[-2000:]
 
 
+def timed_reference(pipeline: Path, out: Path) -> tuple[int, float, float, str]:
+    """Run to the end; (exit code, seconds of start-up until the manifest exists, seconds of
+    training after it, stderr)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command(pipeline, out), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    started = None
+    while proc.poll() is None:
+        if started is None and (out / "pipeline.json").is_file():
+            started = time.perf_counter() - start
+        time.sleep(0.05)
+    total = time.perf_counter() - start
+    started = started if started is not None else total
+    return proc.returncode, started, total - started, (proc.stderr.read() if proc.stderr else "")[-2000:]
+
+
+def wait_for_start(proc: subprocess.Popen, out: Path, limit: float = 300.0) -> bool:
+    """Wait until the run's manifest exists (start-up is over); False if the run ended first."""
+    deadline = time.perf_counter() + limit
+    while not (out / "pipeline.json").is_file():
+        if proc.poll() is not None or time.perf_counter() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {str(p.relative_to(run)): load_file(str(p)) for p in sorted(run.rglob("*.safetensors"))}
 
@@ -128,11 +155,15 @@ def where_killed(run: Path) -> str:
     return f"{name}: epoch {saved['epoch']} batch {saved['batches_done']}"
 
 
-def trial(i: int, kind: str, pipeline: Path, reference: Path, delay: float, work: Path) -> dict:
+def trial(i: int, kind: str, pipeline: Path, reference: Path, delay: float, in_startup: bool,
+          work: Path) -> dict:
+    """Kill `delay` s after start (`in_startup`), else `delay` s after the manifest appeared."""
     out = work / f"trial{i:03d}"
     proc = subprocess.Popen(command(pipeline, out), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.DEVNULL)
     try:
+        if not in_startup:
+            wait_for_start(proc, out)
         proc.wait(timeout=delay)
         killed = False
     except subprocess.TimeoutExpired:
@@ -157,24 +188,27 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = make_identities(work / "data")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    references, durations = {}, {}
+    references, startup, training = {}, {}, {}
     for kind in kinds:
         pipeline = write_pipeline(work / f"{kind}.json", kind, data)
-        rc, seconds, err = run_to_end(pipeline, work / f"reference_{kind}")
+        rc, startup[kind], training[kind], err = timed_reference(pipeline, work / f"reference_{kind}")
         if rc != 0:
             print(f"reference run of {kind} failed ({rc}):\n{err}", file=sys.stderr)
             return 1
-        references[kind], durations[kind] = work / f"reference_{kind}", seconds
-        print(f"reference {kind}: {seconds:.1f} s", flush=True)
+        references[kind] = work / f"reference_{kind}"
+        print(f"reference {kind}: start-up {startup[kind]:.1f} s, then {training[kind]:.1f} s", flush=True)
     rng = random.Random(args.seed)
     results = []
-    print(f"{'trial':>5} {'kind':8} {'kill at':>8}  {'reached':32} {'resume':>7}  identical")
+    print(f"{'trial':>5} {'kind':8} {'kill at':>14}  {'reached':32} {'resume':>7}  identical")
     for i in range(args.trials):
         kind = kinds[i % len(kinds)]
-        delay = rng.uniform(0.5, durations[kind] * 0.95)
-        r = trial(i, kind, work / f"{kind}.json", references[kind], delay, work)
+        # One kill in ten during start-up (before the manifest), the rest while stages train.
+        in_startup = rng.random() < 0.1
+        delay = rng.uniform(0.2, startup[kind]) if in_startup else rng.uniform(0.0, 0.9 * training[kind])
+        r = trial(i, kind, work / f"{kind}.json", references[kind], delay, in_startup, work)
         results.append(r)
-        print(f"{i:>5} {kind:8} {delay:>7.1f}s  {r['reached'][:32]:32} {r['resume_rc']:>7}  "
+        when = f"{delay:.1f}s" + (" (start)" if in_startup else " (train)")
+        print(f"{i:>5} {kind:8} {when:>14}  {r['reached'][:32]:32} {r['resume_rc']:>7}  "
               f"{'yes' if r['identical'] else 'NO: ' + '; '.join(r['problems'])[:200]}", flush=True)
         if not args.keep and r["identical"]:
             shutil.rmtree(work / f"trial{i:03d}", ignore_errors=True)
