@@ -86,9 +86,10 @@ def sum_over_ranks(acc: Accelerator, values: list[float]) -> list[float]:
 
 
 # What gloo and NCCL say when the process at the other end of a collective is gone.
+# (torch raises DistBackendError for most of them; older builds a plain RuntimeError.)
 _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe",
               "connection refused", "nccl communicator was aborted", "remote process exited",
-              "socket timeout", "gloo")
+              "socket timeout")
 
 
 @contextlib.contextmanager
