@@ -255,10 +255,11 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
     """Train one epoch, skipping the batches a resumed epoch has already done."""
     skip = state.batches_done if epoch == state.epoch else 0
     setup.sampler.set_epoch(epoch)
-    if skip >= len(setup.parts.train_loader):
+    if skip and skip >= len(setup.parts.train_loader):
         # A step checkpoint taken at the epoch's last batch (killed in its validation): the
         # epoch's training is done, so the resume goes on to its validation and skips nothing.
         # Its training loss was not saved with the checkpoint, and the record leaves it out.
+        rep.epoch_start(epoch + 1, setup.cfg.epochs, skip)
         rep.message(f"epoch {epoch + 1}: every batch was trained before the checkpoint, validating")
         return EpochStats(loss=math.nan, top1=math.nan, images=0, seconds=0.0, batches_done=skip)
     setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
