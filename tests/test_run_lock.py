@@ -19,7 +19,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from stagewise.lock import run_lock
-with run_lock(Path(sys.argv[1]), ("config.yaml",)):
+with run_lock(Path(sys.argv[1]), "stage"):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -51,7 +51,7 @@ def test_a_pipeline_folder_is_locked_too(data: Path, tmp_path: Path) -> None:
                          "report": False, "data": str(data)},
             "stages": [{"name": "one", "epochs": 1, "strategy": "scratch"}]}
     out = tmp_path / "pipe"
-    with run_lock(out, ("pipeline.json",)), pytest.raises(ConfigError, match="in use by another"):
+    with run_lock(out, "pipeline"), pytest.raises(ConfigError, match="in use by another"):
         stagewise.run(spec, out, reporter="quiet")
 
 
@@ -83,5 +83,5 @@ def test_json_epoch_lines_say_epoch_and_keep_their_note(data: Path, tmp_path: Pa
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 def test_lock_file_names_the_pid(tmp_path: Path) -> None:
-    with run_lock(tmp_path / "x", ()):
-        assert (tmp_path / "x" / LOCK).read_text().strip() == str(os.getpid())
+    with run_lock(tmp_path / "x", "stage"):
+        assert (tmp_path / "x" / LOCK).read_text().split() == [str(os.getpid()), "stage"]

@@ -67,6 +67,13 @@ class NonFiniteLoss(RunStopped):
     """The loss (or the weights) became NaN/inf; the message says which checkpoint exists."""
 
 
+class PeerLost(RunStopped):
+    """Another process of a multi-process run died (or lost its connection) while this one
+    waited for it in a collective: not bad input, so not exit code 2."""
+
+    exit_code = 1
+
+
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 200
 _REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8

@@ -501,6 +501,43 @@ def holds_run(folder: Path) -> bool:
     return (folder / CONFIG).is_file()
 
 
+# Keys every resolved stage config has (TrainConfig.resolved): together, no other tool's config.
+_STAGE_CONFIG_KEYS = frozenset({"data", "model", "strategy", "epochs", "image_size", "out",
+                                "checkpoint_every", "monitor"})
+
+
+def proves_stage_run(folder: Path) -> bool:
+    """Whether the files of `folder`, read, are a stage run's (not merely named like one): its
+    config.yaml is a resolved stage config, or its split.json is a split that stagewise wrote.
+    For folders whose lock file does not record their kind (lock.py)."""
+    config = read_config(folder)
+    if config.keys() >= _STAGE_CONFIG_KEYS:
+        return True
+    split = _quiet_json(folder / SPLIT)
+    return isinstance(split, dict) and isinstance(split.get("splits"), dict) and "class_ids" in split
+
+
+def proves_pipeline_run(folder: Path) -> bool:
+    """Whether `folder` holds a pipeline manifest that stagewise wrote (its format tag)."""
+    manifest = _quiet_json(folder / MANIFEST)
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+def proves_compare_run(folder: Path) -> bool:
+    """Whether `folder` holds a comparison: a cell folder with its marker (cells/NAME/cell.json)."""
+    cells = folder / "cells"
+    return cells.is_dir() and any(isinstance(_quiet_json(c / CELL_MARKER), dict)
+                                  for c in cells.iterdir() if c.is_dir())
+
+
+def _quiet_json(path: Path) -> Any:
+    """The parsed file or None; silent, since the file may well be the user's own."""
+    try:
+        return json.loads(path.read_bytes()[:50_000_000])
+    except (OSError, ValueError):
+        return None
+
+
 def holds_nothing_trained(folder: Path) -> bool:
     """Whether a run in `folder` stopped before it saved anything worth keeping: no checkpoint,
     no best weights, no trained epoch (say, NaN loss in its first epoch). Such a run may be

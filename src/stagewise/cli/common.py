@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def require(data: dict[str, Any], key: str, command: str, flag: str) -> None:
 def print_done(args: argparse.Namespace, payload: dict[str, Any], line: str) -> bool:
     """The end of a command for scripts (one JSON object) or people (`line`); nothing if --quiet.
     Returns whether a person is reading (so a caller may add a table)."""
-    if args.quiet:
+    # Under torchrun every rank runs the command: rank 0 alone says it is done.
+    if args.quiet or int(os.environ.get("RANK", "0")) != 0:
         return False
     if args.log_format == "json":
         print(json.dumps({"event": "done", **payload}, default=str))

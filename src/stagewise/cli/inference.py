@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StagewiseError
+from ..lock import refuse_if_running
 from .deferred import defer
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
     out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     check_outputs([*output_paths(out), top_losses_path(out)], EVAL_FILE)  # before the work
+    refuse_if_running(out.parent, "evaluate")
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(None, "evaluate", show) as update:
         result = evaluate(clf, args.data, args.split, args.batch_size, args.num_workers, args.tta,
@@ -214,6 +216,7 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
               file=sys.stderr)
     out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
     check_outputs(list(output_paths(out)), EVAL_FILE)  # before embedding every image
+    refuse_if_running(out.parent, "evaluate")
     result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers, split=args.split)
     json_path, report = result.write(out)
     if not args.quiet:

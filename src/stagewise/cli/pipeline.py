@@ -64,18 +64,18 @@ def _stages(args: argparse.Namespace) -> list[str] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    # `run --resume --out RUN` alone continues the pipeline saved in RUN; `run` alone is the demo.
-    resume_saved = args.pipeline is None and args.resume and args.out is not None \
-        and (args.out / "pipeline.json").is_file()
+    # `run --resume --out RUN` alone continues the pipeline saved in RUN (and only that: a resume
+    # never starts something else); `run` alone is the demo, which resumes by itself.
+    if args.pipeline is None and not args.resume and not args.dry_run:
+        return _cmd_demo(args)
     spec, out = _pipeline_source(args)
     if args.dry_run:
         return _dry_run(spec, args)
-    if args.pipeline is None and not resume_saved:
-        return _cmd_demo(args)
     from ..runs.pipeline import run
 
     if out is None:
-        raise StagewiseError("run needs --out RUN_FOLDER for a pipeline file")
+        raise StagewiseError("run needs --out RUN_FOLDER: with a pipeline file, the folder to run it "
+                             "in; with --resume alone, the pipeline run to continue")
     result = run(spec, out, stages=_stages(args), resume=args.resume,
                  overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)

@@ -74,8 +74,10 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from ..lock import refuse_if_running
     from ..reporting import write_report
 
+    refuse_if_running(args.run, "report")  # a training's files change under a report
     print(write_report(args.run, predictions=not args.no_predictions))
     return 0
 

@@ -33,7 +33,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(resume=True, reporter=reporter_kind(args), **data)
     else:
         require(data, "data", "train", "--data DIR")
-        result = train(data, reporter=reporter_kind(args))
+        from ..config import build_config
+
+        # Validated here so that a problem names the file it comes from (not "config:").
+        source = f"{args.config}" if args.config else "command line"
+        result = train(build_config(data, source=source), reporter=reporter_kind(args))
     best = result.best
     scored = task(result.task)
     key, name = scored.score, scored.label

@@ -7,6 +7,7 @@ Generic over the model, so a stage's keys and a pipeline file's keys read alike.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from collections import Counter
 from collections.abc import Collection
@@ -69,6 +70,9 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel], also_valid: Collec
     if valid_range:
         problem = "not a finite number" if kind == "finite_number" else "out of range"
         return f"{path}: {shown(given)} is {problem}; valid: {valid_range}"
+    msg = item["msg"].removeprefix("Value error, ")
+    if not item["loc"] and re.split(r"[:. \[]", msg, maxsplit=1)[0] in model.model_fields:
+        return clip(msg, 3000)  # a whole-config check that names its key itself
     if kind == CHOICE_ERROR:
         return f"{path}: {clip(item['msg'], 3000)}"
     shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""

@@ -165,8 +165,10 @@ class TrainConfig(_Strict):
     head: HeadMode | None = Field(None, description="None: match when class ids are known")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    head_layers: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=list, description="hidden sizes of an MLP before the classifier; [] = linear head"
+    # Bounded like embedding_dim: `[1000000000]` would try to allocate hundreds of GB.
+    head_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
+        default_factory=list, max_length=16,
+        description="hidden sizes of an MLP before the classifier; [] = linear head"
     )
     head_activation: str = Field("relu", description="activation between the head's hidden layers")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden head layer")
@@ -383,6 +385,7 @@ class TrainConfig(_Strict):
         if not STRATEGIES[self.strategy].uses_weights and self.weights:
             raise ValueError(f"strategy {self.strategy!r} starts from random weights; remove 'weights'")
         self._consistent_augmentation()
+        self._augment_runs()
         self._consistent_distill()
         # By value (config.yaml holds every default): a changed val_fraction beside split would
         # be silently ignored, so the two are refused together.
@@ -404,7 +407,7 @@ class TrainConfig(_Strict):
         return self
 
     def _consistent_task(self) -> None:
-        from ..models.embedding import METRIC_LOSSES, MINERS, check_args
+        from ..models.embedding import METRIC_LOSSES, MINERS, check_args, check_loss
 
         valid = task_of(self.task).monitors
         if self.monitor not in valid:  # given by the user: the default is the task's own
@@ -426,6 +429,8 @@ class TrainConfig(_Strict):
             raise ValueError("target: a val top-1 to stop at; task: embed has none (use early_stopping)")
         kind = METRIC_LOSSES[self.metric_loss]
         check_args("losses", kind.pml, self.loss_args, "loss_args")
+        if self.loss_args:  # the defaults are known to train
+            check_loss(self.metric_loss, self.loss_args, self.embedding_dim)
         if self.miner not in ("auto", "none"):
             if kind.classes:
                 raise ValueError(f"miner: {self.metric_loss} compares each image with class centres, "
@@ -436,6 +441,26 @@ class TrainConfig(_Strict):
         if self.m_per_class and self.batch_size % self.m_per_class:
             raise ValueError(f"m_per_class {self.m_per_class} must divide batch_size {self.batch_size} "
                              "(each batch holds whole groups of one identity)")
+        if self.m_per_class and self.batch_size < 2 * self.m_per_class:
+            raise ValueError(f"m_per_class {self.m_per_class} with batch_size {self.batch_size}: each "
+                             "batch would hold one identity, with nothing to tell it from, and a pair "
+                             "loss would train nothing; use batch_size >= 2 x m_per_class")
+
+    def _augment_runs(self) -> None:
+        """The augment: list, run once at the stage's image size(s) (data.augment.try_steps)."""
+        if not self.augment:
+            return
+        from .data.augment import try_steps
+
+        size = self.image_size or 224
+        sizes = {size}
+        if self.progressive_resize is not None:
+            sizes.add(max(16, int(size * self.progressive_resize.start)))
+        try:
+            for each in sorted(sizes):
+                try_steps(self.augment, each)
+        except ValueError as exc:
+            raise PydanticCustomError(CHOICE_ERROR, f"augment: {exc}") from None
 
     def _consistent_augmentation(self) -> None:
         if self.augment and (self.auto_augment or self.re_prob is not None):

@@ -34,6 +34,10 @@ _EXCLUDED = {
     "Normalize": "stagewise normalises with the model's mean/std (set mean:/std: to change them)",
     "MixUp": "use the mixup: key (batch-level)", "CutMix": "use the cutmix: key (batch-level)",
 }
+# Arguments in pixels, bounded like image_size: `Resize size: 30000` or `Pad padding: 20000` would
+# allocate gigabytes per image in a loader worker (a MemoryError mid-epoch), and bypass the bound.
+MAX_SIDE = 2048
+_PIXEL_ARGS = ("size", "max_size", "padding", "kernel_size")
 _NOT_PER_IMAGE = ("Compose", "RandomApply", "RandomChoice", "RandomOrder", "Lambda", "Transform",
                   "LinearTransformation", "FiveCrop", "TenCrop", "UniformTemporalSubsample",
                   "SetClampingMode", "RandomIoUCrop")
@@ -83,10 +87,66 @@ def check_steps(items: list[Any], size: int = 224) -> None:
         if unknown:
             raise ValueError(f"{where}: {name} has no argument {', '.join(map(repr, unknown[:3]))}; "
                              f"valid: {', '.join(params) or '(none)'}")
+        _check_pixels(where, name, kwargs)
         try:
             make_step(name, kwargs, size)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {name}({_args(kwargs)[:200]}): {str(exc)[:300]}") from None
+
+
+def _check_pixels(where: str, name: str, kwargs: dict[str, Any]) -> None:
+    for key in _PIXEL_ARGS:
+        values = kwargs.get(key)
+        values = values if isinstance(values, list | tuple) else [values]
+        big = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_SIDE]
+        if big:
+            raise ValueError(f"{where}: {name}({key}={kwargs[key]!r}): {big[0]} px is over {MAX_SIDE} px, "
+                             f"the largest image_size; use at most {MAX_SIDE}")
+
+
+def try_steps(items: list[Any], size: int) -> None:
+    """Run the built steps once on a synthetic `size` px RGB image, every random step made to act
+    (p=1), so that a value only the transform's call refuses (an interpolation name, posterize
+    bits, a crop larger than the image) is found at config load, not in a loader worker.
+    Raise ValueError naming the step, its arguments, the image size and the fix."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    steps = [split_step(item) for item in items]
+    image: Any = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    # The image steps in their order, then the conversions, then the tensor steps (build_augment).
+    order = [i for i, (n, _) in enumerate(steps) if n not in TENSOR_STEPS] + [-1] + \
+            [i for i, (n, _) in enumerate(steps) if n in TENSOR_STEPS]
+    convert = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    with torch.random.fork_rng(devices=[]):  # the caller's random streams stay as they were
+        torch.manual_seed(0)
+        for i in order:
+            if i < 0:
+                image = convert(image)
+                continue
+            name, kwargs = steps[i]
+            forced = {**kwargs, "p": 1.0} if "p" in _params(name) else kwargs
+            try:
+                image = make_step(name, forced, size)(image)
+            except Exception as exc:  # noqa: BLE001 - whatever the transform raises, it is this step's
+                raise ValueError(
+                    f"step {i + 1}: {name}({_args(kwargs)[:200]}) fails on a {size} px image (the "
+                    f"stage's image_size): {type(exc).__name__}: {str(exc)[:200]}; {_fix(name)}"
+                ) from None
+            side = max(_sides(image))
+            if side > MAX_SIDE:
+                raise ValueError(f"step {i + 1}: {name}({_args(kwargs)[:200]}) makes a {side} px "
+                                 f"image from a {size} px one, over {MAX_SIDE} px; use smaller values")
+
+
+def _fix(name: str) -> str:
+    crop = "a size no larger than image_size, or pad_if_needed: true, " if "Crop" in name else ""
+    return f"change its arguments ({crop}values its documentation allows) or remove the step"
+
+
+def _sides(image: Any) -> tuple[int, ...]:
+    return tuple(image.size) if hasattr(image, "getbands") else tuple(image.shape[-2:])
 
 
 def _params(name: str) -> list[str]:

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .folder import class_dirs, scan_folder, split_dirs
 from .images import HeaderCheck
 from .index import DatasetIndex
@@ -72,3 +72,25 @@ def check_identities(index: DatasetIndex) -> None:
     if not any(n >= 2 for n in val.values()):
         raise DataError(f"{index.root}: no validation identity has 2 or more images, so no query can "
                         "find a match; put several images in each validation identity folder")
+
+
+def shared_identities(index: DatasetIndex) -> list[str]:
+    """The validation identities that are also training identities: retrieval measured on them
+    is not held out (a val/ folder naming the train/ folder's identities)."""
+    trained = {index.class_ids[i] for i in set(index.splits["train"].labels)}
+    names = index.eval_ids if index.eval_ids is not None else index.class_ids
+    return sorted({names[i] for i in set(index.splits["val"].labels)} & trained)
+
+
+def check_groups(index: DatasetIndex, m_per_class: int | None) -> None:
+    """`m_per_class` no larger than the largest training identity: beyond it every group repeats
+    the same images (its positives are copies of the anchor), and a pair loss learns nothing."""
+    if not m_per_class:
+        return
+    counts = Counter(index.splits["train"].labels)
+    most = max(counts.values(), default=0)
+    if m_per_class > most:
+        raise ConfigError(
+            f"m_per_class: {m_per_class}, but no training identity of {index.root} has more than "
+            f"{most} image(s): every group of {m_per_class} would repeat the same images, whose "
+            f"embeddings a pair loss has nothing to learn from; use m_per_class <= {most}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from ..errors import DataError
 from .images import decode_error
@@ -52,3 +53,16 @@ def check_decodable(index: DatasetIndex, split: str = "val", progress: Progress 
             f"inspect {index.root}` lists every bad file)"
         )
     return bad
+
+
+def skipped_in(index: DatasetIndex, split: str = "val") -> int:
+    """How many of the files that indexing skipped (unreadable headers) belong to `split`: those
+    in class folders of that split's own (a val/ folder). A folder split at random after indexing
+    has none of its own, so its skipped files are counted with the training images."""
+    own = index.splits.get(split)
+    if own is None or own.paths is None or not index.skipped:
+        return 0
+    others = {p.parent for name, s in index.splits.items() if name != split and s.paths is not None
+              for p in s.paths}
+    folders = {p.parent for p in own.paths} - others
+    return sum(1 for f in index.skipped if Path(f).parent in folders)

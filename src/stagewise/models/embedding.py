@@ -83,6 +83,44 @@ def check_args(module: str, name: str, args: Mapping[str, Any], key: str) -> Non
     if unknown:
         raise ValueError(f"{key}: {name} takes no argument {', '.join(map(repr, unknown))}; valid: "
                          f"{', '.join(valid) or 'none'}")
+    for arg, value in args.items():  # `margin: abc` would fail deep in numpy, mid-training
+        default = params[arg].default
+        number = isinstance(default, int | float) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{key}.{arg}: {value!r} is not a number; {name}'s {arg} is one "
+                             f"(default {default})")
+
+
+def check_loss(loss: str, loss_args: Mapping[str, Any], dim: int) -> None:
+    """Build the loss and run it once on a small batch of nearly collapsed embeddings of 4
+    identities, where any working metric loss is positive and pushes them apart. A setting that
+    raises, gives a non-finite loss, or no gradient (`temperature: 0`, a zero margin scale)
+    would train nothing, silently: ValueError naming `loss_args` and the loss's defaults."""
+    kind = METRIC_LOSSES[loss]
+    cls = _pml_class("losses", kind.pml)
+    extra = {"num_classes": 4, "embedding_size": dim} if kind.classes else {}
+    params = inspect.signature(cls.__init__).parameters
+    shown = ", ".join(f"{k}={v!r}" for k, v in loss_args.items())
+    defaults = ", ".join(f"{k}={params[k].default!r}" for k in loss_args if k in params)
+    fix = f"use values the loss documents (its defaults: {defaults})" if defaults else "check them"
+    with torch.random.fork_rng(devices=[]):  # the caller's random streams stay as they were
+        torch.manual_seed(0)
+        raw = (torch.randn(1, dim) + 0.05 * torch.randn(8, dim)).requires_grad_()
+        labels = torch.arange(4).repeat_interleave(2)
+        try:
+            value = cls(**extra, **loss_args)(nn.functional.normalize(raw, dim=1), labels)
+            value.backward()
+        except Exception as exc:  # noqa: BLE001 - whatever the loss raises, its arguments caused it
+            raise ValueError(f"loss_args: {kind.pml}({shown}) fails on a sample batch: "
+                             f"{type(exc).__name__}: {str(exc)[:200]}; {fix}") from None
+    grad = raw.grad
+    if not torch.isfinite(value) or grad is None or not torch.isfinite(grad).all():
+        raise ValueError(f"loss_args: {kind.pml}({shown}) gives a non-finite loss or gradient on a "
+                         f"sample batch, so the stage would stop at its first step; {fix}")
+    if not grad.abs().sum() > 0:
+        raise ValueError(f"loss_args: {kind.pml}({shown}) trains nothing: on a sample batch of 4 "
+                         f"identities whose embeddings nearly coincide its loss is {float(value.detach()):.4f} "
+                         f"with no gradient; {fix}")
 
 
 @dataclass(frozen=True)

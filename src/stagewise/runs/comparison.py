@@ -24,13 +24,12 @@ from ..kinds import STRATEGIES, TASKS, embeds
 from ..runfolder import (
     BEST,
     CELL_MARKER,
-    CELLS,
-    COMPARE,
     SPLIT,
     CompareRow,
     best_record,
     holds_nothing_trained,
     holds_run,
+    proves_compare_run,
     read_cell_marker,
     read_history,
     read_test,
@@ -193,7 +192,7 @@ def compare(
     configs = {c.name: cell_config(c, base, weights, out) for c in cells}
     _validate_all(configs)
     require_tracker(base.get("log_with"))
-    with locked(out, (CELLS, COMPARE)):
+    with locked(out, "compare", proves_compare_run):
         return _run_cells(out, cells, configs, base, reporter)
 
 

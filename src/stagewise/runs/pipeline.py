@@ -30,7 +30,6 @@ from ..runfolder import (
     MANIFEST_FORMAT,
     MODEL_CARD,
     PIPELINE_HISTORY,
-    STAGES,
     BaselineEntry,
     EpochRecord,
     Gain,
@@ -41,6 +40,7 @@ from ..runfolder import (
     gain_verdict,
     holds_nothing_trained,
     holds_run,
+    proves_pipeline_run,
     read_history,
     read_json,
     read_manifest,
@@ -102,8 +102,8 @@ def run(
     elif resume and not overrides:  # the file again: with the overrides it was started with
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
-    with locked(out, (MANIFEST, STAGES)):
-        return _run(plan, out, stages, resume, overrides, reporter)
+    with locked(out, "pipeline", proves_pipeline_run):
+        return _run(plan, out, stages, resume, pipeline, overrides, reporter)
 
 
 def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
@@ -206,8 +206,16 @@ def _saved_plan(out: Path, resume: bool) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{out / MANIFEST}: cannot read the pipeline manifest ({exc})") from None
     if manifest is None or not isinstance(manifest.get("pipeline"), dict):
-        raise ConfigError(f"{out}: no pipeline run to resume here (no {MANIFEST} with its plan); "
-                          "pass the pipeline file, or the --out of a pipeline run")
+        if not out.is_dir():
+            raise ConfigError(f"--out {out}: no such folder, so no pipeline run to resume; pass "
+                              "the --out of a pipeline run, or start one with: stagewise run "
+                              f"PIPELINE.yaml --out {out}")
+        raise ConfigError(
+            f"--out {out} holds no pipeline plan ({out / MANIFEST}): the run there stopped before "
+            "it saved one (during start-up), so --resume has nothing to continue and starts "
+            f"nothing else. Start it again: stagewise run PIPELINE.yaml --out {out} (the same "
+            f"file; or `stagewise run --out {out}` for the demo), or pass the file with --resume")
+    return manifest["pipeline"]
     return manifest["pipeline"]
 
 

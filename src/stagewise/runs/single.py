@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import defaults
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, RunStopped, TrainingInterrupted
-from ..lock import run_lock
+from ..lock import run_lock, running_in
 from ..models import LoadedWeights
-from ..runfolder import CONFIG, HISTORY, LAST, SPLIT, holds_nothing_trained, holds_run
+from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
-from ..training.distributed import is_main_process
+from ..training.distributed import is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
 from .teacher import load_teacher
-
-STAGE_MARKERS = (CONFIG, SPLIT, HISTORY, LAST)
 
 
 def run_folder(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any],
@@ -52,9 +51,10 @@ def stage_config(config: TrainConfig | dict | str | Path | None, overrides: dict
     return resume_config(run_folder(config, overrides, resume), given)
 
 
-def locked(folder: Path, markers: tuple[str, ...]) -> contextlib.AbstractContextManager:
-    """The run-folder lock, held by rank 0 (the other ranks of the same run share its folder)."""
-    return run_lock(folder, markers) if is_main_process() else contextlib.nullcontext()
+def locked(folder: Path, kind: str, proof: Callable[[Path], bool]) -> contextlib.AbstractContextManager:
+    """The run-folder lock, held by rank 0 (the other ranks of the same run share its folder);
+    `kind` and `proof` say what an existing folder must hold to be written into (lock.py)."""
+    return run_lock(folder, kind, proof) if is_main_process() else contextlib.nullcontext()
 
 
 def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
@@ -62,8 +62,11 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
     """run_stage, with `hint` attached to an interruption (or a resumable error: a full disk,
     NaN loss after a checkpoint) so the user is told how to go on."""
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None
+    if cfg.teacher:
+        _warn_if_training(Path(cfg.teacher).expanduser(), reporter)
     try:
-        return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
+        with peer_failures(cfg.out):
+            return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
     except TrainingInterrupted as exc:
         exc.resume_hint = exc.resume_hint or hint
         reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines
@@ -72,6 +75,16 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
         if exc.resumable:
             exc.resume_hint = exc.resume_hint or hint
         raise
+
+
+def _warn_if_training(teacher: Path, reporter: Reporter) -> None:
+    """A teacher whose own run is still training: its best weights may still change."""
+    found = running_in(teacher if teacher.is_dir() else teacher.parent)
+    if found is not None:
+        reporter.message(
+            f"warning: teacher {teacher} is still being trained (PID {found[1]} holds {found[0]}): "
+            "this stage learns from the weights saved there now (their sha256 is recorded in "
+            "teacher.json), not the run's final ones; wait for it to finish for those")
 
 
 def train(
@@ -94,7 +107,7 @@ def train(
         ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
-    with locked(run_folder(config, overrides, resume), STAGE_MARKERS):
+    with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
         cfg = stage_config(config, overrides, resume)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter

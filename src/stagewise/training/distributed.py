@@ -6,14 +6,16 @@ Thin wrappers over Accelerate's public helpers; with one process each is a no-op
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PeerLost
 
 
 def cpu_only() -> bool:
@@ -41,6 +43,12 @@ def single_process(tool: str) -> None:
     """Refuse to run `tool` under a multi-process launcher (it would run N times, racing)."""
     if world_size() > 1:
         raise ConfigError(f"{tool} runs in one process; start it without torchrun/accelerate launch")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes)."""
+    st = state()
+    return st.process_index, st.num_processes
 
 
 def wait_for_everyone() -> None:
@@ -75,3 +83,30 @@ def sum_over_ranks(acc: Accelerator, values: list[float]) -> list[float]:
         return values
     total = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), reduction="sum")
     return [float(v) for v in total]
+
+
+# What gloo and NCCL say when the process at the other end of a collective is gone.
+# (torch raises DistBackendError for most of them; older builds a plain RuntimeError.)
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe",
+              "connection refused", "nccl communicator was aborted", "remote process exited",
+              "socket timeout")
+
+
+@contextlib.contextmanager
+def peer_failures(run_dir: object) -> Iterator[None]:
+    """Turn a collective that failed because another rank died into PeerLost, which says so and
+    how to resume, instead of the backend's traceback. With one process: nothing to catch."""
+    try:
+        yield
+    except RuntimeError as exc:
+        rank, world = rank_and_world()
+        text = str(exc).lower()
+        if world < 2 or not (isinstance(exc, torch.distributed.DistError)
+                             or any(mark in text for mark in _PEER_GONE)):
+            raise
+        who = f"rank {1 - rank}" if world == 2 else "another rank"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PeerLost(
+            f"rank {rank}: {who} of this {world}-process run died or lost its connection during a "
+            f"collective ({type(exc).__name__}: {first}); this process stops too. {run_dir}/last "
+            f"holds the last checkpoint: start all {world} processes again with --resume") from None

@@ -190,9 +190,18 @@ def _constant(factor: float) -> Callable[[int], float]:
     return lambda _step: factor
 
 
-def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """LR per layer group (decay and no-decay halves of a layer share one LR)."""
+def group_lrs(optimizer: torch.optim.Optimizer, groups: list[list[str]] | None = None) -> dict[str, float]:
+    """LR per layer group (decay and no-decay halves of a layer share one LR).
+
+    With `groups` (the strategy's coarse groups, whose count the epoch record's groups_total
+    is), one entry per such group, `layer{k}`: the highest LR among its parameters (layer_decay
+    gives the finer layers inside a group slightly different ones)."""
     out: dict[str, float] = {}
     for i, g in enumerate(optimizer.param_groups):
         out.setdefault(g.get("name", str(i)).removesuffix("-no_wd"), float(g["lr"]))
-    return out
+    if not groups:
+        return out
+    lr_of = {n: float(g["lr"]) for g in optimizer.param_groups for n in g.get("param_names", ())}
+    coarse = {f"layer{k}": max(lr_of[n] for n in names if n in lr_of)
+              for k, names in enumerate(groups) if any(n in lr_of for n in names)}
+    return coarse or out  # parameters named otherwise (a head trained on cached features)

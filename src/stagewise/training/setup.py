@@ -30,11 +30,17 @@ from ..data import (
 )
 from ..data.cache import attach_cache
 from ..data.folder import load_split, resplit
-from ..data.identities import EXPECTED, check_identities, read_identities
+from ..data.identities import (
+    EXPECTED,
+    check_groups,
+    check_identities,
+    read_identities,
+    shared_identities,
+)
 from ..data.loader import m_per_class_order
 from ..data.progressive import EpochTransforms, progressive_values, randaugment
 from ..data.resize import size_schedule
-from ..data.verify import check_decodable
+from ..data.verify import check_decodable, skipped_in
 from ..errors import ConfigError
 from ..kinds import Unfreezing, strategy, task
 from ..models import (
@@ -60,7 +66,7 @@ from .loop import LoopParts
 from .optim import Schedule, create_optimizer, lr_factor, scaled
 from .progress import Reporter, progress_of
 from .runtime import make_accelerator
-from .strategies import Trainable, apply_strategy, set_train_mode
+from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
 RESUME_FREE = {"num_workers", "out"}
@@ -108,6 +114,15 @@ class StageSetup:
     parts: LoopParts
     sampler: Any  # the training loader's EpochSampler (set per epoch, skips on resume)
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
+    val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
+    val_shared: list[str] | None = None  # embed: val identities that are training identities
+    _groups: list[list[str]] | None = None
+
+    def coarse_groups(self) -> list[list[str]]:
+        """The strategy's layer groups (parameter names), as groups_total counts them."""
+        if self._groups is None:
+            self._groups = coarse_groups(self.model)
+        return self._groups
 
     def train_size(self, epoch: int) -> int:
         """The image size the training images have in `epoch` (progressive resizing/learning)."""
@@ -189,6 +204,7 @@ def prepare_stage(
     if task(cfg.task).embeds:  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
     index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
+    shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
     bad_val = _check_val(index, rep)
     if index.skipped:
         shown = ", ".join(index.skipped[:3])
@@ -234,7 +250,21 @@ def prepare_stage(
     if teacher is not None:
         attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
-                      network=network)
+                      network=network, val_skipped=skipped_in(index, "val"), val_shared=shared)
+
+
+def _check_identities(cfg: TrainConfig, index: DatasetIndex, rep: Reporter) -> list[str]:
+    """An embed stage's groups and held-out identities; returns the validation identities that
+    are training identities too (the retrieval metrics are then not held out: said, not refused)."""
+    check_groups(index, cfg.m_per_class)
+    shared = shared_identities(index)
+    if shared:
+        every = len(set(index.splits["val"].labels))
+        rep.message(f"warning: {len(shared)} of the {every} validation identities are training "
+                    f"identities too ({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): "
+                    "val_map and recall@k measure identities the loss trained on, not held-out "
+                    "ones; give val/ other identities (or drop it: val_fraction holds some out)")
+    return shared
 
 
 def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:

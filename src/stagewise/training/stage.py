@@ -40,6 +40,7 @@ from ..runfolder import (
     HeldOutRecord,
     ModelCard,
     epoch_record,
+    read_config,
     read_history,
     read_model_card,
     write_config,
@@ -100,13 +101,14 @@ def run_stage(
             write_teacher(run_dir, teacher.record())
     wait_for_everyone()
     state, history = _restore(setup, resume, rep)
+    if resume and is_main_process():
+        _record_resume(setup)
     card = ModelCard(architecture=setup.bundle.architecture or cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
                      teacher=teacher.record() if teacher is not None else None,
-                     embedding=EmbeddingSpec.from_mapping(cfg.model_dump()).as_dict()
-                     if task(cfg.task).embeds else {},
+                     embedding=_embedding_card(setup) if task(cfg.task).embeds else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
     if not (run_dir / BEST).exists() and is_main_process():
@@ -118,6 +120,15 @@ def run_stage(
                        weights=run_dir / BEST, class_ids=setup.index.class_ids,
                        class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
                        test=test, task=cfg.task)
+
+
+def _embedding_card(setup: StageSetup) -> dict[str, Any]:
+    """model.json's `embedding`: the spec, and the validation identities that were trained on
+    (its retrieval metrics are then not held out)."""
+    card = EmbeddingSpec.from_mapping(setup.cfg.model_dump()).as_dict()
+    if setup.val_shared:
+        card["val_not_held_out"] = list(setup.val_shared)
+    return card
 
 
 def _start_folder(setup: StageSetup, resume: bool) -> None:
@@ -132,7 +143,17 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
         save_split(setup.index, run_dir / SPLIT)
     # Written only once every setting has been checked against the data (class_weights, the
     # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
-    write_config(run_dir, setup.cfg.resolved())
+    # A resume rewrites it (a new out: or num_workers:) only once its checkpoint has loaded
+    # (_record_resume): a refused resume leaves the folder as it was.
+    if not resume:
+        write_config(run_dir, setup.cfg.resolved())
+
+
+def _record_resume(setup: StageSetup) -> None:
+    """config.yaml of a resume that has been accepted, where its free keys changed it."""
+    resolved = setup.cfg.resolved()
+    if read_config(setup.cfg.out) != resolved:
+        write_config(setup.cfg.out, resolved)
 
 
 def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
@@ -241,6 +262,14 @@ def _run_epoch(setup: StageSetup, state: Resumable, epoch: int, rep: Reporter, f
                clock: _Clock) -> EpochStats:
     """Train one epoch, skipping the batches a resumed epoch has already done."""
     skip = state.batches_done if epoch == state.epoch else 0
+    setup.sampler.set_epoch(epoch)
+    if skip and skip >= len(setup.parts.train_loader):
+        # A step checkpoint taken at the epoch's last batch (killed in its validation): the
+        # epoch's training is done, so the resume goes on to its validation and skips nothing.
+        # Its training loss was not saved with the checkpoint, and the record leaves it out.
+        rep.epoch_start(epoch + 1, setup.cfg.epochs, skip)
+        rep.message(f"epoch {epoch + 1}: every batch was trained before the checkpoint, validating")
+        return EpochStats(loss=math.nan, top1=math.nan, images=0, seconds=0.0, batches_done=skip)
     setup.sampler.set_epoch(epoch, skip * setup.cfg.batch_size)
     rep.epoch_start(epoch + 1, setup.cfg.epochs, len(setup.parts.train_loader) + skip)
 
@@ -277,9 +306,11 @@ def _make_record(
     confusion = metrics.pop("confusion", None)
     record = epoch_record({
         "epoch": epoch + 1, "global_step": state.global_step, "image_size": setup.train_size(epoch),
-        "train_loss": stats.loss, **metrics,
+        # NaN: no batch trained since the resume (_run_epoch), so the record leaves it out
+        **({} if math.isnan(stats.loss) else {"train_loss": stats.loss}),
+        **metrics,
         **{k: v for k, v in setup.progressive(epoch).items() if k != "image_size"},
-        "lr": group_lrs(parts.optimizer),
+        "lr": group_lrs(parts.optimizer, setup.coarse_groups()),
         "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
         "groups_unfrozen": trainable.groups_unfrozen, "groups_total": trainable.groups_total,
         "epoch_seconds": stats.seconds, "images_per_sec": stats.images / max(stats.seconds, 1e-9),
@@ -361,10 +392,14 @@ def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
     parts = setup.parts
     with bar(rep, "validating", len(parts.val_loader)) as advance:
         if task(setup.cfg.task).embeds:
-            return evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
-                                       setup.cfg.channels_last, progress=advance)
-        return evaluate(setup.eval_model, parts.val_loader, parts.accelerator, parts.num_classes,
-                        setup.cfg.channels_last, progress=advance)
+            metrics = evaluate_embeddings(setup.eval_model, parts.val_loader, parts.accelerator,
+                                          setup.cfg.channels_last, progress=advance)
+        else:
+            metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator,
+                               parts.num_classes, setup.cfg.channels_last, progress=advance)
+    # The files the loader dropped, and those indexing skipped before they reached it.
+    metrics["bad_val_images"] = int(metrics.get("bad_val_images", 0)) + setup.val_skipped
+    return metrics
 
 
 def _finite(model: nn.Module) -> bool:
