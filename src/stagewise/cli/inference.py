@@ -157,7 +157,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_retrieval(args)
     clf = load_ensemble(args.model, device=args.device)
     prefix = "eval-ensemble" if len(args.model) > 1 else "eval"
-    out = args.out or Path(clf.source).parent / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
+    out = args.out or _beside(clf.source) / f"{prefix}-{args.data.resolve().name}-{args.split}.json"
     check_outputs([*output_paths(out), top_losses_path(out)], EVAL_FILE)  # before the work
     refuse_if_running(out.parent, "evaluate")
     show = not args.quiet and sys.stderr.isatty()
@@ -214,7 +214,7 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
     if args.tta and not args.quiet:
         print("note: --tta is not used by --retrieval (embeddings are of the image as given)",
               file=sys.stderr)
-    out = args.out or Path(clf.source).parent / f"retrieval-{args.data.resolve().name}.json"
+    out = args.out or _beside(clf.source) / f"retrieval-{args.data.resolve().name}.json"
     check_outputs(list(output_paths(out)), EVAL_FILE)  # before embedding every image
     refuse_if_running(out.parent, "evaluate")
     result = evaluate_retrieval(clf, args.data, args.batch_size, args.num_workers, split=args.split)
@@ -264,3 +264,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} and {result.preprocess_path}")
     print(f"parity: {diff} ({result.note})")
     return 0
+
+
+def _beside(source: Path | None) -> Path:
+    """The folder of the model's weights, where results go by default (a model loaded from a
+    command line always has a source file)."""
+    return Path(source).parent if source is not None else Path.cwd()

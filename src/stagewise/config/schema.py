@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from .. import defaults
 from ..errors import ConfigError, clip
-from ..kinds import STRATEGIES, TASKS, default_strategy, recipe
+from ..kinds import STRATEGIES, TASKS, WeightSource, default_strategy, recipe
 from ..kinds import task as task_of
 from ..metrics import monitors
 from .choices import (
@@ -284,12 +284,14 @@ class TrainConfig(_Strict):
         and the task's own monitor."""
         if not isinstance(data, dict):
             return data
-        source = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
-        fill: dict[str, Any] = {"weights_source": source}
+        given = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
+        fill: dict[str, Any] = {"weights_source": given}
+        # An unknown source is left to the field's validation, which lists the valid ones.
+        source: WeightSource = "transfer" if given == "transfer" else "handoff" if given == "handoff" else "none"
         strategy = data.get("strategy", default_strategy(source))
         fill["strategy"] = strategy
         optimizer = data.get("optimizer", cls.model_fields["optimizer"].default)
-        if isinstance(strategy, str) and source in ("none", "transfer", "handoff"):
+        if isinstance(strategy, str):
             fill.update(recipe(strategy, source, optimizer if isinstance(optimizer, str) else None))
         if any(data.get(k) for k in _AUGMENTATION_ADDITIONS) and fill.get("augmentation") == "none":
             fill["augmentation"] = "standard"
@@ -450,7 +452,7 @@ class TrainConfig(_Strict):
         """The augment: list, run once at the stage's image size(s) (data.augment.try_steps)."""
         if not self.augment:
             return
-        from .data.augment import try_steps
+        from ..data.augment import try_steps
 
         size = self.image_size or 224
         sizes = {size}
@@ -512,7 +514,7 @@ def optimizer_names() -> list[str]:
     """Every optimizer name `optimizer:` accepts: the hand-written ones and timm's registry."""
     from timm.optim import list_optimizers
 
-    timm_names = [n for n in list_optimizers() if n not in _UNSUPPORTED_OPTIMIZERS
+    timm_names = [n for n in map(str, list_optimizers()) if n not in _UNSUPPORTED_OPTIMIZERS
                   and not n.startswith(_UNSUPPORTED_PREFIXES)]
     return sorted(set(OWN_OPTIMIZERS) | set(timm_names))
 

@@ -52,7 +52,9 @@ def _imagenet_1k() -> tuple[tuple[str, ...], dict[str, str]]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo("imagenet-1k")
-    return tuple(info.label_names()), info.label_descriptions(as_dict=True)
+    descriptions = info.label_descriptions(as_dict=True)
+    assert isinstance(descriptions, dict)  # as_dict=True; timm's annotation also allows a list
+    return tuple(info.label_names()), descriptions
 
 
 def family_wnids(classes: int) -> list[str]:
@@ -81,7 +83,7 @@ def render_class(rank: int, size: int, rng: np.random.Generator) -> np.ndarray:
     v = -s * (xx - cx) + c * (yy - cy)
     mask = SHAPES[shape](u, v, np.sqrt(u**2 + v**2), r)
     img[mask] = fg + rng.uniform(-0.08, 0.08, size=3)
-    img = img + rng.normal(0, 0.04, size=img.shape)
+    img = img + rng.normal(0, 0.04, size=img.shape).astype(img.dtype)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 

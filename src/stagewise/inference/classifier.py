@@ -190,8 +190,8 @@ class Classifier:
                 and not parse_tta(tta).multi_view:
             # Preloaded, preprocessed batches go through without a per-image Python loop.
             for i in range(0, inputs.shape[0], batch_size):
-                chunk = inputs[i:i + batch_size]
-                yield chunk, [None] * chunk.shape[0]
+                block = inputs[i:i + batch_size]
+                yield block, [None] * block.shape[0]
             return
         items = _as_list(inputs)
         for i in range(0, len(items), batch_size):
@@ -239,7 +239,8 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The features the classifier reads: timm's `forward_head(pre_logits=True)`; for networks
     without it (torchvision's), the input of the classifier layer, caught by a hook."""
     if hasattr(model, "forward_head") and hasattr(model, "forward_features"):
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        timm_model: Any = model  # timm's methods, which nn.Module's typing cannot see
+        return timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
     from ..models.head import head_paths
 
     caught: list[torch.Tensor] = []

@@ -288,7 +288,7 @@ def _summarise(clf: Classifier | Ensemble, m: dict[str, torch.Tensor], tally: _T
     confusion = m["confusion"].long()
     support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
     involved = [i for i in range(clf.num_classes) if support[i] > 0 or predicted[i] > 0]
-    per_class = [{"label": i, "class_id": clf.class_ids[i], "name": clf.class_names[i],
+    per_class: list[dict[str, Any]] = [{"label": i, "class_id": clf.class_ids[i], "name": clf.class_names[i],
                   "precision": float(m["precision"][i]), "recall": float(m["recall"][i]),
                   "f1": float(m["f1"][i]), "support": int(support[i]), "predicted": int(predicted[i])}
                  for i in involved]

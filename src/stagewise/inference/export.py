@@ -114,9 +114,9 @@ def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int,
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
-            write_with(path, lambda tmp: torch.onnx.export(
+            write_with(path, lambda tmp: _no_result(torch.onnx.export(
                 model, (sample,), str(tmp), dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["logits"], dynamic_axes=axes))
+                input_names=["input"], output_names=["logits"], dynamic_axes=axes)))
         except (RuntimeError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ONNX export at opset {opset} failed: {first}; try another --opset "
@@ -207,3 +207,7 @@ def _preprocess_doc(clf: Classifier, path: Path, fmt: str, dynamic: bool, diff: 
                    "note": note},
         "stagewise_version": __version__,
     }
+
+
+def _no_result(_value: object) -> None:
+    """write_with's writers return nothing; torch.onnx.export returns a program object."""

@@ -10,7 +10,7 @@ import hashlib
 import shlex
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from ..runfolder import (
     MODEL_CARD,
     PIPELINE_HISTORY,
     BaselineEntry,
-    EpochRecord,
     Gain,
     Manifest,
     StageEntry,
@@ -103,7 +102,7 @@ def run(
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
     with locked(out, "pipeline", proves_pipeline_run):
-        return _run(plan, out, stages, resume, pipeline, overrides, reporter)
+        return _run(plan, out, stages, resume, overrides, reporter)
 
 
 def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
@@ -224,7 +223,7 @@ def _saved_overrides(out: Path) -> list[str]:
         manifest = read_manifest(out)
     except (OSError, ValueError):
         return []  # _load_manifest says what is wrong with it
-    return [str(o) for o in (manifest or {}).get("overrides") or []]
+    return [str(o) for o in (manifest["overrides"] if manifest else None) or []]
 
 
 def _load_manifest(path: Path, plan: PipelinePlan) -> Manifest:
@@ -302,7 +301,7 @@ def _run_stage(
     rep.message(how)
     folder = stage_dir(out, stage.name)
     cfg = _stage_config(stage, folder)
-    entry.update(status="running", started=entry.get("started") or time.time(), how=how)
+    entry.update({"status": "running", "started": entry.get("started") or time.time(), "how": how})
     if is_main_process():
         write_manifest(out, manifest)
     # A partly trained stage resumes; its config is checked against the saved one, so a changed
@@ -317,9 +316,9 @@ def _run_stage(
         entry["baseline"] = _run_baseline(stage, out, rep, hint)
         entry["gain"] = _gain(result, entry["baseline"], _earlier_wall(plan, stage, manifest))
         rep.message(_describe_gain(stage.name, entry["gain"]))
-    entry.update(status="done", finished=time.time(),
-                 artifacts={(stage_dir(Path(), stage.name) / f).as_posix(): sha256(folder / f)
-                            for f in (BEST, MODEL_CARD)})
+    entry.update({"status": "done", "finished": time.time(),
+                  "artifacts": {(stage_dir(Path(), stage.name) / f).as_posix(): sha256(folder / f)
+                                for f in (BEST, MODEL_CARD)}})
 
 
 def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
@@ -328,7 +327,7 @@ def _stage_config(stage: StagePlan, folder: Path) -> TrainConfig:
 
 
 def _stage_summary(result: TrainResult) -> StageSummary:
-    hist = trained_epochs(result.history)
+    hist: list[Mapping[str, Any]] = list(trained_epochs(result.history))
     key = task(result.task).score
     return {
         "task": result.task, "score": key, "best_score": result.best.get(key),
@@ -359,10 +358,17 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
         cfg = resume_config(bdir, cfg.model_dump())
     result = train_stage(cfg, rep, resume, hint)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
-            "curve": [r.get(task(result.task).score) for r in trained_epochs(result.history)]}
+            "curve": _curve(result)}
 
 
-def _wall_until(records: list[EpochRecord], epoch: int | None) -> float | None:
+def _curve(result: TrainResult) -> list[float]:
+    """The stage's score per trained epoch (NaN where an epoch has none)."""
+    key = task(result.task).score
+    values: list[Mapping[str, Any]] = list(trained_epochs(result.history))
+    return [float(v) if isinstance(v := r.get(key), (int, float)) else float("nan") for r in values]
+
+
+def _wall_until(records: Sequence[Mapping[str, Any]], epoch: int | None) -> float | None:
     """Wall time from the stage's first epoch to the end of `epoch` (None: not an epoch)."""
     if epoch is None or epoch < 1:
         return None
@@ -372,7 +378,7 @@ def _wall_until(records: list[EpochRecord], epoch: int | None) -> float | None:
 def _gain(result: TrainResult, base: BaselineEntry, earlier_s: float) -> Gain:
     """The stage against its baseline. `earlier_s`: the wall time of the earlier stages whose
     weights this one started from (the price of the handoff)."""
-    hist = trained_epochs(result.history)
+    hist: list[Mapping[str, Any]] = list(trained_epochs(result.history))
     key = task(result.task).score
     target = base.get("best_score") or 0.0
     elapsed, reached_s, reached_e = 0.0, None, None
@@ -440,7 +446,11 @@ def _write_final(out: Path, plan: PipelinePlan, manifest: Manifest) -> None:
     if not done:
         return
     src = stage_dir(out, done[-1])
-    write_with(out / FINAL, lambda tmp: shutil.copyfile(src / BEST, tmp))
+    write_with(out / FINAL, lambda tmp: _copy(src / BEST, tmp))
     card = read_model_card(src)
     card.weights, card.stage = FINAL, done[-1]
     write_model_card(out, card)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)

@@ -203,16 +203,16 @@ def _apply_pipeline_overrides(raw: dict[str, Any], overrides: list[str]) -> tupl
     for item in stage_sets:
         key = item.split("=", 1)[0]
         path = key.removeprefix("stages.")
-        name = max((n for n in names if n and (path == n or path.startswith(f"{n}."))), key=len, default=None)
-        if name is None:
+        stage = max((n for n in names if n and (path == n or path.startswith(f"{n}."))), key=len, default=None)
+        if stage is None:
             problems.append(f"--set {clip(key, 100)}: no stage named '{clip(path.split('.')[0], 80)}'; "
                             f"stages: {clip(', '.join(n for n in names if n))}")
             continue
-        if path == name or "=" not in item:
-            problems.append(f"--set {clip(key, 100)}: expected stages.{clip(name, 80)}.KEY=VALUE")
+        if path == stage or "=" not in item:
+            problems.append(f"--set {clip(key, 100)}: expected stages.{clip(stage, 80)}.KEY=VALUE")
             continue
-        rest = item.removeprefix(f"stages.{name}.")
-        i = names.index(name)
+        rest = item.removeprefix(f"stages.{stage}.")
+        i = names.index(stage)
         stages[i] = apply_overrides(stages[i], [rest])
     if stages:
         raw["stages"] = stages

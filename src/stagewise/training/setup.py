@@ -354,7 +354,7 @@ def set_drop_rate(model: nn.Module, rate: float) -> None:
     (ViTs) keep an nn.Dropout as `head_drop`."""
     found = False
     if isinstance(getattr(model, "drop_rate", None), (int, float)):
-        model.drop_rate = rate
+        setattr(model, "drop_rate", rate)  # noqa: B010 - nn.Module's typed __setattr__ takes tensors
         found = True
     head_drop = getattr(model, "head_drop", None)
     if isinstance(head_drop, nn.Dropout):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,7 +344,9 @@ def _persist(setup: StageSetup, tracker: StopTracker, history: list[EpochRecord]
 def _decide_stop(setup: StageSetup, tracker: StopTracker, record: EpochRecord, clock: _Clock) -> str | None:
     """Step a plateau schedule, then the stop rules; a stop is remembered so that a resumed
     run does not train past it."""
-    setup.parts.schedule.epoch_end(record.get(setup.cfg.monitor))
+    values: Mapping[str, Any] = record
+    monitored = values.get(setup.cfg.monitor)
+    setup.parts.schedule.epoch_end(float(monitored) if isinstance(monitored, (int, float)) else None)
     clock.update()
     # Rank 0 decides (clocks differ between processes) and every rank follows.
     reason = from_main(stop_reason(setup.cfg, tracker, record))
