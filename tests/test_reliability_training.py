@@ -416,3 +416,24 @@ def test_report_and_evaluate_refuse_a_folder_in_training_and_a_teacher_is_warned
         holder.kill()
         holder.wait()
     assert main(["report", str(run)]) == 0  # free again
+
+
+def test_starting_weights_stay_best_when_no_trained_epoch_beats_them(tmp_path: Path, capsys) -> None:
+    """#22 item 11: a matched head's epoch 0 is measured; a trained epoch must beat it to replace
+    the starting weights in best.safetensors, and the log says so when none did."""
+    import json
+
+    from safetensors.torch import load_file
+
+    data = make_image_folder(tmp_path / "d", per_class=8)
+    first = stagewise.train(tiny_config(data, tmp_path / "a", epochs=3), reporter="quiet")
+    # A vanishing LR changes nothing measurable: every trained epoch ties epoch 0, and a tie is
+    # no improvement.
+    second = stagewise.train(tiny_config(data, tmp_path / "b", epochs=2, strategy="finetune",
+                                         weights=str(first.weights), lr=1e-9), reporter="quiet")
+    assert [r["epoch"] for r in second.history] == [0, 1, 2]
+    card = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert card["metrics"]["epoch"] == 0 and second.best["epoch"] == 0
+    start, kept = load_file(str(first.weights)), load_file(str(second.weights))
+    assert all(torch.equal(start[k], kept[k]) for k in start)
+    assert "no trained epoch beat the starting weights on val_top1" in capsys.readouterr().err

@@ -65,6 +65,9 @@ _TABLE = (
     Metric("drop_rate", "classifier dropout", fmt="g"),
     Metric("lr", "learning rate per param group", tracked=False, fmt=".2e"),
     Metric("event", "event", tracked=False, fmt="s"),
+    # epoch 0 of an embed stage with a new head measures the pretrained features with the head
+    # bypassed: a reference, not a candidate for best.safetensors (no weights file holds it)
+    Metric("head_bypassed", "epoch 0 measured without the new head", tracked=False, fmt="s"),
     # training
     Metric("train_loss", "train loss", "min", card=True, panel="loss", short="train loss"),
     Metric("train_top1", "train top-1", "max", card=True, panel="accuracy", short="acc"),

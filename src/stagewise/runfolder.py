@@ -103,6 +103,7 @@ class EpochRecord(TypedDict, total=False):
     val_identities: int
     train_distill_loss: float  # the soft (teacher) part of the loss, with a teacher
     event: str  # something that happened at the start of the epoch (unfreezing, start note)
+    head_bypassed: bool  # epoch 0 measured the pretrained features, without the new embedding head
 
 
 # The metrics of the best epoch that model.json keeps (the full record is in history.jsonl).
@@ -154,8 +155,11 @@ def best_record(records: Sequence[dict[str, Any]], monitor: str = ...) -> dict[s
 
 def best_record(records: Sequence[Mapping[str, Any]], monitor: str = "val_top1") -> Mapping[str, Any]:
     """The epoch whose weights a stage kept as best (by `monitor`), or {} before any epoch."""
-    # An epoch-0 record measures the starting weights; it is the best only of an untrained stage.
-    scored = [r for r in (trained_epochs(records) or records) if is_finite(r.get(monitor))]
+    # An epoch-0 record measures the starting weights, which stay best unless a trained epoch
+    # beats them; one measured without its new embedding head is a reference only (no weights
+    # file holds it), the best only of an untrained stage.
+    candidates = [r for r in records if not r.get("head_bypassed")] if trained_epochs(records) else records
+    scored = [r for r in candidates if is_finite(r.get(monitor))]
     if not scored:
         return {}
     # Ties go to the earliest epoch: the trainer saves weights on strict improvement only.

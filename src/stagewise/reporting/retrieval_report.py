@@ -15,6 +15,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ..data import build_transform
+from ..defaults import FEW_IDENTITIES
 from ..kinds import embeds
 from ..metrics import curves
 from ..ranking import flat_index, search_index
@@ -61,7 +62,24 @@ def retrieval_curves(history: RunHistory, plot_dir: Path) -> list[Block]:
     return [Image(path, "Leave-one-out search over the validation identities (never trained on): "
                         "each image queries all the others."),
             Table(["stage", "best epoch", *(m.label for m in _SERIES), "mAP at epoch 0"],
-                  rows, caption="Best epoch of each embed stage (by its monitor)")]
+                  rows, caption="Best epoch of each embed stage (by its monitor)"),
+            *(_few_identities(s) for s in history.stages if is_embed(s) and _few(s))]
+
+
+def _few(stage: StageRun) -> bool:
+    counts = [r.get("val_identities") for r in stage.records if isinstance(r.get("val_identities"), int)]
+    return bool(counts) and min(counts) < FEW_IDENTITIES
+
+
+def _few_identities(stage: StageRun) -> Block:
+    """With a handful of validation identities one identity's ranking moves the monitor a lot:
+    show how far it moved, so nobody reads one epoch's value as the truth."""
+    values = [r["val_map"] for r in stage.records if isinstance(r.get("val_map"), float)]
+    spread = f"{fmt_pct(min(values))} to {fmt_pct(max(values))}" if values else "-"
+    n = min(r["val_identities"] for r in stage.records if isinstance(r.get("val_identities"), int))
+    return Text(f"{stage.name}: only {n} validation identities, so the monitor is a weak guide "
+                f"(val mAP ranged {spread} over the epochs). Hold out more identities, or measure on "
+                "identities of their own with `stagewise evaluate --retrieval`.", note=True)
 
 
 def _start(stage: StageRun) -> dict[str, Any]:

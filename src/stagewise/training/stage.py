@@ -24,10 +24,11 @@ from torch import nn
 from ..config.schema import TrainConfig
 from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
+from ..defaults import FEW_IDENTITIES
 from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
 from ..kinds import task
-from ..metrics import val_summary
+from ..metrics import metric, val_summary
 from ..models import EmbeddingSpec, HeadSpec, LoadedWeights, pretrained_features
 from ..runfolder import (
     BEST,
@@ -39,10 +40,12 @@ from ..runfolder import (
     EpochRecord,
     HeldOutRecord,
     ModelCard,
+    best_record,
     epoch_record,
     read_config,
     read_history,
     read_model_card,
+    trained_epochs,
     write_config,
     write_confusion,
     write_history,
@@ -111,6 +114,7 @@ def run_stage(
                      embedding=_embedding_card(setup) if task(cfg.task).embeds else {},
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     stopped = _epochs(setup, state, history, rep, card)
+    _say_if_start_won(setup, state.tracker, history, rep)
     if not (run_dir / BEST).exists() and is_main_process():
         _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved
     wait_for_everyone()  # the next stage (or the caller) reads what rank 0 wrote
@@ -191,7 +195,7 @@ def _epochs(
     # A matched head already knows some classes: measure that before training changes it. An
     # embed stage always measures where it starts: the gain over pretrained features is its point.
     if cfg.epochs == 0 or (fresh and (card.head.get("kept", 0) > 0 or task(cfg.task).measures_start)):
-        _evaluate_start(setup, history, rep, card)
+        _evaluate_start(setup, history, rep, card, tracker)
     if cfg.epochs == 0:
         return "evaluated"
     if tracker.stopped:
@@ -369,10 +373,12 @@ def _closing(logger: Any) -> Iterator[None]:
         close_tracker(logger)
 
 
-def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter, card: ModelCard) -> None:
-    """Record epoch 0: the starting weights on the validation set, before any training. A fresh
+def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter, card: ModelCard,
+                    tracker: StopTracker) -> None:
+    """Record epoch 0: the starting weights on the validation set, before any training. They are
+    the best so far: a trained epoch must beat them to replace them in best.safetensors. A fresh
     embedding head is measured as the pretrained features it reads (a random projection of them
-    would say nothing)."""
+    would say nothing), which no weights file holds: that epoch 0 is a reference, not a candidate."""
     head = card.head
     fresh_embedding = task(setup.cfg.task).embeds and head.get("mode") in ("new", "reset")
     with pretrained_features(setup.model) if fresh_embedding else nullcontext():
@@ -380,13 +386,42 @@ def _evaluate_start(setup: StageSetup, history: list[EpochRecord], rep: Reporter
     confusion = metrics.pop("confusion", None)
     event = ("start: pretrained features (the embedding head is new)" if fresh_embedding else
              f"start: head {head.get('mode')}, kept {head.get('kept', 0)}/{head.get('total')} rows")
-    record = epoch_record({"epoch": 0, "image_size": setup.pre.image_size, **metrics, "event": event})
+    record = epoch_record({"epoch": 0, "image_size": setup.pre.image_size, **metrics, "event": event,
+                           **({"head_bypassed": True} if fresh_embedding else {})})
     history.append(record)
     rep.message(f"before training: {val_summary(record)} ({event})")
+    identities = record.get("val_identities")
+    if isinstance(identities, int) and identities < FEW_IDENTITIES:
+        rep.message(f"warning: only {identities} validation identities: the monitor "
+                    f"({setup.cfg.monitor}) moves by whole identities and is a weak guide to unseen "
+                    "ones; hold out more (val_fraction, a bigger val/ folder), or check with "
+                    "stagewise evaluate --retrieval on identities of their own")
+    better = not fresh_embedding and improved(setup.cfg, tracker, record)  # on every rank
     if setup.parts.accelerator.is_main_process:
         write_history(setup.cfg.out, history)
+        if better:
+            _save_best(setup, card, record)
         if confusion is not None:
             write_confusion(setup.cfg.out, Confusion(setup.index.class_ids, 0, confusion))
+
+
+def _say_if_start_won(setup: StageSetup, tracker: StopTracker, history: list[EpochRecord],
+                      rep: Reporter) -> None:
+    """Training that only made things worse is said, not hidden behind a "best" trained epoch."""
+    monitor = setup.cfg.monitor
+    start = next((r for r in history if r.get("epoch") == 0), None)
+    trained = trained_epochs(history)
+    if start is None or not trained:
+        return
+    best_trained = best_record(trained, monitor)
+    if tracker.best_epoch == 0:
+        rep.message(f"warning: no trained epoch beat the starting weights on {monitor} "
+                    f"({metric(monitor).format(start.get(monitor))}); best.safetensors keeps them (epoch 0)")
+    elif start.get("head_bypassed") and metric(monitor).better(start.get(monitor), best_trained.get(monitor)):
+        rep.message(f"warning: the pretrained features (epoch 0) retrieve better than any trained epoch "
+                    f"on {monitor}: {metric(monitor).format(start.get(monitor))} against "
+                    f"{metric(monitor).format(best_trained.get(monitor))}; best.safetensors holds the best "
+                    "trained epoch, but the network without this head may serve you better")
 
 
 def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
