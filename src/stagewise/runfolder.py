@@ -333,11 +333,9 @@ class CardSchema(BaseModel):
     @field_validator("head_activation")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        from .models.head import ACTIVATIONS
+        from .models.head import check_activation
 
-        if value not in ACTIVATIONS:
-            raise ValueError(f"unknown activation; choose one of {', '.join(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @field_validator("weights")
     @classmethod

@@ -374,11 +374,9 @@ class TrainConfig(_Strict):
     @field_validator("head_activation")
     @classmethod
     def _known_activation(cls, value: str) -> str:
-        from ..models.head import ACTIVATIONS
+        from ..models.head import check_activation
 
-        if value not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {value!r}; choose one of {', '.join(ACTIVATIONS)}")
-        return value
+        return check_activation(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -118,6 +118,14 @@ class HeadReport:
         return out
 
 
+def check_activation(name: str) -> str:
+    """`name` when it is a head activation; a ValueError listing them otherwise (the config's and
+    model.json's check)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
 def head_paths(model: nn.Module) -> list[str]:
     """Module paths of the classifier: an installed MLPHead, else timm's `pretrained_cfg`
     classifier, else (torchvision) the last Linear or Conv2d, which is the classifier in every
