@@ -200,14 +200,20 @@ def test_evaluate_all_splits_of_an_array_dataset(tmp_path: Path) -> None:
     assert result.images == 16
 
 
-def test_compare_row_reports_the_kept_epoch_not_the_starting_weights(tmp_path: Path) -> None:
+def test_compare_row_reports_the_kept_epoch(tmp_path: Path) -> None:
+    """A measured epoch 0 is a candidate: the starting weights stay best until a trained epoch
+    beats them (#22 item 11), and the row reports what best.safetensors holds."""
     from stagewise.runs.comparison import Cell, cell_row
 
     data = make_image_folder(tmp_path / "d", per_class=2, splits=("train", "val"))
     cell_dir = tmp_path / "cell"
     cell_dir.mkdir()
-    # A matched head scores 0.9 before training (epoch 0); training then kept epoch 1.
+    # A matched head scores 0.9 before training (epoch 0); the trained epoch 1 is worse.
     records = [{"epoch": 0, "val_top1": 0.9}, {"epoch": 1, "val_top1": 0.6, "train_top1": 0.7}]
     (cell_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     row = cell_row(Cell("test_resnet", "probe"), cell_dir, {"data": str(data), "monitor": "val_top1"})
-    assert row["best_epoch"] == 1 and row["val_top1"] == 0.6
+    assert row["best_epoch"] == 0 and row["val_top1"] == 0.9
+    records[1]["val_top1"] = 0.95  # a trained epoch that beats the start replaces it
+    (cell_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = cell_row(Cell("test_resnet", "probe"), cell_dir, {"data": str(data), "monitor": "val_top1"})
+    assert row["best_epoch"] == 1 and row["val_top1"] == 0.95

@@ -37,7 +37,8 @@ def _history(run: Path) -> list[dict]:
 def test_json_lines_end_to_end(data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "stagewise",
-                           *_args(data, tmp_path / "run", "--epochs", "2", "--log-format", "json")],
+                           *_args(data, tmp_path / "run", "--epochs", "2", "--log-format", "json",
+                                  "--strategy", "finetune", "--set", "freeze_epochs=1")],
                           capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is JSON
@@ -48,7 +49,8 @@ def test_json_lines_end_to_end(data: Path, tmp_path: Path) -> None:
     assert all(math.isfinite(e["train_loss"]) and 0 <= e["val_top1"] <= 1 for e in epochs)
     done = events[-1]
     assert done["stopped"] == "completed" and Path(done["run_dir"]) == tmp_path / "run"
-    # An epoch's own event (the default finetune unfreezes at epoch 2) comes as its "note".
+    # An epoch's own event (finetune with a head-only first epoch unfreezes at epoch 2) comes as
+    # its "note".
     lines = [{**{k: v for k, v in e.items() if k not in ("event", "note")},
               **({"event": e["note"]} if "note" in e else {})} for e in epochs]
     assert _history(tmp_path / "run") == lines

@@ -66,17 +66,21 @@ def retrieval_curves(history: RunHistory, plot_dir: Path) -> list[Block]:
             *(_few_identities(s) for s in history.stages if is_embed(s) and _few(s))]
 
 
+def _identities(stage: StageRun) -> list[int]:
+    return [n for r in stage.records if isinstance(n := r.get("val_identities"), int)]
+
+
 def _few(stage: StageRun) -> bool:
-    counts = [r.get("val_identities") for r in stage.records if isinstance(r.get("val_identities"), int)]
+    counts = _identities(stage)
     return bool(counts) and min(counts) < FEW_IDENTITIES
 
 
 def _few_identities(stage: StageRun) -> Block:
     """With a handful of validation identities one identity's ranking moves the monitor a lot:
     show how far it moved, so nobody reads one epoch's value as the truth."""
-    values = [r["val_map"] for r in stage.records if isinstance(r.get("val_map"), float)]
+    values = [v for r in stage.records if isinstance(v := r.get("val_map"), float)]
     spread = f"{fmt_pct(min(values))} to {fmt_pct(max(values))}" if values else "-"
-    n = min(r["val_identities"] for r in stage.records if isinstance(r.get("val_identities"), int))
+    n = min(_identities(stage))
     return Text(f"{stage.name}: only {n} validation identities, so the monitor is a weak guide "
                 f"(val mAP ranged {spread} over the epochs). Hold out more identities, or measure on "
                 "identities of their own with `stagewise evaluate --retrieval`.", note=True)
