@@ -29,10 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+
+# The tests' generated identities (the same images the embed tests learn from), not a copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import make_identity_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
@@ -55,24 +57,6 @@ PIPELINES = {
          "distill": {"alpha": 0.5}, "epochs": 4, "lr": 1e-2},
     ],
 }
-
-
-def make_identities(root: Path, identities: int = 10, views: int = 8, size: int = 32) -> Path:
-    """Identity folders: each identity a 2x2 colour pattern on a random background."""
-    rng = np.random.default_rng(0)
-    for k in range(identities):
-        pattern = rng.integers(0, 256, size=(2, 2, 3))
-        folder = root / f"id{k:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for v in range(views):
-            img = np.empty((size, size, 3))
-            img[:] = rng.integers(0, 256, size=3)
-            side = int(rng.integers(size // 2, 3 * size // 4 + 1)) // 2 * 2
-            y, x = rng.integers(0, size - side + 1, size=2)
-            img[y:y + side, x:x + side] = np.kron(pattern, np.ones((side // 2, side // 2, 1)))
-            img += rng.normal(0, 8, size=img.shape)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"v{v}.png")
-    return root
 
 
 def write_pipeline(path: Path, kind: str, data: Path) -> Path:
@@ -186,7 +170,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="sigkill_"))
     work.mkdir(parents=True, exist_ok=True)
-    data = make_identities(work / "data")
+    data = make_identity_folder(work / "data", identities=10, views=8)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     references, startup, training = {}, {}, {}
     for kind in kinds:
