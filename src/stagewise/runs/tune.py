@@ -23,7 +23,7 @@ from ..config.search_space import Param, Scalar, SearchSpace
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
 from ..runfolder import TUNE_JOURNAL, EpochRecord, trial_dir
-from ..training.distributed import world_size
+from ..training.distributed import from_main, is_main_process, world_size
 from ..training.hooks import epoch_hook
 from ..training.progress import Reporter, make_reporter
 from .tune_summary import write_summary
@@ -77,6 +77,15 @@ class PruneHook:
             return None
         self.pruned_at = epoch
         return f"pruned by the search (trial {self.trial.number}): {self.monitor} behind the other trials"
+
+
+def require_optuna() -> Any:
+    """Optuna, or an error that says how to install it (it is an extra, not a core dependency)."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("stagewise tune needs Optuna: pip install 'stagewise[tune]'") from None
+    return optuna
 
 
 def open_storage(url: str | None, out: Path) -> Any:
@@ -208,6 +217,8 @@ class _Objective:
         trial.set_user_attr("run_dir", str(folder))
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         self.say.message(f"trial {trial.number}: {shown} -> {folder}")
+        if world_size() > 1:
+            from_main((trial.number, params))  # the other ranks train this trial with rank 0
         hook = PruneHook(trial, self.target.final_dir(folder, params), self.target.monitor, self.prune_after)
         try:
             with epoch_hook(hook):
@@ -236,15 +247,16 @@ def tune(target: TuneTarget, out: str | Path, *, trials: int, storage: str | Non
     """Run `trials` trials of the study (with other workers, if any) and write its summary.
 
     Example:
-        >>> from stagewise.runs.tune import tune, load_tune  # doctest: +SKIP
-        >>> tune(load_tune("space.yaml"), "runs/tune", trials=20)  # doctest: +SKIP
+        >>> from stagewise.config.search_space import parse_space
+        >>> from stagewise.runs.tune_target import tune_target
+        >>> base = {"data": "data/pets", "model": "resnet18", "weights": "hub", "epochs": 5}
+        >>> space = parse_space({"lr": {"log_uniform": [1e-4, 1e-2]}, "strategy": ["probe", "finetune"]}, "t")
+        >>> tune(tune_target(base, space, "t", []), "runs/tune", trials=20)  # doctest: +SKIP
     """
-    import optuna
-
-    if world_size() > 1:
-        raise ConfigError("stagewise tune runs its trials itself; to train each trial on several "
-                          "processes see docs/tune.md (one worker per machine, torchrun inside)")
+    optuna = require_optuna()
     out = Path(out)
+    if not is_main_process():  # under torchrun: rank 0 runs the study, the others train with it
+        return _follow(target, out, reporter, study)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker says what happens, once
     opened = open_study(target, open_storage(storage, out), study, _sampler(sampler, target.space, seed),
@@ -254,6 +266,8 @@ def tune(target: TuneTarget, out: str | Path, *, trials: int, storage: str | Non
         finished, stopped = _work(opened, target, out, trials, reporter, prune_after, say)
     finally:
         say.close()
+        if world_size() > 1:
+            from_main(None)  # the other ranks stop following
     summary, best = write_summary(opened, target, out)
     return TuneResult(out=out, study=study, finished=finished, best=best, summary=summary, stopped=stopped)
 
@@ -277,3 +291,17 @@ def _work(study: optuna.Study, target: TuneTarget, out: Path, trials: int, repor
         finished += 1
         write_summary(study, target, out, report=False)
     return finished, "done"
+
+
+def _follow(target: TuneTarget, out: Path, reporter: str, study: str) -> TuneResult:
+    """A rank other than 0 under torchrun: train each trial rank 0 announces, until it says stop.
+    Rank 0 alone talks to the study, and its hook decides about pruning for all (stage.py)."""
+    finished = 0
+    while (announced := from_main(None)) is not None:
+        number, params = announced
+        try:
+            _run_trial(target, params, trial_dir(out, number), reporter)
+        except StagewiseError:
+            pass  # rank 0 records the failure; this rank goes on with the next trial
+        finished += 1
+    return TuneResult(out=out, study=study, finished=finished, best=None, summary=None, stopped="done")
