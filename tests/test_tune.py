@@ -152,3 +152,31 @@ def test_space_forms() -> None:
     assert {c["a"] for c in corners} == {"x", "y"} and {c["b"] for c in corners} == {2, 8}
     with pytest.raises(ConfigError, match="lists a value twice"):
         parse_space({"a": [1, 1]}, "s")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_drawn_repeat_is_dropped_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sampler that draws a set another trial has (running or finished) gets its trial dropped,
+    with the trial it repeats named, and the worker stops after a bounded number in a row."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from stagewise.runs import tune as tune_module
+    from stagewise.runs.tune_target import tune_target
+
+    out = tmp_path / "tune"
+    target = tune_target({**BASE, "data": str(tmp_path), "epochs": 1},
+                         parse_space({"strategy": ["probe", "finetune"]}, "t"), "t", [])
+    # Another worker already ran strategy=probe in this study.
+    study = tune_module.open_study(target, tune_module.open_storage(None, out), "stagewise",
+                                   optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
+    study.add_trial(create_trial(params={"strategy": "probe"}, value=0.5,
+                                 distributions={"strategy": CategoricalDistribution(["probe", "finetune"])}))
+    always_probe = optuna.samplers.PartialFixedSampler({"strategy": "probe"}, optuna.samplers.RandomSampler())
+    monkeypatch.setattr(tune_module, "_sampler", lambda *a: always_probe)
+    result = tune_module.tune(target, out, trials=1, reporter="quiet")
+    assert result.finished == 0 and "in a row" in result.stopped
+    rows = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(rows) == 1 + tune_module.MAX_DUPLICATES
+    assert all(r["state"] == "fail" and r["duplicate_of"] == 0 for r in rows[1:])
+    assert not (out / "trials").exists()  # nothing trained

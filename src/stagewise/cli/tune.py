@@ -10,7 +10,14 @@ from ..config.choices import TunePruner, TuneSampler, choices_of
 from ..config.yaml_loader import load_yaml
 from ..defaults import TUNE_OUT
 from ..errors import ConfigError
-from .common import TRAIN_FLAGS, add_output_flags, add_settings_flags, print_done, reporter_kind, settings
+from .common import (
+    TRAIN_FLAGS,
+    add_output_flags,
+    add_settings_flags,
+    print_done,
+    reporter_kind,
+    settings,
+)
 
 _EXAMPLE = """example SPACE.yaml (any stage keys, or a pipeline with stages:):
   data: data/pets

@@ -9,18 +9,19 @@ never runs one parameter set twice (`_duplicate_of`; docs/decisions.md says why 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config.choices import TunePruner as PrunerName
 from ..config.choices import TuneSampler as SamplerName
-from ..config.search_space import Param, Scalar, SearchSpace
 from ..config.schema import TrainConfig
+from ..config.search_space import Param, Scalar, SearchSpace
 from ..errors import ConfigError, StagewiseError
 from ..runfolder import TUNE_JOURNAL, EpochRecord, trial_dir
 from ..training.distributed import from_main, is_main_process, world_size
@@ -67,7 +68,7 @@ class PruneHook:
         self.pruned_at: int | None = None
 
     def __call__(self, cfg: TrainConfig, record: EpochRecord) -> str | None:
-        value = record.get(self.monitor)  # type: ignore[misc]
+        value = record.get(self.monitor)
         epoch = int(record.get("epoch", 0))
         if Path(cfg.out).resolve() != self.final or not isinstance(value, (int, float)) or epoch < 1:
             return None
@@ -100,7 +101,8 @@ def open_storage(url: str | None, out: Path) -> Any:
     try:  # Optuna >= 4.0
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
     except ImportError:  # pragma: no cover - older Optuna spells it JournalFileStorage
-        from optuna.storages import JournalFileOpenLock, JournalFileStorage as JournalFileBackend
+        from optuna.storages import JournalFileOpenLock
+        from optuna.storages import JournalFileStorage as JournalFileBackend
     # The symlink lock (Optuna's default) needs symlinks; O_EXCL works on Windows too.
     lock = JournalFileOpenLock(str(path)) if os.name == "nt" else None
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
@@ -137,7 +139,7 @@ def open_study(target: TuneTarget, storage: Any, name: str, sampler: Any, pruner
     same space for the same objective."""
     import optuna
 
-    direction = "maximize" if target.goal == "max" else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if target.goal == "max" else "minimize"
     study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     if study.direction.name.lower() != direction:
@@ -156,7 +158,7 @@ def open_study(target: TuneTarget, storage: Any, name: str, sampler: Any, pruner
 def suggest(trial: optuna.Trial, param: Param) -> Scalar:
     """One parameter's value for the trial, from its distribution."""
     if param.kind == "categorical":
-        return trial.suggest_categorical(param.key, list(param.choices))  # type: ignore[arg-type]
+        return trial.suggest_categorical(param.key, list(param.choices))
     if param.kind == "int":
         return trial.suggest_int(param.key, int(param.low), int(param.high),
                                  step=int(param.step or 1), log=param.log)
@@ -299,9 +301,8 @@ def _follow(target: TuneTarget, out: Path, reporter: str, study: str) -> TuneRes
     finished = 0
     while (announced := from_main(None)) is not None:
         number, params = announced
-        try:
+        # Rank 0 records a failure; this rank goes on with the next trial.
+        with contextlib.suppress(StagewiseError):
             _run_trial(target, params, trial_dir(out, number), reporter)
-        except StagewiseError:
-            pass  # rank 0 records the failure; this rank goes on with the next trial
         finished += 1
     return TuneResult(out=out, study=study, finished=finished, best=None, summary=None, stopped="done")

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
+from ..config.overrides import apply_overrides
 from ..config.schema import TrainConfig, build_config
 from ..config.search_space import Scalar, SearchSpace
-from ..config.overrides import apply_overrides
 from ..errors import ConfigError
 from ..metrics import Goal, metric
 from ..runfolder import best_record, read_history, stage_dir
