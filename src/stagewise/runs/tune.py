@@ -10,6 +10,7 @@ never runs one parameter set twice (`_duplicate_of`; docs/decisions.md says why 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import warnings
@@ -22,7 +23,7 @@ from ..config.choices import TunePruner as PrunerName
 from ..config.choices import TuneSampler as SamplerName
 from ..config.schema import TrainConfig
 from ..config.search_space import Param, Scalar, SearchSpace
-from ..errors import ConfigError, StagewiseError
+from ..errors import ConfigError, StagewiseError, clip
 from ..runfolder import TUNE_JOURNAL, EpochRecord, trial_dir
 from ..training.distributed import from_main, is_main_process, world_size
 from ..training.hooks import epoch_hook
@@ -95,7 +96,9 @@ def open_storage(url: str | None, out: Path) -> Any:
     import optuna
 
     if url and "://" in url:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        with warnings.catch_warnings():  # heartbeats are "experimental": they are what frees a dead worker's trial
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     path = Path(url).expanduser() if url else out / TUNE_JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # Optuna >= 4.0
@@ -113,15 +116,17 @@ def _sampler(name: SamplerName, space: SearchSpace, seed: int | None) -> Any:
     constant liar, so parallel workers do not all chase the same region)."""
     import optuna
 
-    if name == "brute" or (name == "auto" and space.size is not None):
-        if space.size is None:
-            raise ConfigError("--sampler brute needs a finite space (lists, int ranges, uniform with step)")
-        with warnings.catch_warnings():  # experimental since Optuna 3.1, and what a grid needs
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    if name == "brute" and space.size is None:
+        raise ConfigError("--sampler brute needs a finite space (lists, int ranges, uniform with step)")
+    # BruteForceSampler and the constant liar are "experimental" in Optuna's terms; they are
+    # what a grid and parallel workers need, and the warning would only repeat that.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "brute" or (name == "auto" and space.size is not None):
             return optuna.samplers.BruteForceSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def _pruner(name: PrunerName) -> Any:
@@ -150,9 +155,14 @@ def open_study(target: TuneTarget, storage: Any, name: str, sampler: Any, pruner
     if saved is None:
         study.set_user_attr(_SPACE_ATTR, wanted)
     elif saved != wanted:
-        raise ConfigError(f"study {name!r} searches {saved} and this config searches {wanted}: "
+        raise ConfigError(f"study {name!r} searches {_said(saved)} and this config {_said(wanted)}: "
                           "workers of one study need the same tune: section; use another --study")
     return study
+
+
+def _said(searched: dict[str, Any]) -> str:
+    space = searched.get("space") or {}
+    return clip(f"{json.dumps(space)} for {searched.get('monitor')}", 400)
 
 
 def suggest(trial: optuna.Trial, param: Param) -> Scalar:
@@ -216,6 +226,9 @@ class _Objective:
             self.outcome = "duplicate"
             raise _Duplicate(other)
         folder = trial_dir(self.out, trial.number)
+        if folder.exists() and any(folder.iterdir()):  # not this study's: never write into it
+            raise ConfigError(f"{folder} already holds a run that is not trial {trial.number} of study "
+                              f"{trial.study.study_name!r}; give this study another --out")
         trial.set_user_attr("run_dir", str(folder))
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         self.say.message(f"trial {trial.number}: {shown} -> {folder}")
