@@ -60,6 +60,12 @@ BASELINES = "baselines"  # a pipeline's baseline run folders: baselines/<name>/ 
 CELLS = "cells"  # a comparison's cell run folders: cells/<cell>/ (cell_dir)
 COMPARE = "compare.json"  # a comparison's table
 LR_FIND_PLOT = "lr_find.png"  # beside lr_find.json
+TRIALS = "trials"  # a search's trial run folders: trials/<number>/ (trial_dir)
+TUNE_JOURNAL = "study.journal"  # a search's default Optuna storage (a journal file)
+TUNE_TRIALS = "trials.json"  # a search's table of trials
+TUNE_BEST = "best.yaml"  # the best trial's config as a pipeline: `stagewise run`
+TUNE_BEST_STAGE = "best_stage.yaml"  # the same as a stage config: `stagewise train --config`
+TUNE_PLOT = "tune.png"  # the objective per trial and the best so far
 
 MODEL_FORMAT = "stagewise.model/1"
 MANIFEST_FORMAT = "stagewise.pipeline/1"
@@ -647,6 +653,11 @@ def stage_dir(out: Path, name: str) -> Path:
 
 def baseline_dir(out: Path, name: str) -> Path:
     return out / BASELINES / name
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    """A search trial's run folder (a stage or a pipeline run)."""
+    return out / TRIALS / str(number)
 
 
 def cell_dir(out: Path, name: str) -> Path:

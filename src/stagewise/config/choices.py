@@ -34,6 +34,9 @@ MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supc
                      "multi_similarity"]
 Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",
                 "batch_easy_hard"]
+# `stagewise tune`: how trials are drawn and which stop early (runs/tune.py).
+TuneSampler = Literal["auto", "tpe", "random", "brute"]
+TunePruner = Literal["median", "hyperband", "none"]
 
 
 def choices_of(literal: Any) -> tuple[str, ...]:

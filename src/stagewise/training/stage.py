@@ -57,6 +57,7 @@ from .checkpoint import Resumable, load_last, save_last, save_weights, saved_pos
 from .distill import Teacher
 from .distributed import from_main, is_main_process, wait_for_everyone
 from .embedding import evaluate_embeddings
+from .hooks import hook_stop
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
 from .progress import Reporter, bar
@@ -352,8 +353,10 @@ def _decide_stop(setup: StageSetup, tracker: StopTracker, record: EpochRecord, c
     monitored = values.get(setup.cfg.monitor)
     setup.parts.schedule.epoch_end(float(monitored) if isinstance(monitored, (int, float)) else None)
     clock.update()
-    # Rank 0 decides (clocks differ between processes) and every rank follows.
-    reason = from_main(stop_reason(setup.cfg, tracker, record))
+    # Rank 0 decides (clocks differ between processes) and every rank follows. A hook (a
+    # search's pruner) sees every epoch, also one the stop rules end the stage at.
+    hooked = hook_stop(setup.cfg, record) if is_main_process() else None
+    reason = from_main(stop_reason(setup.cfg, tracker, record) or hooked)
     if reason:
         tracker.stopped = reason
     return reason
