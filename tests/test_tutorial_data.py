@@ -108,6 +108,7 @@ def test_tutorial_yaml_trains_on_food101_with_pasted_augment_and_subsets(food_ru
     assert sorted({p.split("/")[1] for p in split["train"]}) == sorted(FOODS)  # 3 of each
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["train_subset"]["per_class"] == 3 and config["val_subset"]["total"] == 2
+    assert build_config(config).augment == config["augment"]  # what a resume reads back
 
 
 def test_explain_writes_one_captioned_overlay_per_image(food_run) -> None:

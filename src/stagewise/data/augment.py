@@ -235,6 +235,8 @@ def output_size(items: list[Any]) -> int | None:
     if len(sides) == 2 and sides[0] != sides[1]:
         raise ValueError(f"{name}(size={list(sides)}): stagewise trains and evaluates square "
                          f"images (image_size); use one size, e.g. size={max(sides)}")
+    if not isinstance(sides[0], int | float) or isinstance(sides[0], bool):
+        raise ValueError(f"{name}(size={size!r}): expected a number of pixels")
     return int(sides[0])
 
 
