@@ -1,7 +1,6 @@
 """The command line: parse, build typed configs, call the API. No training logic lives here.
 
-One module per command group (train, pipeline, data, inference, explain, retrieval, reporting,
-models);
+One module per command group (train, pipeline, data, inference, retrieval, reporting, models);
 flags and summary
 printing that several share live in `common`.
 """

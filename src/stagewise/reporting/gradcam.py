@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from ..data import Samples, build_transform
+from ..data import Preprocess, Samples, build_transform
 from ..data.images import BAD_IMAGE_ERRORS
 from . import plots
 from .document import Block, Image, Text
@@ -26,9 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def gradcam_top_losses(weights: Path, samples: Samples, mistakes: Sequence[tuple[int, int, int, float]],
-                       names: list[str], plot_dir: Path) -> list[Block]:
+                       names: list[str], plot_dir: Path,
+                       loaded: tuple[nn.Module, Preprocess] | None = None) -> list[Block]:
     """Grad-CAM of the predicted class for `mistakes` (sample index, true, predicted, confidence;
-    most confident first, the first TOP_K used) as a grid image; [] without mistakes."""
+    most confident first, the first TOP_K used) as a grid image; [] without mistakes. `loaded`:
+    the model of `weights` and its preprocessing when the caller has them (else loaded here)."""
     mistakes = list(mistakes)[:TOP_K]
     if not mistakes:
         return []
@@ -38,22 +41,25 @@ def gradcam_top_losses(weights: Path, samples: Samples, mistakes: Sequence[tuple
         require_gradcam()
     except ExplainError as exc:
         return [Text(f"Grad-CAM of the top losses is left out: {exc}", note=True)]
-    from ..inference import load
+    if loaded is None:
+        from ..inference import load
 
-    clf = load(weights, device="cpu")
-    kept, x = decoded(samples, [m[0] for m in mistakes], build_transform(clf.preprocess, "none", False))
+        clf = load(weights, device="cpu")
+        loaded = clf.model, clf.preprocess
+    model, pre = loaded
+    kept, x = decoded(samples, [m[0] for m in mistakes], build_transform(pre, "none", False))
     if x is None:
         return []
     by_index = {m[0]: m for m in mistakes}
     try:
-        maps = cam_maps(clf.model, x, [by_index[i][2] for i in kept], clf.preprocess.image_size)
+        maps = cam_maps(model, x, [by_index[i][2] for i in kept], pre.image_size)
     except (ExplainError, RuntimeError, *BAD_IMAGE_ERRORS) as exc:  # a figure, never a failed report
         log.warning("Grad-CAM of the top losses failed: %s", exc)
         return [Text(f"Grad-CAM of the top losses could not be computed: {str(exc)[:200]}", note=True)]
     tiles = []
     for k, i in enumerate(kept):
         _, true, pred, conf = by_index[i]
-        image = overlay(x[k], maps[k], clf.preprocess)
+        image = overlay(x[k], maps[k], pre)
         tiles.append((np.asarray(image), f"{names[pred][:14]} {100 * conf:.0f}%\ntrue: {names[true][:14]}",
                       "tab:red"))
     fig = plots.plot_image_grid(tiles, cols=min(8, len(tiles)), title="Grad-CAM of the top losses")

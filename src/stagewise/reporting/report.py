@@ -277,7 +277,8 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
     return [Image(path, f"Most confident mistakes first (red), then correct predictions (green), "
                         f"with the model's confidence. {wrong} of {len(preds)} images checked "
                         "were misclassified."),
-            *gradcam_top_losses(history.final_weights, samples, top_losses(preds), names, plot_dir)]
+            *gradcam_top_losses(history.final_weights, samples, top_losses(preds), names, plot_dir,
+                               (model, pre))]
 
 
 def _augmentation(history: RunHistory, plot_dir: Path) -> list[Block]:
