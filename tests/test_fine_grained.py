@@ -56,6 +56,9 @@ def test_two_layouts_in_one_folder_are_refused_not_guessed(tmp_path: Path) -> No
     (root / "labels.csv").write_text("path,label\nimages/waffles/1000.jpg,waffles\n")
     with pytest.raises(DataError, match="ambiguous layout.*csv and food101"):
         detect_format(root)
+    make_pets(tmp_path)  # torchvision's root holding two datasets: name one
+    with pytest.raises(DataError, match="holds several datasets.*use data: "):
+        detect_format(tmp_path)
 
 
 def test_data_inspect_names_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,6 +48,7 @@ def test_pasted_list_becomes_canonical_steps_and_sets_normalisation_and_size() -
     ({"augment": [IMAGENET_NORM], "mean": [0.5, 0.5, 0.5]}, "the run normalises once"),
     ({"augment": ["CenterCrop([32, 48])"]}, "square"),
     ({"augment": "Compose([RandomHorizontalFlip()"}, "not a transform call"),
+    ({"augment": ["RandomResizedCrop(224", "scale=(0.5", "1.0))"]}, "quote each call"),
     ({"train_subset": 0}, "train_subset"), ({"val_subset": "5/klass"}, "K/class"),
     ({"train_subset": {"per_class": 2, "total": 5}}, "one of per_class or total"),
 ])
@@ -83,9 +84,10 @@ def food_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
 
     tmp = tmp_path_factory.mktemp("food")
     data = make_food(tmp / "data", train=6, test=2)
-    cfg = tiny_config(data, tmp / "run", epochs=1, train_subset="3/class", val_subset=2, augment=PASTED)
+    cfg = tiny_config(data, tmp / "run", epochs=1, train_subset="3/class", val_subset=2)
     del cfg["image_size"]  # set by the pasted crop
-    (tmp / "stage.yaml").write_text(yaml.safe_dump(cfg))
+    # The calls as a tutorial prints them, one per line, unquoted.
+    (tmp / "stage.yaml").write_text(yaml.safe_dump(cfg) + "augment:\n" + "".join(f"  - {c}\n" for c in PASTED))
     lines: list[str] = []
 
     class Collect(QuietReporter):

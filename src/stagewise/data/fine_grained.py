@@ -34,11 +34,13 @@ _MARKERS: dict[str, tuple[str, ...]] = {
 
 
 def fine_grained_layout(root: Path) -> str | None:
-    """Which of these layouts `root` (or its one dataset folder inside) has, None if none."""
-    for name in _MARKERS:
-        if dataset_folder(root, name) is not None:
-            return name
-    return None
+    """Which of these layouts `root` (or its one dataset folder inside) has, None if none. A
+    torchvision root holding several of them is refused: which one to train on is the user's call."""
+    found = {name: folder for name in _MARKERS if (folder := dataset_folder(root, name)) is not None}
+    if len(found) > 1:
+        raise DataError(f"{root}: holds several datasets ({', '.join(f'{f.name}/' for f in found.values())}); "
+                        f"use data: {next(iter(found.values()))} (or another of them)")
+    return next(iter(found), None)
 
 
 def dataset_folder(root: Path, name: str) -> Path | None:

@@ -114,4 +114,7 @@ def _parse(text: str, where: str) -> ast.Expression:
         return ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         msg = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
-        raise ValueError(f"{where}: {text.strip()[:120]!r} is not a transform call ({msg})") from None
+        # A YAML flow list [A(1, 2), B()] splits at every comma: the usual cause of a torn call.
+        torn = ("; in a YAML [a, b] list quote each call that has commas, or write one call per "
+                "line (- RandomResizedCrop(224, scale=(0.5, 1.0)))") if text.count("(") != text.count(")") else ""
+        raise ValueError(f"{where}: {text.strip()[:120]!r} is not a transform call ({msg}){torn}") from None
