@@ -39,12 +39,13 @@ def test_pasted_list_becomes_canonical_steps_and_sets_normalisation_and_size() -
                           f"transforms.Compose([transforms.Resize(40), transforms.ToTensor(), {IMAGENET_NORM}])"})
     assert whole.augment[0] == {"Resize": {"size": 40}} and whole.image_size is None
     assert build_config(cfg.resolved()).augment == cfg.augment
+    # An explicit image_size wins (allowed before pasting existed); the stage log warns.
+    assert build_config({"data": "d", "image_size": 64, "augment": ["RandomResizedCrop(224)"]}).image_size == 64
 
 
 @pytest.mark.parametrize("given, expected", [
     ({"augment": ["Normalize(mean=[120, 115, 100], std=[58, 57, 57])"]}, "0..255 scale"),
     ({"augment": ["RandomResizedCrop(size=crop)"]}, "only literal values"),
-    ({"augment": ["RandomResizedCrop(224)"], "image_size": 64}, "set the crop's size to 64"),
     ({"augment": [IMAGENET_NORM], "mean": [0.5, 0.5, 0.5]}, "the run normalises once"),
     ({"augment": ["CenterCrop([32, 48])"]}, "square"),
     ({"augment": "Compose([RandomHorizontalFlip()"}, "not a transform call"),

@@ -41,15 +41,10 @@ def fill_from_augment(data: dict[str, Any]) -> dict[str, Any]:
         elif [round(float(v), 6) for v in given] != [round(v, 6) for v in values]:
             raise ValueError(f"{key}: {list(given)} but augment's Normalize has {key}={values}; the "
                              f"run normalises once: remove {key}: or the Normalize step")
-    if size is not None:
-        given_size = out.get("image_size")
-        if given_size is None:
-            out["image_size"] = size
-        elif given_size != size:
-            raise ValueError(f"augment: its last crop makes {size} px images but image_size is "
-                             f"{given_size}; training and evaluation would see different sizes. "
-                             f"Remove image_size: (the crop sets it), or set the crop's size to "
-                             f"{given_size}, or leave its size out (it is then image_size)")
+    if size is not None and out.get("image_size") is None:
+        # Given and different is allowed, as before pasting existed (a CNN takes either size);
+        # the stage's log says training and evaluation sizes differ (training.setup).
+        out["image_size"] = size
     return out
 
 

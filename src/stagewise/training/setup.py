@@ -270,11 +270,16 @@ def prepare_stage(
 
 def _augment_notes(cfg: TrainConfig, data_config: dict[str, Any], rep: Reporter) -> None:
     """What a pasted torchvision list's ToTensor/Normalize become (data.augment.own_step_notes)."""
-    from ..data.augment import own_step_notes
+    from ..data.augment import output_size, own_step_notes
 
     default = resolve_preprocess(data_config, cfg.image_size)  # the model's own mean/std
     for note in own_step_notes(cfg.augment, cfg.model, default.mean, default.std):
         rep.message(note)
+    crop = output_size(cfg.augment)
+    if crop is not None and crop != default.image_size:
+        rep.message(f"warning: augment: the last crop makes {crop} px training images, but "
+                    f"evaluation and inference use image_size {default.image_size}; leave out "
+                    "image_size (the crop sets it) or the crop's size (image_size sets it)")
     if cfg.train_subset is not None or cfg.val_subset is not None:
         rep.message(f"subset (seeded, stratified): train {_subset_text(cfg.train_subset)}, "
                     f"val {_subset_text(cfg.val_subset)}")
