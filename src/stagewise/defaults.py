@@ -10,6 +10,7 @@ DEMO_OUT = "runs/demo"  # `stagewise demo`, `stagewise run` without a file
 PRESETS_OUT = "runs"  # `stagewise presets run NAME`: runs/NAME
 LR_FIND_OUT = "runs/lr_find"  # `stagewise lr-find`
 TUNE_OUT = "runs/tune"  # `stagewise tune`
+EXPLAIN_OUT = "explain"  # `stagewise explain`: the Grad-CAM overlays
 EMBEDDING_DIM = 128  # embed stages: the size of the L2-normalised vectors
 # Validation identities below which an embed stage's monitor is a weak guide (said in the log and
 # the report): each identity's ranking moves the mAP by a large step.

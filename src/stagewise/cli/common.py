@@ -47,6 +47,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "augmentation": ("augmentation", str, _names(Augmentation)),
     "num-workers": ("num_workers", int, "data loader workers"),
     "seed": ("seed", int, "random seed"),
+    "train-subset": ("train_subset", str, "train on a seeded, stratified subset: N images or K/class"),
+    "val-subset": ("val_subset", str, "validate on a subset, as --train-subset"),
     "out": ("out", str, "run folder to write"),
     "log-with": ("log_with", str, _names(LogWith)),
     "teacher": ("teacher", str, "distil from this run folder or model file (--set distill.alpha=0.7 "

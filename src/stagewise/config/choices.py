@@ -26,7 +26,8 @@ LRScale = Literal["none", "linear", "sqrt"]
 Augmentation = Literal["none", "light", "standard", "strong"]
 HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[
-    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
+    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar",
+    "flowers102", "oxford-pets", "food101",
 ]
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
 LogWith = Literal["none", "tensorboard", "mlflow"]

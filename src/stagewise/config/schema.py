@@ -37,6 +37,7 @@ from .choices import (
     Task,
 )
 from .errors_format import CHOICE_ERROR, format_validation_error
+from .tutorial import Subset, fill_from_augment
 
 LossArg = float | int | bool | Annotated[str, Field(max_length=100)]
 
@@ -136,12 +137,17 @@ class TrainConfig(_Strict):
     split: list[float] | None = Field(
         None, description="[train, val] or [train, val, test] fractions of a folder of class "
         "folders (no train/val/test folders), held out per class; replaces val_fraction")
+    train_subset: Subset | None = Field(
+        None, description="train on a seeded, stratified subset: N images, 'K/class' or {per_class: K}")
+    val_subset: Subset | None = Field(None, description="validate on a subset, as train_subset")
     augmentation: Augmentation = Field("standard", description="default by strategy "
                                        "(kinds.recipe): none (probe), light (finetune), standard")
-    augment: list[str | dict[str, dict[str, Any] | None]] = Field(
+    augment: list[str | dict[str, dict[str, Any] | None]] = Field(  # pasted calls: config.tutorial
         default_factory=list, max_length=64,
         description="torchvision v2 transforms by name with arguments, e.g. [{RandomResizedCrop: "
-        "{scale: [0.5, 1.0]}}, RandomHorizontalFlip]; replaces the augmentation preset")
+        "{scale: [0.5, 1.0]}}, RandomHorizontalFlip], or pasted torchvision calls "
+        "(RandomResizedCrop(224), ToTensor(), Normalize(mean=[...], std=[...])); replaces the "
+        "augmentation preset")
     auto_augment: str | None = Field(None, max_length=200, description="timm's auto-augment policy on "
                                      "top of the preset, e.g. rand-m9-mstd0.5 (timm recipes)")
     re_prob: float | None = Field(None, ge=0.0, le=1.0, description="timm's random-erasing "
@@ -300,6 +306,12 @@ class TrainConfig(_Strict):
             fill["monitor"] = TASKS[task].default_monitor
         return {**fill, **data}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pasted_augment(cls, data: Any) -> Any:
+        """A pasted torchvision list sets mean/std (Normalize) and image_size (its last crop)."""
+        return fill_from_augment(data) if isinstance(data, dict) else data
+
     @field_validator("data", "out")
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
@@ -345,6 +357,16 @@ class TrainConfig(_Strict):
             raise PydanticCustomError(CHOICE_ERROR, f"unknown value {clip(value, 80)!r}{near}; "
                                       f"choose one of {', '.join(map(repr, valid))}")
         return value
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _readable_calls(cls, value: Any) -> Any:
+        from ..data.pasted import canonical_steps
+
+        try:  # already canonical when the model validator read it; here to report its error
+            return canonical_steps(value)
+        except ValueError as exc:
+            raise PydanticCustomError(CHOICE_ERROR, str(exc)) from None
 
     @field_validator("augment")
     @classmethod

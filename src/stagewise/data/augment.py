@@ -6,6 +6,11 @@ built here around the conversions stagewise owns: PIL in, ToImage + ToDtype + No
 middle, a normalised float tensor out. Steps that only make sense on that tensor (RandomErasing,
 GaussianNoise) run after Normalize wherever the user listed them, as timm's RandomErasing does.
 
+A list pasted from a torchvision tutorial works as it is (data.pasted reads the call syntax): its
+ToTensor/ToImage/ToDtype are skipped (stagewise converts), its Normalize sets the run's mean/std
+(config.schema, so model.json and inference use them too), and a list that ends in a fixed size
+(RandomResizedCrop(224)) sets image_size when it is not given. docs/augment.md says more.
+
 Every v2 transform draws from torch's default generator, which the dataset seeds per
 (seed, epoch, index): an augmented sample is a pure function of those, so resume stays exact.
 """
@@ -24,16 +29,15 @@ TENSOR_STEPS = ("RandomErasing", "GaussianNoise")
 # Steps that set the output size; without one, every image is resized to the model's size first
 # so that a batch can be stacked.
 SIZE_STEPS = ("RandomResizedCrop", "Resize", "CenterCrop", "RandomCrop")
-# Not accepted, with the reason said in the error: stagewise adds the conversions itself; the rest
-# act on whole batches, boxes, videos or take transforms/callables as arguments.
-_EXCLUDED = {
-    "ToTensor": "stagewise converts to a tensor itself", "ToImage": "stagewise converts itself",
-    "PILToTensor": "stagewise converts itself", "ToDtype": "stagewise converts itself",
-    "ConvertImageDtype": "stagewise converts itself", "ToPILImage": "the input is already PIL",
-    "ToPureTensor": "stagewise converts itself",
-    "Normalize": "stagewise normalises with the model's mean/std (set mean:/std: to change them)",
-    "MixUp": "use the mixup: key (batch-level)", "CutMix": "use the cutmix: key (batch-level)",
-}
+# stagewise's own conversions: PIL -> float tensor, then Normalize with the run's mean/std. A
+# pasted torchvision list names them (ToTensor, Normalize); they are accepted and skipped as steps,
+# and Normalize's mean/std become the run's (config.schema fills mean:/std: from it).
+CONVERSIONS = ("ToTensor", "ToImage", "PILToTensor", "ToDtype", "ConvertImageDtype",
+               "ToPureTensor", "ToPILImage")
+NORMALIZE = "Normalize"
+OWN_STEPS = (*CONVERSIONS, NORMALIZE)
+# Not accepted, with the reason said in the error: they act on whole batches.
+_EXCLUDED = {"MixUp": "use the mixup: key (batch-level)", "CutMix": "use the cutmix: key (batch-level)"}
 # Arguments in pixels, bounded like image_size: `Resize size: 30000` or `Pad padding: 20000` would
 # allocate gigabytes per image in a loader worker (a MemoryError mid-epoch), and bypass the bound.
 MAX_SIDE = 2048
@@ -77,7 +81,9 @@ def check_steps(items: list[Any], size: int = 224) -> None:
         name, kwargs = split_step(item)
         where = f"step {i + 1}"
         if name in _EXCLUDED:
-            raise ValueError(f"{where}: {name} is not needed: {_EXCLUDED[name]}")
+            raise ValueError(f"{where}: {name} is not accepted: {_EXCLUDED[name]}")
+        if name in CONVERSIONS:  # stagewise's own conversion: its arguments change nothing
+            continue
         if name not in valid:
             close = difflib.get_close_matches(name[:100], valid, n=2)
             near = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -92,6 +98,8 @@ def check_steps(items: list[Any], size: int = 224) -> None:
             make_step(name, kwargs, size)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {name}({_args(kwargs)[:200]}): {str(exc)[:300]}") from None
+    normalization(items)
+    output_size(items)
 
 
 def _check_pixels(where: str, name: str, kwargs: dict[str, Any]) -> None:
@@ -113,7 +121,7 @@ def try_steps(items: list[Any], size: int) -> None:
     from PIL import Image
     from torchvision.transforms import v2
 
-    steps = [split_step(item) for item in items]
+    steps = [(n, a) for n, a in map(split_step, items) if n not in OWN_STEPS]
     image: Any = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
     # The image steps in their order, then the conversions, then the tensor steps (build_augment).
     order = [i for i, (n, _) in enumerate(steps) if n not in TENSOR_STEPS] + [-1] + \
@@ -176,11 +184,78 @@ def build_augment(items: list[Any], size: int, mean: tuple[float, ...], std: tup
     """PIL -> [image steps] -> ToImage, ToDtype, Normalize -> [tensor steps] -> float tensor."""
     from torchvision.transforms import v2
 
-    steps = [split_step(item) for item in items]
+    steps = [(n, a) for n, a in map(split_step, items) if n not in OWN_STEPS]
     image = [make_step(n, a, size) for n, a in steps if n not in TENSOR_STEPS]
     tensor = [make_step(n, a, size) for n, a in steps if n in TENSOR_STEPS]
     if not any(n in SIZE_STEPS for n, _ in steps):
         mode = v2.InterpolationMode(interpolation if interpolation != "random" else "bilinear")
         image = [v2.Resize(resize, interpolation=mode), v2.CenterCrop(size), *image]
+    elif output_size(items) is None:
+        # Ends in Resize(int): the shorter side is fixed, the other varies with the aspect
+        # ratio and a batch could not be stacked; crop the centre as evaluation does.
+        image.append(v2.CenterCrop(size))
     convert = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose([*image, *convert, *tensor])
+
+
+def normalization(items: list[Any]) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) of the list's Normalize step, None without one. Raise ValueError when
+    there are two, or when they are not 3 values on the 0..1 pixel scale."""
+    found = [kwargs for name, kwargs in map(split_step, items) if name == NORMALIZE]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(f"{NORMALIZE} is listed {len(found)} times; a run normalises once")
+    pair = []
+    for key in ("mean", "std"):
+        values = found[0].get(key)
+        ok = isinstance(values, list | tuple) and len(values) == 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)
+        if not ok or (key == "std" and 0 in values):  # type: ignore[operator]
+            raise ValueError(f"{NORMALIZE}({key}={values!r}): give 3 values on the 0..1 pixel "
+                             "scale, one per RGB channel (e.g. mean=[0.485, 0.456, 0.406], "
+                             "std=[0.229, 0.224, 0.225]), std above 0; values on the 0..255 scale "
+                             "divided by 255")
+        pair.append([float(v) for v in values])  # type: ignore[union-attr]
+    return pair[0], pair[1]
+
+
+def output_size(items: list[Any]) -> int | None:
+    """The square size the list's last size step makes (RandomResizedCrop(224), CenterCrop(224),
+    Resize([224, 224])), or None when no step fixes both sides (none, or Resize(256) last).
+    Raise ValueError for a non-square crop: image_size, and so evaluation, is square."""
+    last = [(n, a) for n, a in map(split_step, items) if n in SIZE_STEPS]
+    if not last:
+        return None
+    name, kwargs = last[-1]
+    size = kwargs.get("size")
+    sides = size if isinstance(size, list | tuple) else [size]
+    if size is None or (name == "Resize" and len(sides) == 1):
+        return None  # the size is image_size's (make_step), or only the shorter side is fixed
+    if len(sides) == 2 and sides[0] != sides[1]:
+        raise ValueError(f"{name}(size={list(sides)}): stagewise trains and evaluates square "
+                         f"images (image_size); use one size, e.g. size={max(sides)}")
+    if not isinstance(sides[0], int | float) or isinstance(sides[0], bool):
+        raise ValueError(f"{name}(size={size!r}): expected a number of pixels")
+    return int(sides[0])
+
+
+def own_step_notes(items: list[Any], model: str, model_mean: Any, model_std: Any) -> list[str]:
+    """What the run does with the conversions a pasted list names: a line for the log."""
+    names = [n for n, _ in map(split_step, items) if n in OWN_STEPS]
+    if not names:
+        return []
+    notes = [f"augment: {', '.join(names)} skipped as steps: stagewise converts images to "
+             "normalised tensors itself"]
+    norm = normalization(items)
+    if norm is None:
+        return notes
+    pretrained = ([round(float(v), 4) for v in model_mean], [round(float(v), 4) for v in model_std])
+    given = ([round(v, 4) for v in norm[0]], [round(v, 4) for v in norm[1]])
+    if given == pretrained:
+        notes.append(f"augment: {NORMALIZE}'s mean/std are {model}'s pretrained ones")
+    else:
+        notes.append(f"warning: augment: {NORMALIZE}(mean={given[0]}, std={given[1]}) differs from "
+                     f"{model}'s pretrained mean={pretrained[0]}, std={pretrained[1]}; this run "
+                     "normalises with yours in training, evaluation and inference (model.json)")
+    return notes

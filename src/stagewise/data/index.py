@@ -21,6 +21,9 @@ EXPECTED: dict[str, str] = {
                 "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt",
     "csv": "a .csv manifest with the header path,label[,split]",
     "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
+    "flowers102": "flowers-102/: jpg/image_NNNNN.jpg, imagelabels.mat and setid.mat",
+    "oxford-pets": "oxford-iiit-pet/: images/<Breed>_<n>.jpg, annotations/trainval.txt and test.txt",
+    "food101": "food-101/: images/<class>/<id>.jpg, meta/classes.txt, meta/train.txt and test.txt",
 }
 
 

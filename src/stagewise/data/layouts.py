@@ -16,6 +16,7 @@ from ..defaults import SEED, VAL_FRACTION
 from ..errors import DataError
 from .cifar import cifar_folder, read_cifar
 from .csv_manifest import find_manifest, read_csv_manifest
+from .fine_grained import fine_grained_layout, read_flowers102, read_food101, read_oxford_pets
 from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import EXPECTED, DatasetIndex
@@ -36,6 +37,9 @@ READERS: dict[str, Reader] = {
     "imagenet": read_imagenet,
     "csv": read_csv_manifest,
     "cifar": read_cifar,
+    "flowers102": read_flowers102,
+    "oxford-pets": read_oxford_pets,
+    "food101": read_food101,
 }
 
 # What each layout looks like on disk, for error messages.
@@ -59,7 +63,7 @@ def _cifar(root: Path) -> str | None:
 
 
 # Independent families: at most one may match. Within the wnid family the most specific wins.
-_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family)
+_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family, fine_grained_layout)
 
 
 def detect_format(root: Path) -> str:

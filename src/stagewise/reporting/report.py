@@ -34,6 +34,7 @@ from .document import (
     fmt_seconds,
     fmt_signed_pct,
 )
+from .gradcam import gradcam_top_losses, top_losses
 from .history import ReportError, RunHistory, StageRun, baseline_top1, read_run
 from .html import render_html
 from .markdown import render_markdown
@@ -275,7 +276,9 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
     path = plots.save_figure(fig, plot_dir / "predictions.png")
     return [Image(path, f"Most confident mistakes first (red), then correct predictions (green), "
                         f"with the model's confidence. {wrong} of {len(preds)} images checked "
-                        "were misclassified.")]
+                        "were misclassified."),
+            *gradcam_top_losses(history.final_weights, samples, top_losses(preds), names, plot_dir,
+                               (model, pre))]
 
 
 def _augmentation(history: RunHistory, plot_dir: Path) -> list[Block]:

@@ -40,6 +40,7 @@ from ..data.identities import (
 from ..data.loader import m_per_class_order
 from ..data.progressive import EpochTransforms, progressive_values, randaugment
 from ..data.resize import size_schedule
+from ..data.subset import take_subset
 from ..data.verify import check_decodable, skipped_in
 from ..errors import ConfigError
 from ..kinds import Unfreezing, strategy, task
@@ -163,15 +164,28 @@ def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any =
         # Also on a resume: it checks the layout, and load_split then restores the saved lists.
         index = resplit(index, cfg.split, cfg.seed)
     if split_file is not None and split_file.is_file():
-        index = load_split(index, split_file)
+        index = load_split(index, split_file)  # the subsets too: split.json lists what was kept
+    else:
+        _take_subsets(cfg, index)
     index.check()
     return index
+
+
+def _take_subsets(cfg: TrainConfig, index: DatasetIndex) -> None:
+    """`train_subset:`/`val_subset:` applied to the split (data.subset), in place."""
+    for split, rule in (("train", cfg.train_subset), ("val", cfg.val_subset)):
+        if rule is not None and split in index.splits:
+            index.splits[split] = take_subset(index.splits[split], index.num_classes, rule.per_class,
+                                              rule.total, cfg.seed, split)
 
 
 def _load_identities(cfg: TrainConfig, split_file: Path | None, progress: Any) -> DatasetIndex:
     if cfg.format not in ("auto", "folder"):
         raise ConfigError(f"format: {cfg.format}: task: embed reads identity folders ({EXPECTED}); "
                           "use format: auto or folder")
+    if cfg.train_subset is not None or cfg.val_subset is not None:
+        raise ConfigError("train_subset/val_subset: task: embed holds out whole identities; make a "
+                          "smaller identity folder instead")
     from ..data.progress import task
 
     with task(progress, f"indexing {cfg.data.name or cfg.data}") as advance:
@@ -222,6 +236,7 @@ def prepare_stage(
     if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None:
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
+    _augment_notes(cfg, bundle.data_config, rep)
     accelerator = make_accelerator(cfg.precision, may_leave_unused(cfg))
     world = accelerator.num_processes
     rep.message(f"device {accelerator.device}, precision {accelerator.mixed_precision}, "
@@ -251,6 +266,27 @@ def prepare_stage(
         attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
                       network=network, val_skipped=skipped_in(index, "val"), val_shared=shared)
+
+
+def _augment_notes(cfg: TrainConfig, data_config: dict[str, Any], rep: Reporter) -> None:
+    """What a pasted torchvision list's ToTensor/Normalize become (data.augment.own_step_notes)."""
+    from ..data.augment import output_size, own_step_notes
+
+    default = resolve_preprocess(data_config, cfg.image_size)  # the model's own mean/std
+    for note in own_step_notes(cfg.augment, cfg.model, default.mean, default.std):
+        rep.message(note)
+    crop = output_size(cfg.augment)
+    if crop is not None and crop != default.image_size:
+        rep.message(f"warning: augment: the last crop makes {crop} px training images, but "
+                    f"evaluation and inference use image_size {default.image_size}; leave out "
+                    "image_size (the crop sets it) or the crop's size (image_size sets it)")
+    if cfg.train_subset is not None or cfg.val_subset is not None:
+        rep.message(f"subset (seeded, stratified): train {_subset_text(cfg.train_subset)}, "
+                    f"val {_subset_text(cfg.val_subset)}")
+
+
+def _subset_text(subset: Any) -> str:
+    return "all" if subset is None else subset.describe()
 
 
 def _check_identities(cfg: TrainConfig, index: DatasetIndex, rep: Reporter) -> list[str]:
