@@ -25,6 +25,7 @@ from .head import (
     init_head,
     install_mlp_head,
 )
+from .user import is_user_architecture, rebuild_hint
 from .weights import LoadedWeights, load_state_dict_file
 
 log = logging.getLogger("stagewise")
@@ -49,6 +50,8 @@ def resolve_model_name(name: str) -> str:
     import timm
 
     name = name.strip()
+    if is_user_architecture(name):  # a module passed in: recorded, never built from the name
+        return name
     if tv.is_torchvision(name):
         if tv.base_name(name) in tv.torchvision_names():
             return name
@@ -97,6 +100,8 @@ def build_model(
     layers before the classifier; a saved model is rebuilt with the same `head` (model.json's
     head_layers/head_activation/head_dropout, read with `HeadSpec.from_mapping`).
     """
+    if is_user_architecture(name):
+        raise WeightsError(rebuild_hint(name))
     if incoming is None and weights:
         incoming = _fetch_weights(name, weights)
     built = _architecture_for(name, incoming)
