@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..errors import CallbackError
+from ..errors import CallbackError, ConfigError
 from ..runfolder import EpochRecord
 
 if TYPE_CHECKING:
@@ -70,9 +70,11 @@ class Hooks:
     """The callbacks of one stage, called by the loop at its fixed points (stage.py)."""
 
     def __init__(self, callbacks: Sequence[Any] = ()) -> None:
+        if not isinstance(callbacks, (list, tuple)):
+            raise ConfigError(f"callbacks: expected a list of Callback instances, got {type(callbacks).__name__}")
         for cb in callbacks:
             if isinstance(cb, type):
-                raise TypeError(f"callbacks: {cb.__name__} is a class; pass an instance, {cb.__name__}()")
+                raise ConfigError(f"callbacks: {cb.__name__} is a class; pass an instance, {cb.__name__}()")
         self.callbacks = list(callbacks)
 
     def __bool__(self) -> bool:
