@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 import stagewise
+from conftest import tiny_config
 
 
 class TinyNet(nn.Module):

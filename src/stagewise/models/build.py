@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from . import tv
+from .auto import cached_hub_file, hub_repo
 from .embedding import EmbeddingSpec, adapt_embedding_head, install_embedding_head
 from .head import (
     HeadReport,
@@ -221,8 +222,12 @@ def _hub_weights(tag: str) -> LoadedWeights:
     import timm
     from timm.data import infer_imagenet_subset
 
+    # Weights already in the Hugging Face cache load from there without asking the hub (whose
+    # client, not told it is offline, retries and times out before using its own cache).
+    cached = cached_hub_file(repo) if not tag.startswith("hf-hub:") and (repo := hub_repo(tag)) else None
+    overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
     try:
-        src = timm.create_model(tag, pretrained=True)
+        src = timm.create_model(tag, pretrained=True, **overlay)
     except Exception as exc:  # network errors come in many types from hub clients
         raise WeightsError(
             f"could not fetch pretrained weights for '{tag}' from the hub ({type(exc).__name__}). "

@@ -234,6 +234,11 @@ def prepare_stage(
     )
     for note in bundle.load_notes:
         rep.message(note)
+    if cfg.weights_auto:  # what `weights: auto` found (models/auto.py); random init said loudly
+        rep.message(f"weights: auto -> {cfg.weights_auto}" if cfg.weights else
+                    f"warning: weights: auto found no pretrained weights for {cfg.model}, so it "
+                    f"starts from RANDOM INIT ({cfg.weights_auto.removeprefix('none: ')}); pass a "
+                    "weights file, or go online once, for transfer learning")
     rep.message(bundle.head.describe())
     if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None and given.model is None:
         rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")

@@ -116,6 +116,7 @@ def run_stage(
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
                      teacher=teacher.record() if teacher is not None else None,
                      embedding=_embedding_card(setup) if task(cfg.task).embeds else {},
+                     weights_from=_weights_from(cfg, incoming, given),
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
     hooks.call("on_stage_start", StageInfo(cfg, setup.model, run_dir, setup.index.class_names,
                                            state.epoch, is_main_process()))
@@ -132,6 +133,21 @@ def run_stage(
                          test=test, task=cfg.task)
     hooks.call("on_stage_end", result)
     return result
+
+
+def _weights_from(cfg: TrainConfig, incoming: LoadedWeights | None, given: Given | None) -> str:
+    """model.json's `weights_from`: where the stage's starting weights came from, in one line."""
+    if incoming is not None:
+        return f"handoff: {incoming.source}"
+    if given is not None and given.model is not None:
+        return f"module: the weights {type(given.model).__name__} held when passed in"
+    if cfg.weights_auto:
+        return cfg.weights_auto
+    if not cfg.weights:
+        return "none: random init"
+    if cfg.weights == "hub" or cfg.weights.startswith("hf-hub:"):
+        return f"hub: {cfg.model if cfg.weights == 'hub' else cfg.weights}"
+    return f"file: {cfg.weights}"
 
 
 def _embedding_card(setup: StageSetup) -> dict[str, Any]:
