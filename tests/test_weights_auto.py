@@ -8,9 +8,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
 
 import stagewise
+from conftest import tiny_config
 from stagewise.config.schema import build_config
 from stagewise.models import auto
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,22 @@ EXPECTED: dict[str, str] = {
     "csv": "a .csv manifest with the header path,label[,split]",
     "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
 }
+
+
+class Picked(Sequence[Any]):
+    """The items of `items` at `indices`, read when asked (a subset of a dataset passed in)."""
+
+    def __init__(self, items: Sequence[Any], indices: list[int]) -> None:
+        self.items, self.indices = items, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: Any) -> Any:  # Sequence's slice overload is not needed here
+        return self.items[self.indices[i]]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.items[i] for i in self.indices)
 
 
 @dataclass
@@ -51,8 +67,6 @@ class Samples:
         return f"item[{i}]" if self.items is not None else f"array[{i}]"
 
     def subset(self, indices: list[int]) -> Samples:
-        from .objects import Picked
-
         return Samples(
             labels=[self.labels[i] for i in indices],
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,

@@ -17,7 +17,7 @@ else from its items, once. Class names come from `classes` when present, else th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,6 @@ from .images import to_rgb
 from .index import DatasetIndex, Samples
 
 LAYOUT = "python"  # DatasetIndex.layout of objects passed in
-
-
-class Picked(Sequence[Any]):
-    """The items of `items` at `indices`, read when asked (a subset of a dataset passed in)."""
-
-    def __init__(self, items: Sequence[Any], indices: list[int]) -> None:
-        self.items, self.indices = items, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: Any) -> Any:  # Sequence's slice overload is not needed here
-        return self.items[self.indices[i]]
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self.items[i] for i in self.indices)
 
 
 @dataclass(frozen=True)

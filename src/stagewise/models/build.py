@@ -26,7 +26,7 @@ from .head import (
     init_head,
     install_mlp_head,
 )
-from .user import is_user_architecture, rebuild_hint
+from .user import adopt_module, is_user_architecture, rebuild_hint, user_architecture
 from .weights import LoadedWeights, load_state_dict_file
 
 log = logging.getLogger("stagewise")
@@ -116,6 +116,23 @@ def build_model(
         log.warning(note)
         bundle.load_notes.insert(0, note)
     return bundle
+
+
+def module_bundle(module: nn.Module, class_ids: list[str], head: str | None = None,
+                  image_size: int | None = None) -> ModelBundle:
+    """A stage's ModelBundle for a module passed in: its classifier adopted (`adopt_module`),
+    timm's default preprocessing for it (ImageNet mean/std; `image_size` or 224 pixels)."""
+    from timm.data import resolve_data_config
+
+    report = adopt_module(module, class_ids, head)
+    data_config = resolve_data_config({}, model=module)
+    if image_size is None and not hasattr(module, "pretrained_cfg"):
+        data_config["input_size"] = (3, 224, 224)
+    name = user_architecture(module)
+    note = (f"model: your {type(module).__name__} as given (its own weights), classifier "
+            f"'{report.path}'" + (f" replaced: {report.reason}" if report.mode == "new" else ""))
+    return ModelBundle(model=module, data_config=data_config, head=report, load_notes=[note],
+                       architecture=name)
 
 
 def _architecture_for(name: str, incoming: LoadedWeights | None) -> str:

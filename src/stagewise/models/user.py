@@ -12,15 +12,10 @@ path, and `stagewise.load(run, model=MyNet())` rebuilds it from a fresh instance
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
 from ..errors import WeightsError
 from .head import HEAD_ATTR, HeadReport, head_paths, init_head
-
-if TYPE_CHECKING:
-    from .build import ModelBundle
 
 USER_PREFIX = "python:"  # the `model:` (and model.json `architecture`) of a module passed in
 
@@ -92,21 +87,3 @@ def _resized(layer: nn.Module, n: int) -> nn.Module:
     return nn.Conv2d(layer.in_channels, n, kernel_size=1, bias=layer.bias is not None,
                      device=weight.device, dtype=weight.dtype)
 
-
-def module_bundle(module: nn.Module, class_ids: list[str], head: str | None = None,
-                  image_size: int | None = None) -> ModelBundle:
-    """A stage's ModelBundle for a module passed in: its classifier adopted (`adopt_module`),
-    timm's default preprocessing for it (ImageNet mean/std; `image_size` or 224 pixels)."""
-    from timm.data import resolve_data_config
-
-    from .build import ModelBundle
-
-    report = adopt_module(module, class_ids, head)
-    data_config = resolve_data_config({}, model=module)
-    if image_size is None and not hasattr(module, "pretrained_cfg"):
-        data_config["input_size"] = (3, 224, 224)
-    name = user_architecture(module)
-    note = (f"model: your {type(module).__name__} as given (its own weights), classifier "
-            f"'{report.path}'" + (f" replaced: {report.reason}" if report.mode == "new" else ""))
-    return ModelBundle(model=module, data_config=data_config, head=report, load_notes=[note],
-                       architecture=name)

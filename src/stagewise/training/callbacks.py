@@ -30,7 +30,6 @@ from ..runfolder import EpochRecord
 
 if TYPE_CHECKING:
     from ..config.schema import TrainConfig
-    from .stage import TrainResult
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,8 @@ class Callback:
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         """last/ at `path` now holds the end of (1-based) `epoch`."""
 
-    def on_stage_end(self, result: TrainResult) -> None:
-        """The stage ended (completed or stopped by a rule): its TrainResult."""
+    def on_stage_end(self, result: Any) -> None:
+        """The stage ended (completed or stopped by a rule): `result` is its TrainResult."""
 
 
 class StopTraining(Exception):  # noqa: N818 - read as a command, like StopIteration

@@ -50,8 +50,8 @@ from ..models import (
     ModelBundle,
     build_model,
     embedding_head,
+    module_bundle,
 )
-from ..models.user import module_bundle
 from ..ranking import require_faiss, require_metrics
 from ..runfolder import CONFIG, SPLIT
 from .distill import Teacher, attach_teacher
@@ -225,23 +225,7 @@ def prepare_stage(
         shown = ", ".join(index.skipped[:3])
         rep.message(f"warning: skipped {len(index.skipped)} unreadable image(s): {shown}")
     set_seed(cfg.seed)
-    bundle = module_bundle(given.model, index.class_ids, given.head, cfg.image_size) \
-        if given.model is not None else build_model(
-        cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
-        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
-        class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
-        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if task(cfg.task).embeds else None,
-    )
-    for note in bundle.load_notes:
-        rep.message(note)
-    if cfg.weights_auto:  # what `weights: auto` found (models/auto.py); random init said loudly
-        rep.message(f"weights: auto -> {cfg.weights_auto}" if cfg.weights else
-                    f"warning: weights: auto found no pretrained weights for {cfg.model}, so it "
-                    f"starts from RANDOM INIT ({cfg.weights_auto.removeprefix('none: ')}); pass a "
-                    "weights file, or go online once, for transfer learning")
-    rep.message(bundle.head.describe())
-    if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None and given.model is None:
-        rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
+    bundle = _network(cfg, index, incoming, given, rep)
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
     accelerator = make_accelerator(cfg.precision, may_leave_unused(cfg))
     world = accelerator.num_processes
@@ -272,6 +256,30 @@ def prepare_stage(
         attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
                       network=network, val_skipped=skipped_in(index, "val"), val_shared=shared)
+
+
+def _network(cfg: TrainConfig, index: DatasetIndex, incoming: LoadedWeights | None, given: Given,
+             rep: Reporter) -> ModelBundle:
+    """The stage's network: built by name with its starting weights, or the module passed in;
+    where the weights came from is said (random init loudly)."""
+    bundle = module_bundle(given.model, index.class_ids, given.head, cfg.image_size) \
+        if given.model is not None else build_model(
+        cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
+        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
+        class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
+        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if task(cfg.task).embeds else None,
+    )
+    for note in bundle.load_notes:
+        rep.message(note)
+    if cfg.weights_auto:  # what `weights: auto` found (models/auto.py); random init said loudly
+        rep.message(f"weights: auto -> {cfg.weights_auto}" if cfg.weights else
+                    f"warning: weights: auto found no pretrained weights for {cfg.model}, so it "
+                    f"starts from RANDOM INIT ({cfg.weights_auto.removeprefix('none: ')}); pass a "
+                    "weights file, or go online once, for transfer learning")
+    rep.message(bundle.head.describe())
+    if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None and given.model is None:
+        rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
+    return bundle
 
 
 def _check_identities(cfg: TrainConfig, index: DatasetIndex, rep: Reporter) -> list[str]:
