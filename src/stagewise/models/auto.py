@@ -135,7 +135,7 @@ def _torchvision(base: str) -> AutoWeights:
     from torchvision.models import get_model_weights
 
     try:
-        url = get_model_weights(base).DEFAULT.url  # type: ignore[attr-defined]
+        url = get_model_weights(base).DEFAULT.url
     except (ValueError, AttributeError, KeyError):
         return AutoWeights(None, f"none: torchvision has no pretrained weights for {base}")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name

@@ -242,9 +242,9 @@ def _hub_weights(tag: str) -> LoadedWeights:
     # Weights already in the Hugging Face cache load from there without asking the hub (whose
     # client, not told it is offline, retries and times out before using its own cache).
     cached = cached_hub_file(repo) if not tag.startswith("hf-hub:") and (repo := hub_repo(tag)) else None
-    overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
+    overlay: dict[str, Any] | None = {"file": str(cached)} if cached is not None else None
     try:
-        src = timm.create_model(tag, pretrained=True, **overlay)
+        src = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as exc:  # network errors come in many types from hub clients
         raise WeightsError(
             f"could not fetch pretrained weights for '{tag}' from the hub ({type(exc).__name__}). "
