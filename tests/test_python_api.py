@@ -118,11 +118,13 @@ def test_tensors_from_the_users_transform_are_used_as_given() -> None:
     from torchvision.transforms import ToTensor
 
     from stagewise.data import ImageDataset
-    from stagewise.data.objects import index_from_objects
+    from stagewise.data.objects import index_from_objects, index_yields_tensors
 
     ds = _fake(6, 0, transform=ToTensor())
     index, _ = index_from_objects(ds, _fake(4, 50))
     assert index.class_ids == ["0", "1"] and len(index.splits["train"]) == 6
+    assert index_yields_tensors(index)  # said in the log: no preprocessing or augmentation added
+    assert not index_yields_tensors(index_from_objects(_fake(4, 0), _fake(4, 50))[0])
     item = ImageDataset(index.splits["train"], transform=lambda img: pytest.fail("transformed"))[2]
     torch.testing.assert_close(item[0], ds[2][0])
     assert item[1] == ds[2][1]

@@ -146,3 +146,9 @@ def index_from_objects(train: Any, val: Any, test: Any = None) -> tuple[DatasetI
                          class_ids=list(names), class_names=list(names), splits=splits)
     index.check()
     return index, hints
+
+
+def index_yields_tensors(index: DatasetIndex) -> bool:
+    """Whether the training items are float tensors (the caller's transform): judged by the first."""
+    items = index.splits["train"].items
+    return items is not None and isinstance(item_image(items[0], 0), torch.Tensor)

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data.objects import index_from_objects
+from ..data.objects import index_from_objects, index_yields_tensors
 from ..errors import ConfigError
 from ..models.user import user_architecture
 from ..training.setup import Given
@@ -28,9 +28,13 @@ def split_objects(overrides: dict[str, Any]) -> tuple[dict[str, Any], Given | No
     if module is None and datasets is None:
         return overrides, None
     out = dict(overrides)
-    index = None
+    index, notes = None, []
     if datasets is not None:
         index, hints = index_from_objects(*datasets)
+        if index_yields_tensors(index):
+            notes.append("data: your dataset yields float tensors, fed to the network as they are "
+                         "(your transform is the preprocessing): stagewise adds no resizing, "
+                         "normalisation or augmentation")
         out["data"] = str(index.root)
         for key, value in (("batch_size", hints.batch_size), ("num_workers", hints.num_workers)):
             if key not in out and value is not None:
@@ -47,7 +51,7 @@ def split_objects(overrides: dict[str, Any]) -> tuple[dict[str, Any], Given | No
         # caller says scratch (the recipe of a random network).
         if "weights_source" not in out:
             out["weights_source"] = "none" if out.get("strategy") == "scratch" else "transfer"
-    return out, Given(index=index, model=module, head=head)
+    return out, Given(index=index, model=module, head=head, notes=tuple(notes))
 
 
 def _datasets(data: Any) -> tuple[Any, ...] | None:

@@ -113,6 +113,7 @@ class Given:
     index: DatasetIndex | None = None
     model: nn.Module | None = None
     head: str | None = None
+    notes: tuple[str, ...] = ()  # what the log should say about them (set-up prints them)
 
 
 @dataclass
@@ -217,6 +218,8 @@ def prepare_stage(
     given = given or Given()
     if task(cfg.task).embeds:  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
+    for note in given.notes:
+        rep.message(note)
     index = given.index or load_index(cfg, split_from / SPLIT if split_from is not None else None,
                                       progress_of(rep))
     shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
