@@ -507,7 +507,8 @@ class TrainConfig(_Strict):
 
     def as_scratch(self) -> TrainConfig:
         """The same stage trained from random weights: what "scratch" means, in one place."""
-        return self.model_copy(update={"weights": None, "strategy": "scratch", "weights_source": "none"})
+        return self.model_copy(update={"weights": None, "strategy": "scratch", "weights_source": "none",
+                                       "weights_auto": None})
 
     def resolved(self) -> dict[str, Any]:
         """Plain data for config.yaml (paths as strings)."""
