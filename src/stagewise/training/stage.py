@@ -269,7 +269,7 @@ def _epoch_hooks(hooks: Hooks, setup: StageSetup, record: EpochRecord) -> str | 
     after = f"{last} holds the checkpoint of epoch {epoch}"
     try:
         hooks.call("on_checkpoint", last, epoch, after=after)
-        hooks.call("on_epoch_end", record, after=after)
+        hooks.call("on_epoch_end", record.copy(), after=after)  # a copy: history keeps its own
     except StopTraining as exc:
         return f"stopped by a callback{f' ({exc})' if str(exc) else ''}"
     return None
