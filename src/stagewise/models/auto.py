@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -68,12 +69,26 @@ def online(url: str | None = None) -> bool:
         return False
     host = urlparse(url or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
     if host not in _online:
+        _online[host] = _reachable(host)
+    return _online[host]
+
+
+def _reachable(host: str) -> bool:
+    """One TCP connection to `host`:443. In a daemon thread: the socket timeout does not bound
+    the name lookup, which a misconfigured resolver can hang for tens of seconds."""
+    answer: list[bool] = []
+
+    def connect() -> None:
         try:
             socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT).close()
-            _online[host] = True
+            answer.append(True)
         except OSError:
-            _online[host] = False
-    return _online[host]
+            answer.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True, name="stagewise-online-check")
+    worker.start()
+    worker.join(2 * CONNECT_TIMEOUT)
+    return bool(answer and answer[0])
 
 
 def cached_hub_file(repo_id: str) -> Path | None:
