@@ -178,3 +178,22 @@ def test_fallback_groups_of_a_module_of_ones_own() -> None:
     trained = apply_strategy(model, "gradual", epoch=1)
     assert trained.groups_unfrozen == 2 and model.backbone[8].weight.requires_grad
     assert not model.backbone[0].weight.requires_grad
+
+
+def test_callbacks_on_a_pipeline_see_every_stage(image_folder: Path, tmp_path: Path) -> None:
+    class Stages(stagewise.Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int]] = []
+
+        def on_epoch_end(self, record: dict) -> None:
+            self.seen.append((self.stage, record["epoch"]))
+
+        def on_stage_start(self, info: stagewise.StageInfo) -> None:
+            self.stage = info.run_dir.name
+
+    fast = {k: v for k, v in tiny_config(image_folder, tmp_path).items() if k not in ("data", "out")}
+    pipeline = {"defaults": {**fast, "data": str(image_folder), "epochs": 1},
+                "stages": [{"name": "a", "strategy": "scratch"}, {"name": "b", "strategy": "finetune"}]}
+    cb = Stages()
+    stagewise.run(pipeline, tmp_path / "run", reporter="quiet", callbacks=[cb])
+    assert cb.seen == [("a", 1), ("b", 1)]
