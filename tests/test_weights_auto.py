@@ -89,6 +89,7 @@ def test_auto_with_nothing_to_load_is_random_init_said_and_recorded(
 
 @pytest.mark.parametrize(("given", "expected"), [
     ({"strategy": "scratch"}, None), ({"weights": "none", "strategy": "probe"}, None),
+    ({"strategy": "scratch", "weights_auto": "hf-cache: copied from another stage"}, None),
     ({"weights_source": "handoff"}, None), ({"weights": "x.safetensors"}, "x.safetensors"),
 ])
 def test_auto_applies_only_where_pretrained_weights_fit(given: dict, expected: str | None) -> None:

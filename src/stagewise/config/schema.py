@@ -527,13 +527,13 @@ def _resolve_weights(data: dict[str, Any]) -> dict[str, Any]:
     model = data.get("model", TrainConfig.model_fields["model"].default)
     if (data.get("strategy") == "scratch" or data.get("weights_source") in ("none", "handoff")
             or not isinstance(model, str)):
-        return {**data, "weights": None}
+        return {**data, "weights": None, "weights_auto": None}  # nothing looked for, nothing to say
     from ..models.auto import resolve_auto
 
     try:
         found = resolve_auto(model.strip())
     except (RuntimeError, ValueError):  # an unknown name: the model field's check names it
-        return {**data, "weights": None}
+        return {**data, "weights": None, "weights_auto": None}
     return {**data, "weights": found.weights, "weights_auto": found.found}
 
 
