@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,13 @@ from PIL import Image
 # Keep tests on the CPU and single-threaded enough to be repeatable on 2 cores.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `weights: auto` (the default) looks for pretrained weights in these caches: empty ones keep every
+# test on random init whatever this machine has downloaded (tests/test_weights_auto.py fills its own).
+_EMPTY = tempfile.mkdtemp(prefix="stagewise-tests-")
+atexit.register(shutil.rmtree, _EMPTY, True)
+os.environ["HF_HUB_CACHE"] = os.path.join(_EMPTY, "hf")
+os.environ["STAGEWISE_WEIGHTS"] = os.path.join(_EMPTY, "weights")
+os.environ["TORCH_HOME"] = os.path.join(_EMPTY, "torch")
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():

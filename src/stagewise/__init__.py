@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_exports
 from ._version import __version__
 from .errors import (
+    CallbackError,
     ConfigError,
     DataError,
     NonFiniteLoss,
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from .inference import Classifier, Ensemble, Evaluation, Prediction, evaluate, export, load
     from .reporting import write_report
     from .runs import PipelineResult, compare, lr_find, run, train
-    from .training import TrainResult
+    from .training import Callback, StageInfo, StopTraining, TrainResult
 
 # Exported name -> the module that defines it (relative to this package).
 _EXPORTS = {
@@ -45,9 +46,14 @@ _EXPORTS = {
     "run": "runs",
     "train": "runs",
     "TrainResult": "training",
+    "Callback": "training",
+    "StageInfo": "training",
+    "StopTraining": "training",
 }
 
 __all__ = [
+    "Callback",
+    "CallbackError",
     "Classifier",
     "ConfigError",
     "DataError",
@@ -56,7 +62,9 @@ __all__ = [
     "NonFiniteLoss",
     "PipelineResult",
     "Prediction",
+    "StageInfo",
     "StagewiseError",
+    "StopTraining",
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",

@@ -67,6 +67,13 @@ class NonFiniteLoss(RunStopped):
     """The loss (or the weights) became NaN/inf; the message says which checkpoint exists."""
 
 
+class CallbackError(RunStopped):
+    """A callback passed to stagewise.train raised: the run stopped there, its checkpoint intact
+    (the message names the callback); not bad input, so not exit code 2."""
+
+    exit_code = 1
+
+
 class PeerLost(RunStopped):
     """Another process of a multi-process run died (or lost its connection) while this one
     waited for it in a collective: not bad input, so not exit code 2."""

@@ -210,6 +210,9 @@ class ModelCard:
     task: str = "classify"  # "embed": the weights map images to vectors; class_ids are the
     # training identities (the loss's class centres), not labels the model predicts
     embedding: dict[str, Any] = field(default_factory=dict)  # embed: EmbeddingSpec.as_dict()
+    # Where the starting weights came from: "file: ...", "hf-cache: ...", "hub: ...", "handoff:
+    # ...", "module: ..." (a network passed in) or "none: <why>" (random init)
+    weights_from: str | None = None
     stagewise_version: str = __version__
     format: str = MODEL_FORMAT
 
@@ -325,6 +328,7 @@ class CardSchema(BaseModel):
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     task: Literal["classify", "embed"] = "classify"
     embedding: EmbeddingSchema = Field(default_factory=EmbeddingSchema)
+    weights_from: str | None = Field(None, max_length=2000)
     stagewise_version: str = ""
     format: str = MODEL_FORMAT
 

@@ -34,7 +34,8 @@ def _names(literal: object) -> str:
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "data": ("data", str, "image folder (train/ and val/, or class folders)"),
     "model": ("model", str, "timm (or torchvision) model name, e.g. resnet18"),
-    "weights": ("weights", str, "pretrained weights: a .safetensors/.pth file, 'hub' or hf-hub:ID"),
+    "weights": ("weights", str, "starting weights: auto (default: the model's pretrained ones when "
+                "found, else random init), a .safetensors/.pth file, 'hub', hf-hub:ID or none"),
     "strategy": ("strategy", str, _names(Strategy)),
     "epochs": ("epochs", int, "epochs to train"),
     "lr": ("lr", float, "base learning rate"),

@@ -163,8 +163,13 @@ class TrainConfig(_Strict):
     # model
     model: str = "resnet18"
     weights: str | None = Field(
-        None, description="local .safetensors/.pth file, 'hub' for the model's own, or hf-hub:ID"
+        "auto", description="auto: the model's pretrained weights when they can be had (local "
+        "file, Hugging Face cache, hub when online), else random init, said and recorded; a "
+        ".safetensors/.pth file, 'hub', hf-hub:ID; none (or null): random init"
     )
+    weights_auto: str | None = Field(
+        None, description="filled in: what weights: auto found (file/hf-cache/torch-cache/hub, or "
+        "none and why); model.json repeats it as weights_from")
     image_size: int | None = Field(None, ge=16, le=2048, description="None: the model's pretrained size")
     mean: tuple[Mean, Mean, Mean] | None = None
     std: tuple[Std, Std, Std] | None = None
@@ -290,6 +295,7 @@ class TrainConfig(_Strict):
         and the task's own monitor."""
         if not isinstance(data, dict):
             return data
+        data = _resolve_weights(data)
         given = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
         fill: dict[str, Any] = {"weights_source": given}
         # An unknown source is left to the field's validation, which lists the valid ones.
@@ -523,11 +529,34 @@ class TrainConfig(_Strict):
 
     def as_scratch(self) -> TrainConfig:
         """The same stage trained from random weights: what "scratch" means, in one place."""
-        return self.model_copy(update={"weights": None, "strategy": "scratch", "weights_source": "none"})
+        return self.model_copy(update={"weights": None, "strategy": "scratch", "weights_source": "none",
+                                       "weights_auto": None})
 
     def resolved(self) -> dict[str, Any]:
         """Plain data for config.yaml (paths as strings)."""
         return self.model_dump(mode="json")
+
+
+def _resolve_weights(data: dict[str, Any]) -> dict[str, Any]:
+    """`weights: none` is random init; `weights: auto` (the default) becomes what models/auto.py
+    finds for the model, recorded in `weights_auto`, unless the stage cannot use pretrained
+    weights: a scratch stage, an earlier stage's handoff or a source said to be none."""
+    weights = data.get("weights", "auto")
+    if isinstance(weights, str) and weights.strip().lower() == "none":
+        return {**data, "weights": None}
+    if weights != "auto":
+        return data
+    model = data.get("model", TrainConfig.model_fields["model"].default)
+    if (data.get("strategy") == "scratch" or data.get("weights_source") in ("none", "handoff")
+            or not isinstance(model, str)):
+        return {**data, "weights": None, "weights_auto": None}  # nothing looked for, nothing to say
+    from ..models.auto import resolve_auto
+
+    try:
+        found = resolve_auto(model.strip())
+    except (RuntimeError, ValueError):  # an unknown name: the model field's check names it
+        return {**data, "weights": None, "weights_auto": None}
+    return {**data, "weights": found.weights, "weights_auto": found.found}
 
 
 def optimizer_names() -> list[str]:

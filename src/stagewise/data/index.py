@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,16 +29,35 @@ EXPECTED: dict[str, str] = {
 }
 
 
+class Picked(Sequence[Any]):
+    """The items of `items` at `indices`, read when asked (a subset of a dataset passed in)."""
+
+    def __init__(self, items: Sequence[Any], indices: list[int]) -> None:
+        self.items, self.indices = items, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: Any) -> Any:  # Sequence's slice overload is not needed here
+        return self.items[self.indices[i]]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.items[i] for i in self.indices)
+
+
 @dataclass
 class Samples:
-    """Labelled images of one split: file paths, or decoded uint8 arrays (N, H, W, 3) for CIFAR."""
+    """Labelled images of one split: file paths, decoded uint8 arrays (N, H, W, 3) for CIFAR, or
+    the items of a dataset object passed in from Python (data/objects.py: `(image, label)`)."""
 
     labels: list[int]
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
+    items: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
-        n = len(self.paths) if self.paths is not None else len(self.arrays)  # type: ignore[arg-type]
+        held = self.paths if self.paths is not None else self.arrays if self.arrays is not None else self.items
+        n = len(held)  # type: ignore[arg-type]
         if n != len(self.labels):
             raise ValueError(f"{n} images but {len(self.labels)} labels")
 
@@ -44,13 +65,16 @@ class Samples:
         return len(self.labels)
 
     def describe(self, i: int) -> str:
-        return str(self.paths[i]) if self.paths is not None else f"array[{i}]"
+        if self.paths is not None:
+            return str(self.paths[i])
+        return f"item[{i}]" if self.items is not None else f"array[{i}]"
 
     def subset(self, indices: list[int]) -> Samples:
         return Samples(
             labels=[self.labels[i] for i in indices],
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             arrays=self.arrays[indices] if self.arrays is not None else None,
+            items=Picked(self.items, indices) if self.items is not None else None,
         )
 
     def counts(self, num_classes: int) -> list[int]:

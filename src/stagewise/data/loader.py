@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .images import BAD_IMAGE_ERRORS, load_rgb, to_rgb
 from .index import Samples
+from .objects import item_image
 
 _EPOCH_STRIDE = 1 << 32
 
@@ -52,6 +53,8 @@ class ImageDataset(SampleDataset):
     def image(self, i: int):
         if self.cache is not None:
             return self.cache.get(i)
+        if self.samples.items is not None:  # a dataset passed in: a PIL image, or a ready tensor
+            return item_image(self.samples.items[i], i)
         if self.samples.arrays is not None:
             from PIL import Image
 
@@ -65,7 +68,9 @@ class ImageDataset(SampleDataset):
         except BAD_IMAGE_ERRORS:
             return None, self.samples.describe(i)
         transform = self.transform if self.transform_for is None else self.transform_for(epoch)
-        if not self.seeded:
+        if isinstance(img, torch.Tensor):  # made by the caller's own transform: used as it is
+            x = img
+        elif not self.seeded:
             x = transform(img)
         else:
             with _seeded(hash((self.seed, epoch, i)) & 0x7FFF_FFFF, self.seed_numpy):

@@ -102,10 +102,17 @@ def _no_model_json(folder: Path) -> str:
             "the first epoch of `stagewise train`")
 
 
-def build_network(artifact: Artifact) -> nn.Module:
-    """The timm model of `artifact` with its weights loaded (strictly), in eval mode, no grads."""
+def build_network(artifact: Artifact, module: nn.Module | None = None) -> nn.Module:
+    """The timm model of `artifact` with its weights loaded (strictly), in eval mode, no grads.
+    `module`: a fresh instance of the network a run was given as an object (models/user.py)."""
     from ..models import EmbeddingSpec, HeadSpec, build_model, load_state_dict_file
+    from ..models.user import adopt_module, is_user_architecture, rebuild_hint
 
+    if module is not None or is_user_architecture(artifact.architecture):
+        if module is None:
+            raise WeightsError(f"{artifact.meta_path}: {rebuild_hint(artifact.architecture)}")
+        adopt_module(module, artifact.class_ids, artifact.card.head.get("path"))
+        return _load_strict(module, load_state_dict_file(artifact.weights_path).state_dict, artifact)
     embed = artifact.meta.get("task") == "embed"
     # build_model constructs the network exactly as training did (e.g. a ViT's img_size); an
     # embedding head without its training loss (whose class centres inference has no use for).
@@ -114,10 +121,13 @@ def build_network(artifact: Artifact) -> nn.Module:
                          head=HeadSpec.from_mapping(artifact.meta),
                          embedding=EmbeddingSpec.from_mapping(artifact.meta.get("embedding") or {})
                          if embed else None, train_embedding=False)
-    model = bundle.model
     state = load_state_dict_file(artifact.weights_path).state_dict
     if embed:
         state = {k: v for k, v in state.items() if ".objective." not in k}
+    return _load_strict(bundle.model, state, artifact)
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], artifact: Artifact) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys and shape mismatches alike
@@ -131,8 +141,11 @@ def build_network(artifact: Artifact) -> nn.Module:
     return model
 
 
-def load(path: str | Path, device: str | None = None) -> Classifier:
+def load(path: str | Path, device: str | None = None, model: nn.Module | None = None) -> Classifier:
     """A ready Classifier from a run folder, a pipeline run folder or a weights file.
+
+    A run whose network was passed to `stagewise.train` as an object needs `model`: a fresh
+    instance of that class (its classifier is resized as training did, then the weights load).
 
     Example:
         >>> import stagewise
@@ -143,7 +156,7 @@ def load(path: str | Path, device: str | None = None) -> Classifier:
 
     chosen = pick_device(device)
     artifact = find_artifact(path)
-    return Classifier(build_network(artifact), artifact.class_ids, artifact.class_names,
+    return Classifier(build_network(artifact, model), artifact.class_ids, artifact.class_names,
                       artifact.preprocess, device=chosen, source=artifact.weights_path,
                       meta=artifact.meta)
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from . import tv
+from .auto import cached_hub_file, hub_repo
 from .embedding import EmbeddingSpec, adapt_embedding_head, install_embedding_head
 from .head import (
     HeadReport,
@@ -25,6 +26,7 @@ from .head import (
     init_head,
     install_mlp_head,
 )
+from .user import adopt_module, is_user_architecture, rebuild_hint, user_architecture
 from .weights import LoadedWeights, load_state_dict_file
 
 log = logging.getLogger("stagewise")
@@ -49,6 +51,8 @@ def resolve_model_name(name: str) -> str:
     import timm
 
     name = name.strip()
+    if is_user_architecture(name):  # a module passed in: recorded, never built from the name
+        return name
     if tv.is_torchvision(name):
         if tv.base_name(name) in tv.torchvision_names():
             return name
@@ -97,6 +101,8 @@ def build_model(
     layers before the classifier; a saved model is rebuilt with the same `head` (model.json's
     head_layers/head_activation/head_dropout, read with `HeadSpec.from_mapping`).
     """
+    if is_user_architecture(name):
+        raise WeightsError(rebuild_hint(name))
     if incoming is None and weights:
         incoming = _fetch_weights(name, weights)
     built = _architecture_for(name, incoming)
@@ -110,6 +116,23 @@ def build_model(
         log.warning(note)
         bundle.load_notes.insert(0, note)
     return bundle
+
+
+def module_bundle(module: nn.Module, class_ids: list[str], head: str | None = None,
+                  image_size: int | None = None) -> ModelBundle:
+    """A stage's ModelBundle for a module passed in: its classifier adopted (`adopt_module`),
+    timm's default preprocessing for it (ImageNet mean/std; `image_size` or 224 pixels)."""
+    from timm.data import resolve_data_config
+
+    report = adopt_module(module, class_ids, head)
+    data_config = resolve_data_config({}, model=module)
+    if image_size is None and not hasattr(module, "pretrained_cfg"):
+        data_config["input_size"] = (3, 224, 224)
+    name = user_architecture(module)
+    note = (f"model: your {type(module).__name__} as given (its own weights), classifier "
+            f"'{report.path}'" + (f" replaced: {report.reason}" if report.mode == "new" else ""))
+    return ModelBundle(model=module, data_config=data_config, head=report, load_notes=[note],
+                       architecture=name)
 
 
 def _architecture_for(name: str, incoming: LoadedWeights | None) -> str:
@@ -216,8 +239,12 @@ def _hub_weights(tag: str) -> LoadedWeights:
     import timm
     from timm.data import infer_imagenet_subset
 
+    # Weights already in the Hugging Face cache load from there without asking the hub (whose
+    # client, not told it is offline, retries and times out before using its own cache).
+    cached = cached_hub_file(repo) if not tag.startswith("hf-hub:") and (repo := hub_repo(tag)) else None
+    overlay: dict[str, Any] | None = {"file": str(cached)} if cached is not None else None
     try:
-        src = timm.create_model(tag, pretrained=True)
+        src = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as exc:  # network errors come in many types from hub clients
         raise WeightsError(
             f"could not fetch pretrained weights for '{tag}' from the hub ({type(exc).__name__}). "

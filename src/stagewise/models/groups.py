@@ -64,3 +64,42 @@ def _flat_matcher(model: nn.Module, stem: tuple[str, ...]) -> Callable[[str], in
         return 0 if top in stem else order.get(top, len(order))
 
     return match
+
+
+# A network with neither timm's group matcher nor a torchvision family (a module of your own):
+# at most this many groups below the head, so gradual unfreezing and layer decay stay coarse.
+MAX_FALLBACK_GROUPS = 6
+
+
+def fallback_groups(model: nn.Module, head: set[str]) -> list[list[str]]:
+    """Layer groups of any module, stem first, head excluded: one per top-level child holding
+    parameters, in registration order (a module wrapping a single body, `self.backbone`, is
+    looked into), runs of neighbours merged down to `MAX_FALLBACK_GROUPS`. Parameters held by
+    the module itself (a class token) join the first group."""
+    prefix, root = "", model
+    while True:
+        children = [(n, c) for n, c in root.named_children()
+                    if any(f"{prefix}{n}.{p}" not in head for p, _ in c.named_parameters())]
+        if len(children) != 1 or not list(children[0][1].children()):
+            break
+        prefix, root = f"{prefix}{children[0][0]}.", children[0][1]
+    names = [n for n, _ in model.named_parameters() if n not in head]
+    groups: list[list[str]] = []
+    for child, _ in children:
+        start = f"{prefix}{child}."
+        found = [n for n in names if n.startswith(start)]
+        if found:
+            groups.append(found)
+    grouped = {n for g in groups for n in g}
+    loose = [n for n in names if n not in grouped]
+    if loose:
+        groups[:1] = [loose + (groups[0] if groups else [])]
+    if len(groups) > MAX_FALLBACK_GROUPS:
+        size, extra = divmod(len(groups), MAX_FALLBACK_GROUPS)
+        merged, at = [], 0
+        for i in range(MAX_FALLBACK_GROUPS):
+            take = size + (1 if i < extra else 0)
+            merged.append([n for g in groups[at:at + take] for n in g])
+            at += take
+        groups = merged
+    return groups

@@ -21,6 +21,10 @@ from .weights import LoadedWeights
 
 log = logging.getLogger("stagewise")
 
+# The classifier's module path on a network passed as a Python object (models/user.py sets it):
+# such a module has no timm `pretrained_cfg` to name its classifier.
+HEAD_ATTR = "stagewise_head"
+
 # Parameter-free activations only: the hidden layers' state dict then depends on the widths alone.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish, "tanh": nn.Tanh,
@@ -93,6 +97,7 @@ class HeadReport:
     embedding: str | None = None  # embedding heads: what was carried over, in words
     hidden: str | None = None  # MLP heads: "kept" or "new (<why>)"; None for a linear head
     reason: str | None = None  # why the head was reset although rows could have been copied
+    path: str | None = None  # a module passed in: its classifier's path (model.json, for loading)
 
     def describe(self) -> str:
         if self.embedding is not None:
@@ -115,6 +120,8 @@ class HeadReport:
             out["reason"] = self.reason
         if self.embedding is not None:
             out["embedding"] = self.embedding
+        if self.path is not None:
+            out["path"] = self.path
         return out
 
 
@@ -134,6 +141,9 @@ def head_paths(model: nn.Module) -> list[str]:
     mlp = [n for n, m in modules.items() if getattr(m, "installed_head", False)]
     if mlp:
         return mlp
+    named = getattr(model, HEAD_ATTR, None)
+    if isinstance(named, str) and named in modules:
+        return [named]
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg is not None:
         names = cfg.get("classifier")

@@ -58,6 +58,9 @@ def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Sa
     labels index (class ids; an embed stage's validation identities)."""
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")
+    if str(config["data"]).startswith("python:"):
+        raise ReportError(f"the images were datasets passed to stagewise.train ({config['data']}), "
+                          "which a report cannot read back from the run folder")
     read = read_identities if embeds(config.get("task")) else partial(
         load_dataset, fmt=config.get("format", "auto"))
     index = read(Path(config["data"]), val_fraction=float(config.get("val_fraction", defaults.VAL_FRACTION)),

@@ -50,6 +50,7 @@ from ..runfolder import (
     write_model_card,
 )
 from ..training import TrainResult, resume_config
+from ..training.callbacks import Hooks
 from ..training.distributed import is_main_process, wait_for_everyone
 from ..training.progress import Reporter, make_reporter
 from .plan import PipelinePlan, StagePlan, load_pipeline
@@ -88,8 +89,10 @@ def run(
     resume: bool = False,
     overrides: Sequence[str] = (),
     reporter: str = "rich",
+    callbacks: Sequence[Any] = (),
 ) -> PipelineResult:
-    """Run a pipeline of stages into `out`.
+    """Run a pipeline of stages into `out`; `callbacks` (stagewise.Callback) are called by every
+    stage (baselines included: `info.run_dir` says which).
 
     Example:
         >>> import stagewise
@@ -102,11 +105,11 @@ def run(
         overrides = _saved_overrides(out)
     plan = pipeline if isinstance(pipeline, PipelinePlan) else load_pipeline(pipeline, list(overrides), out)
     with locked(out, "pipeline", proves_pipeline_run):
-        return _run(plan, out, stages, resume, overrides, reporter)
+        return _run(plan, out, stages, resume, overrides, reporter, Hooks(callbacks).callbacks)
 
 
 def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
-         overrides: Sequence[str], reporter: str) -> PipelineResult:
+         overrides: Sequence[str], reporter: str, callbacks: Sequence[Any] = ()) -> PipelineResult:
     manifest = _open(plan, out, stages, resume, overrides)
     hint = _resume_hint(out)
     trained = False
@@ -121,7 +124,7 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
             continue
         rep = make_reporter(reporter, stage.name)
         try:
-            _run_stage(plan, stage, out, manifest, rep, hint)
+            _run_stage(plan, stage, out, manifest, rep, hint, callbacks)
         finally:
             rep.close()
         _save(out, plan, manifest, report=stage.config.report)
@@ -294,7 +297,8 @@ def _resume_hint(out: Path) -> str:
 
 
 def _run_stage(
-    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: Manifest, rep: Reporter, hint: str
+    plan: PipelinePlan, stage: StagePlan, out: Path, manifest: Manifest, rep: Reporter, hint: str,
+    callbacks: Sequence[Any] = (),
 ) -> None:
     entry = manifest["stages"][stage.name]
     incoming, how = _incoming(plan, stage, out, manifest)
@@ -310,10 +314,10 @@ def _run_stage(
     resume = holds_run(folder) and not holds_nothing_trained(folder)
     if resume:
         cfg = resume_config(folder, cfg.model_dump())
-    result = train_stage(cfg, rep, resume, hint, incoming)
+    result = train_stage(cfg, rep, resume, hint, incoming, callbacks=callbacks)
     entry.update(_stage_summary(result))
     if stage.baseline != "none":
-        entry["baseline"] = _run_baseline(stage, out, rep, hint)
+        entry["baseline"] = _run_baseline(stage, out, rep, hint, callbacks)
         entry["gain"] = _gain(result, entry["baseline"], _earlier_wall(plan, stage, manifest))
         rep.message(_describe_gain(stage.name, entry["gain"]))
     entry.update({"status": "done", "finished": time.time(),
@@ -346,7 +350,8 @@ def _stage_summary(result: TrainResult) -> StageSummary:
     }
 
 
-def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> BaselineEntry:
+def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str,
+                  callbacks: Sequence[Any] = ()) -> BaselineEntry:
     """The same stage, same budget and seed, without the handoff."""
     bdir = baseline_dir(out, stage.name)
     cfg = stage.config.model_copy(update={"out": bdir, "report": False})
@@ -356,7 +361,7 @@ def _run_baseline(stage: StagePlan, out: Path, rep: Reporter, hint: str) -> Base
     resume = holds_run(bdir) and not holds_nothing_trained(bdir)
     if resume:
         cfg = resume_config(bdir, cfg.model_dump())
-    result = train_stage(cfg, rep, resume, hint)
+    result = train_stage(cfg, rep, resume, hint, callbacks=callbacks)
     return {"kind": stage.baseline, "run_dir": str(bdir.relative_to(out)), **_stage_summary(result),
             "curve": _curve(result)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,12 @@ from ..lock import run_lock, running_in
 from ..models import LoadedWeights
 from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
+from ..training.callbacks import Hooks
 from ..training.distributed import is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
+from ..training.setup import Given
 from ..training.trackers import require_tracker
+from .objects import resume_hint, split_objects
 from .teacher import load_teacher
 
 
@@ -58,7 +61,8 @@ def locked(folder: Path, kind: str, proof: Callable[[Path], bool]) -> contextlib
 
 
 def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
-                incoming: LoadedWeights | None = None) -> TrainResult:
+                incoming: LoadedWeights | None = None, given: Given | None = None,
+                callbacks: Sequence[Any] = ()) -> TrainResult:
     """run_stage, with `hint` attached to an interruption (or a resumable error: a full disk,
     NaN loss after a checkpoint) so the user is told how to go on."""
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None
@@ -66,7 +70,8 @@ def train_stage(cfg: TrainConfig, reporter: Reporter, resume: bool, hint: str,
         _warn_if_training(Path(cfg.teacher).expanduser(), reporter)
     try:
         with peer_failures(cfg.out):
-            return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher)
+            return run_stage(cfg, reporter, resume=resume, incoming=incoming, teacher=teacher,
+                             given=given, hooks=Hooks(callbacks))
     except TrainingInterrupted as exc:
         exc.resume_hint = exc.resume_hint or hint
         reporter.message(f"resume with: {exc.resume_hint}")  # scripts read it from the JSON lines
@@ -94,12 +99,16 @@ def train(
     resume: bool = False,
     reporter: Reporter | str = "rich",
     incoming: LoadedWeights | None = None,
+    callbacks: Sequence[Any] = (),
     **overrides: Any,
 ) -> TrainResult:
     """Train one stage and write its run folder (and its report unless `report: false`).
 
     `incoming` starts the stage from weights already in memory (with their class list, so the
     head is matched by class id), as a pipeline hands one stage's weights to the next.
+    `model` may be a torch module and `data` a (train, val[, test]) tuple of datasets or
+    DataLoaders (runs/objects.py; with a module, `head=` names its classifier); `callbacks`:
+    `stagewise.Callback` instances called at each epoch's end (training/callbacks.py).
 
     Example:
         >>> import stagewise
@@ -107,13 +116,16 @@ def train(
         ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
+    hooks = Hooks(callbacks)  # a class instead of an instance is refused before anything is written
+    overrides, given = split_objects(overrides)
     with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
         cfg = stage_config(config, overrides, resume)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
         try:
-            hint = f"stagewise train --resume --out {shlex.quote(str(cfg.out))}"
-            result = train_stage(cfg, rep, resume, hint, incoming)
+            hint = resume_hint(given, f"stagewise train --resume --out {shlex.quote(str(cfg.out))}",
+                               str(cfg.out))
+            result = train_stage(cfg, rep, resume, hint, incoming, given, hooks.callbacks)
             if cfg.report and is_main_process():
                 from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 

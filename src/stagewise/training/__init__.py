@@ -4,10 +4,14 @@ Never imports runs/, reporting/ or cli/: whether a report is written or which co
 run is decided by whoever called the stage.
 """
 
+from .callbacks import Callback, StageInfo, StopTraining
 from .setup import StageSetup, coerce_config, prepare_stage, resume_config, start_epoch
 from .stage import TrainResult, run_stage
 
 __all__ = [
+    "Callback",
+    "StageInfo",
+    "StopTraining",
     "StageSetup",
     "TrainResult",
     "coerce_config",

@@ -51,6 +51,7 @@ from ..models import (
     ModelBundle,
     build_model,
     embedding_head,
+    module_bundle,
 )
 from ..ranking import require_faiss, require_metrics
 from ..runfolder import CONFIG, SPLIT
@@ -102,6 +103,18 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
             + ". Resume with the saved settings, or start a new run in another folder"
         )
     return asked
+
+
+@dataclass(frozen=True)
+class Given:
+    """What a caller passes as Python objects instead of names (`stagewise.train(model=module,
+    data=(train_ds, val_ds))`): the index of its datasets (data/objects.py) and its network,
+    with the name of its classifier when the last Linear is not it (models/user.py)."""
+
+    index: DatasetIndex | None = None
+    model: nn.Module | None = None
+    head: str | None = None
+    notes: tuple[str, ...] = ()  # what the log should say about them (set-up prints them)
 
 
 @dataclass
@@ -208,33 +221,28 @@ def _check_val(index: DatasetIndex, rep: Reporter) -> int:
 
 def prepare_stage(
     cfg: TrainConfig, rep: Reporter, incoming: LoadedWeights | None = None,
-    split_from: Path | None = None, teacher: Teacher | None = None,
+    split_from: Path | None = None, teacher: Teacher | None = None, given: Given | None = None,
 ) -> StageSetup:
     """Data, model and loop parts for `cfg`, seeded; the strategy is applied per epoch by
     `start_epoch`. `split_from` is a run folder whose saved split is reused (a resume);
-    `teacher` (built by runs/ from `cfg.teacher`) adds its soft targets to the loss."""
+    `teacher` (built by runs/ from `cfg.teacher`) adds its soft targets to the loss; `given`
+    holds the objects a caller passed instead of a data folder or a model name."""
     from accelerate.utils import set_seed
 
+    given = given or Given()
     if task(cfg.task).embeds:  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
-    index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
+    for note in given.notes:
+        rep.message(note)
+    index = given.index or load_index(cfg, split_from / SPLIT if split_from is not None else None,
+                                      progress_of(rep))
     shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
     bad_val = _check_val(index, rep)
     if index.skipped:
         shown = ", ".join(index.skipped[:3])
         rep.message(f"warning: skipped {len(index.skipped)} unreadable image(s): {shown}")
     set_seed(cfg.seed)
-    bundle = build_model(
-        cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
-        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
-        class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
-        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if task(cfg.task).embeds else None,
-    )
-    for note in bundle.load_notes:
-        rep.message(note)
-    rep.message(bundle.head.describe())
-    if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None:
-        rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
+    bundle = _network(cfg, index, incoming, given, rep)
     pre = resolve_preprocess(bundle.data_config, cfg.image_size, cfg.mean, cfg.std)
     _augment_notes(cfg, bundle.data_config, rep)
     accelerator = make_accelerator(cfg.precision, may_leave_unused(cfg))
@@ -286,7 +294,31 @@ def _augment_notes(cfg: TrainConfig, data_config: dict[str, Any], rep: Reporter)
 
 
 def _subset_text(subset: Any) -> str:
+
+
     return "all" if subset is None else subset.describe()
+def _network(cfg: TrainConfig, index: DatasetIndex, incoming: LoadedWeights | None, given: Given,
+             rep: Reporter) -> ModelBundle:
+    """The stage's network: built by name with its starting weights, or the module passed in;
+    where the weights came from is said (random init loudly)."""
+    bundle = module_bundle(given.model, index.class_ids, given.head, cfg.image_size) \
+        if given.model is not None else build_model(
+        cfg.model, index.class_ids, weights=cfg.weights, head_mode=cfg.head, incoming=incoming,
+        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate, image_size=cfg.image_size,
+        class_names=index.class_names, head=HeadSpec.from_mapping(cfg.model_dump()),
+        embedding=EmbeddingSpec.from_mapping(cfg.model_dump()) if task(cfg.task).embeds else None,
+    )
+    for note in bundle.load_notes:
+        rep.message(note)
+    if cfg.weights_auto:  # what `weights: auto` found (models/auto.py); random init said loudly
+        rep.message(f"weights: auto -> {cfg.weights_auto}" if cfg.weights else
+                    f"warning: weights: auto found no pretrained weights for {cfg.model}, so it "
+                    f"starts from RANDOM INIT ({cfg.weights_auto.removeprefix('none: ')}); pass a "
+                    "weights file, or go online once, for transfer learning")
+    rep.message(bundle.head.describe())
+    if strategy(cfg.strategy).uses_weights and not cfg.weights and incoming is None and given.model is None:
+        rep.message(f"warning: strategy '{cfg.strategy}' without weights starts from random init")
+    return bundle
 
 
 def _check_identities(cfg: TrainConfig, index: DatasetIndex, rep: Reporter) -> list[str]:

@@ -53,6 +53,7 @@ from ..runfolder import (
     write_teacher,
     write_test,
 )
+from .callbacks import Hooks, StageInfo, StopTraining
 from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
 from .distill import Teacher
 from .distributed import from_main, is_main_process, wait_for_everyone
@@ -61,7 +62,7 @@ from .hooks import hook_stop
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
 from .progress import Reporter, bar
-from .setup import StageSetup, prepare_stage, start_epoch
+from .setup import Given, StageSetup, prepare_stage, start_epoch
 from .stopping import StopTracker, improved, stop_reason
 from .strategies import Trainable
 from .trackers import close_tracker, log_epoch, open_tracker
@@ -93,12 +94,15 @@ class TrainResult:
 
 def run_stage(
     cfg: TrainConfig, rep: Reporter, *, resume: bool = False, incoming: LoadedWeights | None = None,
-    teacher: Teacher | None = None,
+    teacher: Teacher | None = None, given: Given | None = None, hooks: Hooks | None = None,
 ) -> TrainResult:
     """Train the stage `cfg` describes into `cfg.out`; with `resume`, continue from its last/.
-    `teacher`: the network `cfg.teacher` names, built by the caller (runs/)."""
+    `teacher`: the network `cfg.teacher` names, built by the caller (runs/); `given`: a network
+    and datasets passed as objects; `hooks`: the caller's callbacks (training/callbacks.py)."""
     run_dir = cfg.out
-    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None, teacher=teacher)
+    hooks = hooks or Hooks()
+    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None, teacher=teacher,
+                          given=given)
     if is_main_process():
         _start_folder(setup, resume)
         if teacher is not None:
@@ -113,18 +117,38 @@ def run_stage(
                      data=str(setup.index.root), layout=setup.index.layout, task=cfg.task,
                      teacher=teacher.record() if teacher is not None else None,
                      embedding=_embedding_card(setup) if task(cfg.task).embeds else {},
+                     weights_from=_weights_from(cfg, incoming, given),
                      **HeadSpec.from_mapping(cfg.model_dump()).as_dict())
-    stopped = _epochs(setup, state, history, rep, card)
+    hooks.call("on_stage_start", StageInfo(cfg, setup.model, run_dir, setup.index.class_names,
+                                           state.epoch, is_main_process()))
+    stopped = _epochs(setup, state, history, rep, card, hooks)
     _say_if_start_won(setup, state.tracker, history, rep)
     if not (run_dir / BEST).exists() and is_main_process():
         _save_best(setup, card, history[-1] if history else {})  # epochs: 0, or nothing improved
     wait_for_everyone()  # the next stage (or the caller) reads what rank 0 wrote
     best = dict(state.tracker.best_record or (history[-1] if history else {}))
     test = _test_best(setup, rep, best.get("epoch"))
-    return TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
-                       weights=run_dir / BEST, class_ids=setup.index.class_ids,
-                       class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
-                       test=test, task=cfg.task)
+    result = TrainResult(run_dir=run_dir, best=best, history=history, stopped=stopped,
+                         weights=run_dir / BEST, class_ids=setup.index.class_ids,
+                         class_names=setup.index.class_names, head=setup.bundle.head.as_dict(),
+                         test=test, task=cfg.task)
+    hooks.call("on_stage_end", result)
+    return result
+
+
+def _weights_from(cfg: TrainConfig, incoming: LoadedWeights | None, given: Given | None) -> str:
+    """model.json's `weights_from`: where the stage's starting weights came from, in one line."""
+    if incoming is not None:
+        return f"handoff: {incoming.source}"
+    if given is not None and given.model is not None:
+        return f"module: the weights {type(given.model).__name__} held when passed in"
+    if cfg.weights_auto:
+        return cfg.weights_auto
+    if not cfg.weights:
+        return "none: random init"
+    if cfg.weights == "hub" or cfg.weights.startswith("hf-hub:"):
+        return f"hub: {cfg.model if cfg.weights == 'hub' else cfg.weights}"
+    return f"file: {cfg.weights}"
 
 
 def _embedding_card(setup: StageSetup) -> dict[str, Any]:
@@ -189,6 +213,7 @@ def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable,
 
 def _epochs(
     setup: StageSetup, state: Resumable, history: list[EpochRecord], rep: Reporter, card: ModelCard,
+    hooks: Hooks,
 ) -> str:
     """Train the remaining epochs; returns why the stage ended."""
     cfg, tracker = setup.cfg, state.tracker
@@ -226,6 +251,7 @@ def _epochs(
                 reason = _decide_stop(setup, tracker, record, clock)
                 state.history_len = len(history)
                 _checkpoint(setup, state.at(epoch + 1, 0))
+                reason = _epoch_hooks(hooks, setup, record) or reason  # callbacks: after the checkpoint
                 began = time.perf_counter()
                 if reason:
                     rep.message(f"stopping after epoch {epoch + 1}: {reason}")
@@ -233,6 +259,21 @@ def _epochs(
         except NonFiniteLoss as exc:
             raise _non_finite(setup, epoch, exc) from None
     return "completed"
+
+
+def _epoch_hooks(hooks: Hooks, setup: StageSetup, record: EpochRecord) -> str | None:
+    """The callbacks of an epoch's end, once its record and checkpoint are on disk: one that
+    raises stops the run with last/ at this epoch; StopTraining ends the stage as a rule would."""
+    if not hooks:
+        return None
+    last, epoch = setup.cfg.out / LAST, int(record["epoch"])
+    after = f"{last} holds the checkpoint of epoch {epoch}"
+    try:
+        hooks.call("on_checkpoint", last, epoch, after=after)
+        hooks.call("on_epoch_end", record.copy(), after=after)  # a copy: history keeps its own
+    except StopTraining as exc:
+        return f"stopped by a callback{f' ({exc})' if str(exc) else ''}"
+    return None
 
 
 def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteLoss:

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..kinds import Unfreezing
 from ..kinds import strategy as strategy_of
-from ..models.groups import group_matcher
+from ..models.groups import fallback_groups, group_matcher
 from ..models.head import head_param_names
 
 
@@ -31,13 +31,8 @@ def coarse_groups(model: nn.Module) -> list[list[str]]:
     if matcher is not None:
         grouped = group_parameters(model, matcher)
         groups = [list(v) for _, v in sorted(grouped.items())]
-    else:
-        # Models without a group matcher: one group per top-level child module.
-        groups = []
-        for child, _ in model.named_children():
-            names = [n for n, _ in model.named_parameters() if n.split(".")[0] == child]
-            if names:
-                groups.append(names)
+    else:  # a module of no known family (models/groups.py says how it is split)
+        groups = fallback_groups(model, set(head))
     skip = set(head)
     groups = [[n for n in g if n not in skip] for g in groups]
     groups = [g for g in groups if g]
