@@ -13,12 +13,12 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, inference, models, pipeline, reporting, retrieval, train
+from . import data, hub, inference, models, pipeline, reporting, retrieval, train
 from .deferred import DeferredParser
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
-           retrieval.add_parsers, reporting.add_parsers, models.add_parsers]
+           hub.add_parsers, retrieval.add_parsers, reporting.add_parsers, models.add_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

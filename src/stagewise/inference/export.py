@@ -48,7 +48,8 @@ def export(
     opset: int = DEFAULT_OPSET,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Write `clf` as `fmt` to `out` (default: beside its weights) and check parity.
+    """Write `clf` as `fmt` to `out` (default: beside its weights; hf: the folder RUN/hf) and check
+    parity.
 
     Example:
         >>> r = export(stagewise.load("runs/pets"), "onnx", dynamic_batch=True)  # doctest: +SKIP
@@ -56,6 +57,10 @@ def export(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "hf":  # a folder in timm's layout, checked through timm's own loader
+        from .hf_export import export_hf
+
+        return export_hf(clf, out, tolerance=tolerance)
     path = _default_out(clf, fmt) if out is None else Path(out)
     check_outputs(export_paths(path), f"model{SUFFIX[fmt]}")
     # Export from a CPU copy: the file must not depend on the device the model was loaded on.
