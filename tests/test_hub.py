@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder, tiny_config
 
 import stagewise
+from conftest import make_image_folder, tiny_config
 from stagewise.cli import main
 from stagewise.inference.hub import FILES
 

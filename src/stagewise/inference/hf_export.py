@@ -116,7 +116,7 @@ def timm_config(model: torch.nn.Module, clf: Classifier) -> dict[str, Any]:
                               "label_names": list(clf.class_names)}
     if clf.class_ids != clf.class_names:
         # timm keeps label_descriptions as label name -> text; the class id is what data names.
-        config["label_descriptions"] = {n: f"class id {i}" for n, i in zip(clf.class_names, clf.class_ids)}
+        config["label_descriptions"] = {n: f"class id {i}" for n, i in zip(clf.class_names, clf.class_ids, strict=True)}
     if fixed:
         # A ViT's position embeddings are sized at construction: timm must build it at the size
         # it was trained at (model_args reach timm.create_model as keyword arguments).
