@@ -60,6 +60,7 @@ BASELINES = "baselines"  # a pipeline's baseline run folders: baselines/<name>/ 
 CELLS = "cells"  # a comparison's cell run folders: cells/<cell>/ (cell_dir)
 COMPARE = "compare.json"  # a comparison's table
 LR_FIND_PLOT = "lr_find.png"  # beside lr_find.json
+WANDB_RUN = "wandb_run.json"  # log_with: wandb: the W&B run a resume and the report reopen
 
 MODEL_FORMAT = "stagewise.model/1"
 MANIFEST_FORMAT = "stagewise.pipeline/1"
@@ -737,7 +738,7 @@ def write_lr_find(folder: Path, result: LRFindResult) -> None:
 # them. (Sub-folders stages/, baselines/, cells/ are run folders themselves, checked as such.)
 RUN_FILES = frozenset({CONFIG, SPLIT, HISTORY, MODEL_CARD, CONFUSION, TEST, TEACHER, BEST, LAST,
                        f"{LAST}.old", MANIFEST, PIPELINE_HISTORY, FINAL, CELL_MARKER, LR_FIND,
-                       "report.md", "report.html"})
+                       "report.md", "report.html", WANDB_RUN})
 _RUN_MARKERS = (MODEL_CARD, MANIFEST, CELL_MARKER)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +13,17 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..errors import StagewiseError
 from ..io import write_json, write_with
 from ..runfolder import check_outputs
 from . import choices
 from .classifier import Classifier
+from .export_result import TOLERANCE, ExportError, ExportResult
+
+__all__ = ["TOLERANCE", "ExportError", "ExportResult", "export", "export_paths"]
 
 FORMATS = choices.EXPORT_FORMATS
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 DEFAULT_OPSET = choices.DEFAULT_OPSET
-TOLERANCE = 1e-4
-
-
-class ExportError(StagewiseError):
-    """The model could not be exported, or the export does not reproduce PyTorch's logits."""
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: Path
-    preprocess_path: Path
-    format: str
-    checked: bool  # False when no runtime was available to run the exported file
-    max_abs_diff: float | None
-    note: str
 
 
 def export(

@@ -20,7 +20,7 @@ from .._version import __version__
 from ..io import replace_dir, write_json, write_text, write_with
 from ..runfolder import MODEL_CARD, check_outputs
 from .classifier import Classifier
-from .export import TOLERANCE, ExportError, ExportResult
+from .export_result import TOLERANCE, ExportError, ExportResult
 from .hf_card import card_text
 from .hub import CONFIG_JSON, DEFAULT_DIR, FILES, README, WEIGHTS
 

@@ -18,7 +18,7 @@ from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
 from ..training import TrainResult, coerce_config, resume_config, run_stage
 from ..training.distributed import is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
-from ..training.trackers import require_tracker
+from ..training.trackers import publish, require_tracker
 from .teacher import load_teacher
 
 
@@ -118,6 +118,8 @@ def train(
                 from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 
                 rep.message(f"report: {write_report(cfg.out)}")
+            if is_main_process():  # W&B: the report's plots and (wandb_log_model) the weights
+                publish(cfg.log_with, cfg.out, log_model=cfg.wandb_log_model)
             return result
         finally:
             rep.close()
