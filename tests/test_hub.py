@@ -186,3 +186,29 @@ def test_push_refuses_a_bad_repo_id_before_exporting(trained, tmp_path, capsys):
     assert main(["push", str(trained[0]), "not a repo!", "--out", str(out)]) == 2
     assert "repo id 'not a repo!'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_pipeline_export_card_has_its_stage_history(trained, tmp_path):
+    """A pipeline run folder (as `stagewise run` leaves it) exports its final model, and the card
+    tells the stages apart: a recipe column and a history row per stage."""
+    from stagewise.runfolder import write_manifest
+
+    run, _ = trained
+    pipe = tmp_path / "pipe"
+    for stage in ("probe", "finetune"):
+        shutil.copytree(run, pipe / "stages" / stage)
+    shutil.copy(run / "best.safetensors", pipe / "final.safetensors")
+    meta = json.loads((run / "model.json").read_text())
+    (pipe / "model.json").write_text(json.dumps({**meta, "weights": "final.safetensors",
+                                                 "stage": "finetune"}))
+    entry = {"status": "done", "epochs_run": 1, "best_epoch": 1, "score": "val_top1", "best_score": 0.75}
+    write_manifest(pipe, {"format": "stagewise.pipeline/1", "name": "pipe", "pipeline": {},
+                          "overrides": [], "order": ["probe", "finetune"],
+                          "stages": {"probe": entry, "finetune": {**entry, "best_score": 0.9}}})
+    assert main(["export", str(pipe), "--format", "hf"]) == 0
+    text = (pipe / "hf" / "README.md").read_text()
+    assert "2-stage pipeline (probe → finetune)" in text
+    assert "| key | probe | finetune |" in text
+    assert "| probe | done | 1 | 1 | val_top1 | 0.7500 |" in text
+    assert "| finetune | done | 1 | 1 | val_top1 | 0.9000 |" in text
+    assert "At the best epoch (stage `finetune`)" in text

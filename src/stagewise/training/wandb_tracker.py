@@ -78,7 +78,7 @@ def open_wandb(run_dir: Path, run_name: str, config: dict[str, Any] | None) -> A
     where = placement(run_dir)
     name = f"{where.group}/{run_name}" if where.group else run_name
 
-    class StageTracker(WandBTracker):  # type: ignore[misc]
+    class StageTracker(WandBTracker):
         """Logs at the pipeline's global epoch, and says which stage each point belongs to."""
 
         def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
