@@ -212,3 +212,12 @@ def test_a_pipeline_export_card_has_its_stage_history(trained, tmp_path):
     assert "| probe | done | 1 | 1 | val_top1 | 0.7500 |" in text
     assert "| finetune | done | 1 | 1 | val_top1 | 0.9000 |" in text
     assert "At the best epoch (stage `finetune`)" in text
+
+
+def test_the_card_names_the_hub_model_it_started_from():
+    from stagewise.inference.hf_card import _base_model
+
+    assert _base_model([("s", {"model": "resnet18", "weights": "hub"})]) == "timm/resnet18.a1_in1k"
+    assert _base_model([("s", {"model": "x", "weights": "hf-hub:me/base@v2"})]) == "me/base"
+    assert _base_model([("s", {"model": "resnet18", "weights": "r18.safetensors"})]) is None
+    assert _base_model([("s", {"model": "resnet18", "weights": None})]) is None

@@ -26,8 +26,9 @@ def card_text(meta: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path 
     (config.json), trained in `run_dir` (a stage or pipeline run folder; None: unknown)."""
     manifest = _manifest(run_dir)
     stages = _stage_configs(run_dir, manifest)
+    base = _base_model(stages)
     sections = [
-        f"# {name}\n\n{_summary(meta, config, manifest)}",
+        f"# {name}\n\n{_summary(meta, config, manifest, base)}",
         _recipe(stages),
         _stage_history(manifest) if manifest else "",
         _metrics(meta),
@@ -37,10 +38,10 @@ def card_text(meta: Mapping[str, Any], config: Mapping[str, Any], run_dir: Path 
         _how_to_load(name),
     ]
     body = "\n\n".join(s for s in sections if s)
-    return f"---\n{_metadata(meta, config, name, license)}---\n\n{body}\n"
+    return f"---\n{_metadata(meta, name, license, base)}---\n\n{body}\n"
 
 
-def _metadata(meta: Mapping[str, Any], config: Mapping[str, Any], name: str, license: str | None) -> str:
+def _metadata(meta: Mapping[str, Any], name: str, license: str | None, base: str | None) -> str:
     """The card's YAML header: library, tags, dataset, metrics and the model-index results."""
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -50,7 +51,6 @@ def _metadata(meta: Mapping[str, Any], config: Mapping[str, Any], name: str, lic
                           metric_type="accuracy", metric_name=metric(key).label,
                           metric_value=round(float(meta["metrics"][key]), 6))
                for key in ("val_top1", "val_top5") if _is_number((meta.get("metrics") or {}).get(key))]
-    base = _base_model(meta)
     data = ModelCardData(library_name="timm", pipeline_tag="image-classification", license=license,
                          tags=["image-classification", "timm", "stagewise", "transfer-learning"],
                          datasets=[dataset], metrics=["accuracy"] if results else None,
@@ -58,11 +58,13 @@ def _metadata(meta: Mapping[str, Any], config: Mapping[str, Any], name: str, lic
     return data.to_yaml() + "\n"
 
 
-def _summary(meta: Mapping[str, Any], config: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> str:
+def _summary(meta: Mapping[str, Any], config: Mapping[str, Any], manifest: Mapping[str, Any] | None,
+             base: str | None) -> str:
     how = (f"a {len(manifest['order'])}-stage pipeline ({' → '.join(manifest['order'])})"
            if manifest else f"one stage ({meta.get('strategy') or 'training'})")
+    start = f", starting from [{base}](https://huggingface.co/{base})" if base else ""
     return (f"An image classifier: timm's `{config['architecture']}` with a {config['num_classes']}-class "
-            f"head, trained with stagewise in {how} on `{_dataset_name(meta)}`.")
+            f"head, trained with stagewise in {how} on `{_dataset_name(meta)}`{start}.")
 
 
 def _recipe(stages: list[tuple[str, dict[str, Any]]]) -> str:
@@ -171,11 +173,21 @@ def _dataset_name(meta: Mapping[str, Any]) -> str:
     return Path(data.rstrip("/")).name or data
 
 
-def _base_model(meta: Mapping[str, Any]) -> str | None:
-    """The Hub model these weights were fine-tuned from, when the run says so."""
-    head = meta.get("head") or {}
-    source = str(head.get("source") or "")
-    return source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else None
+def _base_model(stages: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The Hub model the first stage started from: `weights: hf-hub:ID`, or the timm model's own
+    pretrained weights (`weights: hub`), by their Hub id; None for files and random init."""
+    if not stages:
+        return None
+    config = stages[0][1]
+    weights, model = str(config.get("weights") or ""), str(config.get("model") or "")
+    if weights.startswith("hf-hub:"):
+        return weights.removeprefix("hf-hub:").split("@")[0]
+    if weights not in ("hub", "pretrained") or model.startswith("tv:"):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model.removeprefix("hf-hub:"))
+    return getattr(cfg, "hf_hub_id", None) or None
 
 
 def _cell(value: Any) -> str:
