@@ -73,7 +73,9 @@ def test_wandb_offline_run_holds_the_metrics_plots_and_model(tmp_path, monkeypat
                  "--set", "image_size=32", "--set", "epochs=2", "--set", "batch_size=8",
                  "--set", "num_workers=0", "--set", "augmentation=none", "--set", "log_with=wandb",
                  "--set", "wandb_log_model=true"]) == 0
+    import wandb
 
+    wandb.teardown()  # stops wandb-core, which writes the .wandb files: all records are on disk
     found = _offline_run(run)
     history = read_history(run)
     by_step = {row["_step"]: row for row in found["history"] if "val_top1" in row}
