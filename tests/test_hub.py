@@ -161,7 +161,8 @@ def test_push_dry_run_then_upload(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHfApi)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     out = tmp_path / "to-push"
-    assert main(["push", str(run), "me/pets", "--dry-run", "--out", str(out), "--license", "mit"]) == 0
+    for _ in range(2):  # the second push replaces the first one's export
+        assert main(["push", str(run), "me/pets", "--dry-run", "--out", str(out), "--license", "mit"]) == 0
     shown = capsys.readouterr().out
     assert "would upload to me/pets" in shown
     assert all(name in shown for name in FILES)

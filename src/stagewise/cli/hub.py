@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .deferred import defer
@@ -50,6 +51,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
                            license=args.license)
         folder = result.path
         print(f"exported {folder} (timm parity: max |logit difference| {result.max_abs_diff:.2e})")
+    elif args.license or args.out:
+        print(f"note: {folder} is an export already and is uploaded as it is; --license and --out "
+              "apply when push exports a run folder", file=sys.stderr)
     pushed = push(folder, args.repo_id, private=args.private, dry_run=args.dry_run,
                   commit_message=args.message)
     verb = "would upload" if pushed.dry_run else "uploaded"

@@ -266,7 +266,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export(load(args.model, device="cpu"), args.format, args.out, args.dynamic_batch,
                     args.opset)
     diff = f"max |logit difference| {result.max_abs_diff:.2e}" if result.checked else "not checked"
-    print(f"wrote {result.path} and {result.preprocess_path}")
+    if result.format == "hf":
+        print(f"wrote {result.path}/ (config.json, model.safetensors, README.md, model.json); "
+              f"publish it with: stagewise push {result.path} YOUR-NAME/MODEL-NAME")
+    else:
+        print(f"wrote {result.path} and {result.preprocess_path}")
     print(f"parity: {diff} ({result.note})")
     return 0
 

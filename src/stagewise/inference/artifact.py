@@ -142,12 +142,14 @@ def build_network(artifact: Artifact) -> nn.Module:
 
 
 def load(path: str | Path, device: str | None = None) -> Classifier:
-    """A ready Classifier from a run folder, a pipeline run folder or a weights file.
+    """A ready Classifier from a run folder, a pipeline run folder, a weights file, an exported
+    folder or an `hf-hub:` id (see find_artifact).
 
     Example:
         >>> import stagewise
         >>> clf = stagewise.load("runs/pets")  # doctest: +SKIP
         >>> clf.predict(["a.jpg", "b.jpg"], top_k=3)  # doctest: +SKIP
+        >>> stagewise.load("hf-hub:your-name/pets-resnet18")  # doctest: +SKIP
     """
     from .classifier import Classifier
 

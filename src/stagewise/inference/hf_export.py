@@ -128,7 +128,9 @@ def timm_config(model: torch.nn.Module, clf: Classifier) -> dict[str, Any]:
 
 def _check_target(out: Path) -> None:
     """`out` is replaced as a whole: only an absent or empty folder, or an earlier export."""
-    check_outputs([out / name for name in FILES], f"{DEFAULT_DIR}/")
+    earlier = out.is_dir() and all((out / f).is_file() for f in (CONFIG_JSON, WEIGHTS))
+    if not earlier:  # an earlier export holds model.json, so it reads as a run folder of its own
+        check_outputs([out / name for name in FILES], f"{DEFAULT_DIR}/")
     if out.is_file():
         raise ExportError(f"--out {out}: is a file; name a folder for the export")
     if out.is_dir() and any(out.iterdir()) and not all((out / f).is_file() for f in (CONFIG_JSON, WEIGHTS)):
