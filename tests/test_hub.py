@@ -66,6 +66,8 @@ def test_export_folder_layout_and_card(trained, exported):
 
     run, _ = trained
     assert sorted(p.name for p in exported.iterdir()) == sorted(FILES)
+    published = json.loads((exported / "model.json").read_text())
+    assert published["data"] == "data" and published["weights"] == "model.safetensors"  # no local paths
     config = json.loads((exported / "config.json").read_text())
     pre = config["pretrained_cfg"]
     assert config["architecture"] == "test_resnet"

@@ -74,7 +74,7 @@ def _recipe(stages: list[tuple[str, dict[str, Any]]]) -> str:
     keys = [k for k in RECIPE_KEYS if any(c.get(k) not in (None, [], {}) for _, c in stages)]
     head = "| key | " + " | ".join(names) + " |" if len(stages) > 1 else "| key | value |"
     rows = [head, "|" + " --- |" * (len(stages) + 1)]
-    rows += [f"| {k} | " + " | ".join(_cell(c.get(k)) for _, c in stages) + " |" for k in keys]
+    rows += [f"| {k} | " + " | ".join(_cell(_public(k, c.get(k))) for _, c in stages) + " |" for k in keys]
     note = ("Each stage starts from the previous stage's weights unless its `init` says otherwise; "
             "the full resolved configuration is the run folder's `config.yaml`.") if len(stages) > 1 else \
         "The full resolved configuration is the run folder's `config.yaml`."
@@ -165,6 +165,14 @@ def _stage_configs(run_dir: Path | None, manifest: Mapping[str, Any] | None) -> 
         return [("stage", config)] if config else []
     found = [(name, read_config(stage_dir(run_dir, name))) for name in manifest["order"]]
     return [(name, config) for name, config in found if config]
+
+
+def _public(key: str, value: Any) -> Any:
+    """A local file of the trainer's (weights, teacher) by its name only: its folders say nothing
+    to a reader and may say too much about the trainer's machine."""
+    if key in ("weights", "teacher") and isinstance(value, str) and "/" in value and ":" not in value:
+        return Path(value).name
+    return value
 
 
 def _dataset_name(meta: Mapping[str, Any]) -> str:

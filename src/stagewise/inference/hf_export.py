@@ -56,7 +56,7 @@ def export_hf(clf: Classifier, out: str | Path | None = None, repo_id: str | Non
         write_json(tmp / CONFIG_JSON, config)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         write_with(tmp / WEIGHTS, lambda p: _save_safetensors(state, p))
-        write_json(tmp / MODEL_CARD, {**clf.meta, "weights": WEIGHTS})
+        write_json(tmp / MODEL_CARD, public_meta(clf.meta))
         diff = _timm_parity(model, tmp, clf.preprocess.image_size)
         if diff > tolerance:
             raise ExportError(f"timm's local-dir: loader rebuilds {config['architecture']} with logits "
@@ -69,6 +69,17 @@ def export_hf(clf: Classifier, out: str | Path | None = None, repo_id: str | Non
     return ExportResult(path=out, preprocess_path=out / CONFIG_JSON, format="hf", checked=True,
                         max_abs_diff=parity[0],
                         note="parity checked with timm.create_model('local-dir:...', pretrained=True)")
+
+
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """model.json as published: the weights renamed, and the trainer's own paths (the data
+    folder, a teacher's weights) cut to their last part, which is all a reader can use."""
+    out = {**meta, "weights": WEIGHTS}
+    if out.get("data"):
+        out["data"] = Path(str(out["data"]).rstrip("/")).name
+    if isinstance(out.get("teacher"), dict) and out["teacher"].get("source"):
+        out["teacher"] = {**out["teacher"], "source": Path(str(out["teacher"]["source"])).name}
+    return out
 
 
 def refuse_unsupported(meta: dict[str, Any]) -> None:
