@@ -123,3 +123,18 @@ def test_missing_wandb_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "pip install 'stagewise[wandb]'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "history.jsonl").exists()
+
+
+def test_a_run_wandb_cannot_start_says_how_to_log_in(tmp_path, monkeypatch):
+    import wandb
+
+    from stagewise.errors import ConfigError
+    from stagewise.training.trackers import open_tracker
+
+    def refuse(**kwargs: object) -> None:
+        raise wandb.errors.UsageError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(ConfigError, match="wandb login.*WANDB_MODE=offline"):
+        open_tracker("wandb", tmp_path, "run", {"lr": 0.1})
+    assert not (tmp_path / WANDB_RUN).exists()
