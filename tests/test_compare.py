@@ -168,8 +168,8 @@ def test_tracker_asked_for_but_not_installed(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(accelerate.utils, "is_mlflow_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'stagewise\[mlflow\]'"):
         trackers.open_tracker("mlflow", tmp_path, "run")
-    with pytest.raises(ConfigError, match="choose one of none, tensorboard, mlflow"):
-        trackers.open_tracker("wandb", tmp_path, "run")
+    with pytest.raises(ConfigError, match="choose one of none, tensorboard, mlflow, wandb"):
+        trackers.open_tracker("comet", tmp_path, "run")
     assert trackers.open_tracker(None, tmp_path, "run") is None
     with pytest.raises(ConfigError, match="mlflow package is not installed"):  # before any training
         compare(tmp_path, ["test_resnet"], ["probe"], epochs=1, out=tmp_path / "o", log_with="mlflow")

@@ -66,6 +66,7 @@ TUNE_TRIALS = "trials.json"  # a search's table of trials
 TUNE_BEST = "best.yaml"  # the best trial's config as a pipeline: `stagewise run`
 TUNE_BEST_STAGE = "best_stage.yaml"  # the same as a stage config: `stagewise train --config`
 TUNE_PLOT = "tune.png"  # the objective per trial and the best so far
+WANDB_RUN = "wandb_run.json"  # log_with: wandb: the W&B run a resume and the report reopen
 
 MODEL_FORMAT = "stagewise.model/1"
 MANIFEST_FORMAT = "stagewise.pipeline/1"
@@ -752,7 +753,7 @@ def write_lr_find(folder: Path, result: LRFindResult) -> None:
 # them. (Sub-folders stages/, baselines/, cells/ are run folders themselves, checked as such.)
 RUN_FILES = frozenset({CONFIG, SPLIT, HISTORY, MODEL_CARD, CONFUSION, TEST, TEACHER, BEST, LAST,
                        f"{LAST}.old", MANIFEST, PIPELINE_HISTORY, FINAL, CELL_MARKER, LR_FIND,
-                       "report.md", "report.html"})
+                       "report.md", "report.html", WANDB_RUN})
 _RUN_MARKERS = (MODEL_CARD, MANIFEST, CELL_MARKER)
 
 

@@ -13,13 +13,13 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, explain, inference, models, pipeline, reporting, retrieval, train, tune
+from . import data, explain, hub, inference, models, pipeline, reporting, retrieval, train, tune
 from .deferred import DeferredParser
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
-           explain.add_parsers, retrieval.add_parsers, reporting.add_parsers, models.add_parsers,
-           tune.add_parsers]
+           explain.add_parsers, hub.add_parsers, retrieval.add_parsers, reporting.add_parsers,
+           models.add_parsers, tune.add_parsers]
 
 
 def build_parser() -> argparse.ArgumentParser:

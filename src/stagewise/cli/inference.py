@@ -237,9 +237,12 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model to ONNX or TorchScript",
+    p = sub.add_parser("export", help="export a trained model to ONNX, TorchScript or a Hugging Face folder",
                        description="Writes the model file and a .preprocess.json beside it, then "
-                       "checks that the export reproduces PyTorch's logits within 1e-4.")
+                       "checks that the export reproduces PyTorch's logits within 1e-4. --format hf "
+                       "writes a folder in timm's layout (config.json, model.safetensors, a model card "
+                       "README.md, model.json) that timm.create_model('local-dir:DIR', pretrained=True) "
+                       "loads; `stagewise push` uploads it.")
     defer(p, _export_arguments)
 
 
@@ -248,8 +251,10 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     from ..inference.choices import EXPORT_FORMATS as FORMATS
 
     p.add_argument("model", type=Path, help=MODEL_HELP)
-    p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--out", type=Path, default=None, help="file to write (default: in the model folder)")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="onnx or torchscript: one model file; hf: a timm/Hugging Face Hub folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file to write (hf: the folder) (default: in the model folder; hf: RUN/hf)")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not just 1")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.set_defaults(handler=_cmd_export)
@@ -261,7 +266,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export(load(args.model, device="cpu"), args.format, args.out, args.dynamic_batch,
                     args.opset)
     diff = f"max |logit difference| {result.max_abs_diff:.2e}" if result.checked else "not checked"
-    print(f"wrote {result.path} and {result.preprocess_path}")
+    if result.format == "hf":
+        print(f"wrote {result.path}/ (config.json, model.safetensors, README.md, model.json); "
+              f"publish it with: stagewise push {result.path} YOUR-NAME/MODEL-NAME")
+    else:
+        print(f"wrote {result.path} and {result.preprocess_path}")
     print(f"parity: {diff} ({result.note})")
     return 0
 

@@ -30,7 +30,7 @@ DataFormat = Literal[
     "flowers102", "oxford-pets", "food101",
 ]
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
-LogWith = Literal["none", "tensorboard", "mlflow"]
+LogWith = Literal["none", "tensorboard", "mlflow", "wandb"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
                      "multi_similarity"]
 Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",

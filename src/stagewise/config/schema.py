@@ -285,6 +285,8 @@ class TrainConfig(_Strict):
     out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
     log_with: LogWith = "none"
+    wandb_log_model: bool = Field(False, description="log_with: wandb: upload the final weights and "
+                                  "model.json as a W&B model artifact at the end of the run")
 
     @model_validator(mode="before")
     @classmethod

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from .classifier import Candidate, Classifier, Prediction
     from .ensemble import Ensemble, load_ensemble
     from .evaluate import Evaluation, evaluate
-    from .export import ExportError, ExportResult, export
+    from .export import export
+    from .export_result import ExportError, ExportResult
     from .predict import FileResult, expand_inputs, predict_files
     from .retrieval import Embeddings, Match, RetrievalError, Retriever
     from .retrieval_eval import RetrievalEvaluation, evaluate_retrieval
@@ -27,7 +28,7 @@ _EXPORTS = {
     "Candidate": "classifier", "Classifier": "classifier", "Prediction": "classifier",
     "Ensemble": "ensemble", "load_ensemble": "ensemble",
     "Evaluation": "evaluate", "evaluate": "evaluate",
-    "ExportError": "export", "ExportResult": "export", "export": "export",
+    "ExportError": "export_result", "ExportResult": "export_result", "export": "export",
     "FileResult": "predict", "expand_inputs": "predict", "predict_files": "predict",
     "Embeddings": "retrieval", "Match": "retrieval", "RetrievalError": "retrieval",
     "Retriever": "retrieval",

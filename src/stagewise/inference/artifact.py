@@ -58,15 +58,25 @@ class Artifact:
 
 
 def find_artifact(path: str | Path) -> Artifact:
-    """Resolve a run folder, a pipeline run folder, a weights file or a model.json to an Artifact.
+    """Resolve a run folder, a pipeline run folder, a weights file, a model.json, an exported
+    folder (`export --format hf`, or any timm config.json + model.safetensors) or
+    `hf-hub:user/repo[@revision]` (downloaded to huggingface_hub's cache) to an Artifact.
 
     Example:
         >>> find_artifact("runs/pets").weights_path  # doctest: +SKIP
         PosixPath('runs/pets/best.safetensors')
     """
+    from . import hub
+
+    if hub.is_hub_ref(path):
+        path = hub.download(str(path))
     path = Path(path).expanduser()
     if path.is_dir():
         meta_path = path / MODEL_JSON
+        timm_card = None if meta_path.is_file() else hub.timm_card(path)
+        if timm_card is not None:  # a timm folder without model.json: its config.json says it all
+            return Artifact(meta_path=path / hub.CONFIG_JSON, weights_path=path / timm_card.weights,
+                            card=timm_card)
         if not meta_path.is_file():
             raise WeightsError(_no_model_json(path))
         weights = None
@@ -142,7 +152,8 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], artifact: Art
 
 
 def load(path: str | Path, device: str | None = None, model: nn.Module | None = None) -> Classifier:
-    """A ready Classifier from a run folder, a pipeline run folder or a weights file.
+    """A ready Classifier from a run folder, a pipeline run folder, a weights file, an exported
+    folder or an `hf-hub:` id (see find_artifact).
 
     A run whose network was passed to `stagewise.train` as an object needs `model`: a fresh
     instance of that class (its classifier is resized as training did, then the weights load).
@@ -151,6 +162,7 @@ def load(path: str | Path, device: str | None = None, model: nn.Module | None = 
         >>> import stagewise
         >>> clf = stagewise.load("runs/pets")  # doctest: +SKIP
         >>> clf.predict(["a.jpg", "b.jpg"], top_k=3)  # doctest: +SKIP
+        >>> stagewise.load("hf-hub:your-name/pets-resnet18")  # doctest: +SKIP
     """
     from .classifier import Classifier
 

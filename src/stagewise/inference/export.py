@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +13,17 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..errors import StagewiseError
 from ..io import write_json, write_with
 from ..runfolder import check_outputs
 from . import choices
 from .classifier import Classifier
+from .export_result import TOLERANCE, ExportError, ExportResult
+
+__all__ = ["TOLERANCE", "ExportError", "ExportResult", "export", "export_paths"]
 
 FORMATS = choices.EXPORT_FORMATS
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 DEFAULT_OPSET = choices.DEFAULT_OPSET
-TOLERANCE = 1e-4
-
-
-class ExportError(StagewiseError):
-    """The model could not be exported, or the export does not reproduce PyTorch's logits."""
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: Path
-    preprocess_path: Path
-    format: str
-    checked: bool  # False when no runtime was available to run the exported file
-    max_abs_diff: float | None
-    note: str
 
 
 def export(
@@ -48,7 +34,8 @@ def export(
     opset: int = DEFAULT_OPSET,
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
-    """Write `clf` as `fmt` to `out` (default: beside its weights) and check parity.
+    """Write `clf` as `fmt` to `out` (default: beside its weights; hf: the folder RUN/hf) and check
+    parity.
 
     Example:
         >>> r = export(stagewise.load("runs/pets"), "onnx", dynamic_batch=True)  # doctest: +SKIP
@@ -56,6 +43,10 @@ def export(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "hf":  # a folder in timm's layout, checked through timm's own loader
+        from .hf_export import export_hf
+
+        return export_hf(clf, out, tolerance=tolerance)
     path = _default_out(clf, fmt) if out is None else Path(out)
     check_outputs(export_paths(path), f"model{SUFFIX[fmt]}")
     # Export from a CPU copy: the file must not depend on the device the model was loaded on.

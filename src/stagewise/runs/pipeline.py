@@ -53,6 +53,7 @@ from ..training import TrainResult, resume_config
 from ..training.callbacks import Hooks
 from ..training.distributed import is_main_process, wait_for_everyone
 from ..training.progress import Reporter, make_reporter
+from ..training.trackers import publish
 from .plan import PipelinePlan, StagePlan, load_pipeline
 from .single import locked, train_stage
 
@@ -112,7 +113,7 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
          overrides: Sequence[str], reporter: str, callbacks: Sequence[Any] = ()) -> PipelineResult:
     manifest = _open(plan, out, stages, resume, overrides)
     hint = _resume_hint(out)
-    trained = False
+    trained: StagePlan | None = None  # the last stage trained now
     for stage in plan.stages:
         entry = manifest["stages"][stage.name]
         if stages and stage.name not in stages:
@@ -128,10 +129,13 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
         finally:
             rep.close()
         _save(out, plan, manifest, report=stage.config.report)
-        trained = True
+        trained = stage
     # Without training (a kill after the manifest marked the last stage done but before the
     # final files were written), the final files are written now so they match the manifest.
-    _save(out, plan, manifest, report=False, files=not trained)
+    _save(out, plan, manifest, report=False, files=trained is None)
+    if trained is not None and is_main_process():  # W&B: the pipeline's plots and final model,
+        cfg = trained.config                        # in the W&B run of its last stage
+        publish(cfg.log_with, stage_dir(out, trained.name), out, log_model=cfg.wandb_log_model)
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / FINAL if (out / FINAL).exists() else None,
                           history=read_json(out / PIPELINE_HISTORY) or {})

@@ -20,7 +20,7 @@ from ..training.callbacks import Hooks
 from ..training.distributed import is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
 from ..training.setup import Given
-from ..training.trackers import require_tracker
+from ..training.trackers import publish, require_tracker
 from .objects import resume_hint, split_objects
 from .teacher import load_teacher
 
@@ -130,6 +130,8 @@ def train(
                 from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 
                 rep.message(f"report: {write_report(cfg.out)}")
+            if is_main_process():  # W&B: the report's plots and (wandb_log_model) the weights
+                publish(cfg.log_with, cfg.out, log_model=cfg.wandb_log_model)
             return result
         finally:
             rep.close()

@@ -1,8 +1,10 @@
-"""Optional experiment trackers (TensorBoard, MLflow) through Accelerate's tracker classes.
+"""Optional experiment trackers (TensorBoard, MLflow, Weights & Biases) through Accelerate's
+tracker classes (W&B's placement of pipeline stages: wandb_tracker.py).
 
-Nothing of TensorBoard or MLflow is imported unless a tracker is asked for; asking for one that
+Nothing of TensorBoard, MLflow or W&B is imported unless a tracker is asked for; asking for one that
 is not installed is a clear error naming the extra to install. The trainer calls
-`open_tracker` once per run, `log_epoch` with every epoch record and `close_tracker` at the end.
+`open_tracker` once per run, `log_epoch` with every epoch record and `close_tracker` at the end;
+the run level calls `publish` once the report is drawn (W&B: its plots, and the model).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..metrics import is_finite, tracked
 
-TRACKERS = ("tensorboard", "mlflow")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
@@ -22,10 +24,15 @@ def open_tracker(log_with: str | None, run_dir: str | Path, run_name: str,
     """An started Accelerate tracker for `log_with`, or None when `log_with` is None/'none'.
 
     TensorBoard writes to `run_dir/tensorboard/<run_name>`; MLflow logs to the tracking URI of
-    the environment (MLFLOW_TRACKING_URI, default ./mlruns) in experiment 'stagewise'.
+    the environment (MLFLOW_TRACKING_URI, default ./mlruns) in experiment 'stagewise'; W&B to the
+    project WANDB_PROJECT (default stagewise), offline under `run_dir/wandb/` with WANDB_MODE=offline.
     """
     if not require_tracker(log_with):
         return None
+    if log_with == "wandb":
+        from .wandb_tracker import open_wandb
+
+        return open_wandb(Path(run_dir), run_name, config)
     from accelerate.tracking import MLflowTracker, TensorBoardTracker
 
     if log_with == "tensorboard":
@@ -45,9 +52,10 @@ def require_tracker(log_with: str | None) -> bool:
         return False
     if log_with not in TRACKERS:
         raise ConfigError(f"log_with: unknown tracker '{log_with}'; choose one of none, {', '.join(TRACKERS)}")
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-    available = is_tensorboard_available() if log_with == "tensorboard" else is_mlflow_available()
+    available = {"tensorboard": is_tensorboard_available, "mlflow": is_mlflow_available,
+                 "wandb": is_wandb_available}[log_with]()
     if not available:
         raise ConfigError(f"--log-with {log_with}: the {log_with} package is not installed; "
                           f"pip install 'stagewise[{log_with}]' (or drop --log-with)")
@@ -75,6 +83,18 @@ def log_epoch(tracker: Any, record: Mapping[str, Any]) -> None:
 def close_tracker(tracker: Any) -> None:
     if tracker is not None:
         tracker.finish()
+
+
+def publish(log_with: str | None, run_dir: str | Path, files_dir: str | Path | None = None,
+            log_model: bool = False) -> None:
+    """After the report: W&B gets the plots of `files_dir` (default `run_dir`; a pipeline's
+    folder for its last stage) as images, and with `log_model` its final weights as a model
+    artifact, in the W&B run of `run_dir`. The other trackers keep their curves only."""
+    if log_with != "wandb":
+        return
+    from .wandb_tracker import publish as publish_wandb
+
+    publish_wandb(Path(run_dir), Path(files_dir or run_dir), log_model)
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
