@@ -26,9 +26,11 @@ LRScale = Literal["none", "linear", "sqrt"]
 Augmentation = Literal["none", "light", "standard", "strong"]
 HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[
-    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
+    "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar",
+    "shards",
 ]
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
+DecoderName = Literal["auto", "pil", "pil-draft", "torchvision"]  # data/decode.py
 LogWith = Literal["none", "tensorboard", "mlflow"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
                      "multi_similarity"]

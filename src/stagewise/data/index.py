@@ -21,6 +21,7 @@ EXPECTED: dict[str, str] = {
                 "LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt",
     "csv": "a .csv manifest with the header path,label[,split]",
     "cifar": "cifar-10-batches-py/ or cifar-100-python/ (the python pickle batches)",
+    "shards": "stagewise-shards.json beside <split>-NNNNNN.tar shards (`stagewise data shard`)",
 }
 
 

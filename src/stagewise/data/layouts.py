@@ -20,6 +20,7 @@ from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import EXPECTED, DatasetIndex
 from .progress import Advance, Progress, task
+from .shards import is_shard_folder, read_shards
 from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
 
@@ -36,6 +37,7 @@ READERS: dict[str, Reader] = {
     "imagenet": read_imagenet,
     "csv": read_csv_manifest,
     "cifar": read_cifar,
+    "shards": read_shards,
 }
 
 # What each layout looks like on disk, for error messages.
@@ -58,8 +60,12 @@ def _cifar(root: Path) -> str | None:
     return "cifar" if cifar_folder(root) is not None else None
 
 
+def _shards(root: Path) -> str | None:
+    return "shards" if is_shard_folder(root) else None
+
+
 # Independent families: at most one may match. Within the wnid family the most specific wins.
-_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family)
+_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family, _shards)
 
 
 def detect_format(root: Path) -> str:

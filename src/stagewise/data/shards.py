@@ -1,0 +1,215 @@
+"""Sharded datasets: WebDataset tar shards written by `stagewise data shard`, read back as a layout.
+
+A shard folder holds, per split, `<split>-NNNNNN.tar` (WebDataset: each sample is `<key>.<ext>`,
+the original file's bytes, and `<key>.cls`, its class number), `<split>.index.npy` (one row per
+sample: shard number, byte offset and size of the image member, label, extension number) and
+`stagewise-shards.json` (classes, counts, shards, how it was made). Why tars, and why an offset
+index beside them: docs/decisions.md.
+
+A sample is addressed as `<root>/<split>-NNNNNN.tar/<key>.<ext>`, a path inside the tar (as
+`zipfile.Path` addresses a zip member): `images.load_rgb` reads such a path from the tar by its
+offset (one `pread`), so every reader of images (the loader, the val check, caches, reports,
+`predict`) reads shards without knowing about them, and `split.json` records them like files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .index import DatasetIndex, Samples
+from .progress import Advance, Progress, task
+
+MANIFEST = "stagewise-shards.json"
+VERSION = 1
+_SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<num>\d{6})\.tar$")
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30}
+# Index columns (int64): where each sample's image member lies, and what it is.
+SHARD, OFFSET, SIZE, LABEL, EXT = range(5)
+
+
+def parse_size(text: str) -> int:
+    """'256MB' -> 256_000_000 (kB/MB/GB are powers of 10, KiB/MiB/GiB of 2); a unit is required."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1000:
+        raise DataError(f"--shard-size {text!r}: expected a size with a unit, at least 1kB, such as "
+                        "256MB, 1GB or 512MiB (units: B, kB, MB, GB, KiB, MiB, GiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def is_shard_folder(root: Path) -> bool:
+    return (Path(root) / MANIFEST).is_file()
+
+
+def write_shards(source: Path, out: Path, shard_size: int, fmt: str = "auto",
+                 val_fraction: float = 0.2, seed: int = 0, progress: Progress = False) -> dict:
+    """Write the dataset at `source` (any layout `load_dataset` reads) as shards in `out`.
+
+    The training split is written in a seeded random order, so that every shard holds a mix of
+    classes (a reader that shuffles within a few shards then still sees mixed batches); val and
+    test in index order. Files that failed the indexer's header check are left out (and counted).
+    `out` is built beside itself and renamed into place: a killed run leaves no half folder.
+    """
+    from ..io import replace_dir
+    from .layouts import load_dataset
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists and is not empty; give a new folder for the shards "
+                        "(nothing was written)")
+    index = load_dataset(source, fmt, val_fraction, seed, progress=progress)
+    if any(s.paths is None for s in index.splits.values()):
+        raise DataError(f"{source}: the {index.layout} layout holds decoded arrays, not image files; "
+                        "shards store image files (train from it directly)")
+    start = time.perf_counter()
+    manifest: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        manifest.update(_write_all(index, tmp, shard_size, seed, progress))
+        manifest["seconds"] = round(time.perf_counter() - start, 3)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    replace_dir(build, out)
+    return manifest
+
+
+def _write_all(index: DatasetIndex, tmp: Path, shard_size: int, seed: int, progress: Progress) -> dict:
+    splits: dict[str, Any] = {}
+    exts: list[str] = []
+    for name, samples in index.splits.items():
+        order = list(range(len(samples)))
+        if name == "train":
+            order = np.random.default_rng(seed).permutation(len(samples)).tolist()
+        with task(progress, f"sharding {name}", len(order)) as advance:
+            splits[name] = _write_split(samples, order, tmp, name, shard_size, exts, advance)
+        splits[name]["counts"] = samples.counts(index.num_classes)
+    return {
+        "format": "webdataset", "version": VERSION, "source": str(index.root),
+        "layout": index.layout, "seed": seed, "shard_size": shard_size,
+        "classes": {"ids": index.class_ids, "names": index.class_names}, "extensions": exts,
+        "splits": splits, "skipped": len(index.skipped),
+    }
+
+
+def _write_split(samples: Samples, order: list[int], folder: Path, split: str, shard_size: int,
+                 exts: list[str], advance: Advance) -> dict:
+    """Write one split's shards, then read back each tar's member offsets into the index."""
+    import webdataset as wds
+
+    pattern = str(folder / f"{split}-%06d.tar")
+    # mtime 0 and fixed owner: the same data gives byte-identical shards.
+    with wds.ShardWriter(pattern, maxcount=10**9, maxsize=shard_size, verbose=0, mtime=0.0) as sink:
+        for key, i in enumerate(order):
+            path = Path(samples.paths[i])  # type: ignore[index]
+            ext = path.suffix.lower().lstrip(".") or "img"
+            if ext not in exts:
+                exts.append(ext)
+            sink.write({"__key__": f"{key:08d}", ext: path.read_bytes(), "cls": samples.labels[i]})
+            advance(1)
+    rows = np.zeros((len(order), 5), dtype=np.int64)
+    shards = sorted(folder.glob(f"{split}-*.tar"))
+    for num, shard in enumerate(shards):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext != "cls":
+                    rows[int(key)] = (num, member.offset_data, member.size, 0, exts.index(ext))
+    rows[:, LABEL] = [samples.labels[i] for i in order]
+    np.save(folder / f"{split}.index.npy", rows)
+    return {"samples": len(order), "shards": [{"name": s.name, "bytes": s.stat().st_size}
+                                              for s in shards]}
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root}: no {MANIFEST}; a shard folder is made by `stagewise data shard "
+                        f"FOLDER {root}`") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); re-create the shards with `stagewise data "
+                        "shard`") from None
+    if manifest.get("format") != "webdataset" or manifest.get("version") != VERSION:
+        raise DataError(f"{path}: format {manifest.get('format')!r} version "
+                        f"{manifest.get('version')!r}; this stagewise reads webdataset version "
+                        f"{VERSION}: re-create the shards with `stagewise data shard`")
+    return manifest
+
+
+def read_shards(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                advance: Advance | None = None) -> DatasetIndex:
+    """The layout reader of a shard folder (`val_fraction` and `seed` were applied when it was
+    written, and are recorded in its manifest)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    exts = manifest["extensions"]
+    splits = {}
+    for name, info in manifest["splits"].items():
+        rows = _rows(root, name)
+        if len(rows) != info["samples"]:
+            raise DataError(f"{root / (name + '.index.npy')}: {len(rows)} rows, the manifest says "
+                            f"{info['samples']}; re-create the shards")
+        shard_names = [s["name"] for s in info["shards"]]
+        paths = [root / shard_names[r[SHARD]] / f"{key:08d}.{exts[r[EXT]]}"
+                 for key, r in enumerate(rows.tolist())]
+        splits[name] = Samples(labels=rows[:, LABEL].tolist(), paths=paths)
+    classes = manifest["classes"]
+    return DatasetIndex(root=root, layout="shards", class_ids=list(classes["ids"]),
+                        class_names=list(classes["names"]), splits=splits)
+
+
+# Per process: each split's index (memory-mapped, shared by forked workers) and open shards.
+_ROWS: dict[tuple[str, str], np.ndarray] = {}
+_FILES: dict[str, int] = {}
+
+
+def _rows(root: Path, split: str) -> np.ndarray:
+    key = (str(root), split)
+    if key not in _ROWS:
+        path = root / f"{split}.index.npy"
+        try:
+            _ROWS[key] = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable ({exc}); re-create the shards") from None
+    return _ROWS[key]
+
+
+def is_member(path: Path) -> bool:
+    """Whether `path` addresses a sample inside a shard (`<root>/<split>-NNNNNN.tar/<key>.<ext>`)."""
+    return path.parent.suffix == ".tar" and _SHARD.match(path.parent.name) is not None \
+        and path.parent.is_file()
+
+
+def read_member(path: Path) -> bytes:
+    """The bytes of the shard member `path` addresses: one positioned read, no tar parsing.
+
+    File descriptors are kept per process; `os.pread` has no shared file position, so loader
+    workers forked with them open read safely.
+    """
+    shard = path.parent
+    split = _SHARD.match(shard.name).group("split")  # type: ignore[union-attr]
+    row = _rows(shard.parent, split)[int(path.stem)]
+    fd = _FILES.get(str(shard))
+    if fd is None:
+        fd = _FILES[str(shard)] = os.open(shard, os.O_RDONLY)
+    data = os.pread(fd, int(row[SIZE]), int(row[OFFSET]))
+    if len(data) != row[SIZE]:
+        raise OSError(f"{shard}: truncated, member {path.name} ends past the end of the file")
+    return data
+
+
+def shard_numbers(samples: Samples) -> np.ndarray:
+    """The shard each sample of `samples` lies in (from its address), for `shard_order`."""
+    return np.array([int(Path(p).parent.stem.rsplit("-", 1)[1]) for p in samples.paths or []],
+                    dtype=np.int64)
