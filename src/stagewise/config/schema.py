@@ -154,7 +154,7 @@ class TrainConfig(_Strict):
     decoder: DecoderName = Field(
         "auto", description="how the loader decodes files: pil (full size), pil-draft (JPEGs at a "
         "reduced scale, never under 2x the resize side), torchvision; auto: pil-draft for training, "
-        "pil for validation (docs/data.md)")
+        "pil for validation (docs/shards.md)")
     feature_views: int = Field(0, ge=0, le=64, description="cache: features with augmentation: "
                                "precompute K augmented views and cycle through them; 0: the "
                                "un-augmented view")

@@ -104,7 +104,11 @@ def _write_all(index: DatasetIndex, tmp: Path, shard_size: int, seed: int, progr
 def _write_split(samples: Samples, order: list[int], folder: Path, split: str, shard_size: int,
                  exts: list[str], advance: Advance) -> dict:
     """Write one split's shards, then read back each tar's member offsets into the index."""
-    import webdataset as wds
+    try:
+        import webdataset as wds
+    except ImportError:
+        raise DataError("stagewise data shard writes with webdataset: pip install "
+                        "'stagewise[shards]' (training from shards needs nothing extra)") from None
 
     pattern = str(folder / f"{split}-%06d.tar")
     # A fixed mtime (an int: a float one costs a 1 kB PAX header per member) and owner: the same
@@ -122,9 +126,9 @@ def _write_split(samples: Samples, order: list[int], folder: Path, split: str, s
     for num, shard in enumerate(shards):
         with tarfile.open(shard) as tar:
             for member in tar:
-                key, _, ext = member.name.partition(".")
+                stem, _, ext = member.name.partition(".")
                 if ext != "cls":
-                    rows[int(key)] = (num, member.offset_data, member.size, 0, exts.index(ext))
+                    rows[int(stem)] = (num, member.offset_data, member.size, 0, exts.index(ext))
     rows[:, LABEL] = [samples.labels[i] for i in order]
     np.save(folder / f"{split}.index.npy", rows)
     return {"samples": len(order), "shards": [{"name": s.name, "bytes": s.stat().st_size}
