@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from stagewise.data import ImageDataset, build_transform, load_dataset, make_loader
 from stagewise.data.decode import make_decoder
 from stagewise.data.images import load_rgb
-from stagewise.data.shards import write_shards
+from stagewise.data.shard_writer import write_shards
 from stagewise.data.transforms import Preprocess
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

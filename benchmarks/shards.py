@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from stagewise.data.layouts import load_dataset
-from stagewise.data.shards import read_member, read_shards, write_shards
+from stagewise.data.shard_writer import parse_size, write_shards
+from stagewise.data.shards import read_member, read_shards
 
 
 def _litdata_item(item: tuple[str, int]) -> dict:
@@ -91,7 +92,6 @@ def main() -> None:
     train = index.splits["train"]
     items = [(str(p), lab) for p, lab in zip(train.paths or [], train.labels, strict=True)]
     n = len(items)
-    from stagewise.data.shards import parse_size
 
     start = time.perf_counter()
     write_shards(args.data, args.out / "wds", parse_size(args.size))

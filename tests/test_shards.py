@@ -20,9 +20,11 @@ from safetensors.torch import load_file
 from conftest import make_image_folder
 from stagewise.cli import main
 from stagewise.data.images import load_rgb
+from stagewise.data.inspect import inspect_dataset
 from stagewise.data.layouts import load_dataset
 from stagewise.data.shard_sampler import shard_order
-from stagewise.data.shards import MANIFEST, parse_size
+from stagewise.data.shard_writer import parse_size
+from stagewise.data.shards import MANIFEST
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
        "PYTHONUNBUFFERED": "1"}
@@ -64,6 +66,10 @@ def test_shards_hold_every_image_with_classes_and_counts(shards: Path) -> None:
         assert by_pixels[load_rgb(p).tobytes()] == lab
     # The training order was shuffled when written: the first shard mixes classes.
     assert len(set(train.labels[:10])) > 1
+    # `data inspect` reads the members (hash and decode) like files.
+    report = inspect_dataset(shards)
+    assert report.total == 56 and report.counts["train"] == [12, 12, 12, 12]
+    assert not report.undecodable and report.sizes == {"32x32": 56}
 
 
 def test_shard_order_is_seeded_disjoint_per_rank_and_equal_in_length() -> None:
@@ -153,3 +159,10 @@ def test_bad_input_exits_2_with_the_fix(shards: Path, tmp_path: Path,
                  str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and MANIFEST in err and "stagewise data shard" in err and "Traceback" not in err
+
+
+def test_disk_cache_of_shards_is_refused_with_the_alternatives(shards: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", str(shards), *TRAIN, "--set", "cache=disk", "--out",
+                 str(tmp_path / "run"), "--quiet"])
+    assert code == 2 and "cache: memory (small data) or none" in capsys.readouterr().err

@@ -137,7 +137,7 @@ def _shard_parser(dsub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    from ..data.shards import parse_size, write_shards
+    from ..data.shard_writer import parse_size, write_shards
 
     size = parse_size(args.shard_size)  # before anything is read
     manifest = write_shards(args.dir, args.out, size, args.format, args.val_fraction, args.seed,

@@ -385,6 +385,9 @@ def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str
         train_ds.seed_numpy = train_ds.seed_numpy or any(p.uses_numpy for _, p in per_epoch
                                                          if isinstance(p, AugmentPlan))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
+    if cache == "disk" and index.layout == "shards":
+        raise ConfigError(f"cache: disk keys image files by their stat and content; {cfg.data} is a "
+                          "shard folder: use cache: memory (small data) or none")
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
         attach_cache([train_ds, val_ds], "memory" if cache == "memory" else "disk", pre,
                      progress=progress)
