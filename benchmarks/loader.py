@@ -100,6 +100,35 @@ def decode_only(root: Path, pre: Preprocess, limit: int, rounds: int) -> dict:
     return out
 
 
+def agreement(root: Path, weights: Path, sizes: list[int]) -> dict:
+    """tf_efficientnet_lite0's ImageNet predictions on the val split decoded with pil and with
+    pil-draft (eval transform): top-1 agreement over the 1000 classes, and the accuracy of the
+    ant (310) vs bee (309) logits on hymenoptera (class 0 ants, 1 bees)."""
+    import timm
+    from safetensors.torch import load_file
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    val = load_dataset(root).splits["val"]
+    labels = torch.tensor(val.labels)
+    out: dict = {}
+    for size in sizes:
+        pre = Preprocess(size, MEAN, STD)
+        evaluate = build_transform(pre, "none", False)
+        logits = {}
+        for name in ("pil", "pil-draft"):
+            decode = make_decoder(name, pre, training=True)
+            with torch.inference_mode():
+                logits[name] = model(torch.stack([evaluate(decode(p)) for p in val.paths or []]))
+        top = {k: v.argmax(1) for k, v in logits.items()}
+        two = {k: round((v[:, [310, 309]].argmax(1) == labels).float().mean().item(), 4)
+               for k, v in logits.items()}
+        out[size] = {"top1_agreement": round((top["pil"] == top["pil-draft"]).float().mean().item(), 4),
+                     "ant_bee_acc": two}
+    return out
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -115,11 +144,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed passes per loader (best kept)")
     ap.add_argument("--shards", action="store_true", help="also read a shard folder of the data")
     ap.add_argument("--decode-limit", type=int, default=150)
+    ap.add_argument("--agreement", type=Path, metavar="WEIGHTS",
+                    help="tf_efficientnet_lite0 ImageNet weights: also compare its predictions")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pre = Preprocess(args.size, MEAN, STD)
     res: dict = {"size": args.size, "workers": args.workers, "batch_size": args.batch_size,
                  "decoding": decode_only(args.data, pre, args.decode_limit, args.rounds)}
+    if args.agreement:
+        res["agreement"] = agreement(args.data, args.agreement, [args.size, args.size * 3 // 2])
     loaders = {"torchvision ImageFolder": plain_loader(args.data, pre, args)}
     for decoder in ("pil", "pil-draft", "torchvision"):
         loaders[f"stagewise {decoder}"] = stagewise_loader(args.data, pre, decoder, args)
