@@ -132,15 +132,45 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(shards: Path, tmp_pa
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
 
 
+# Each rank writes down which shards its sampler gave it, then runs the real CLI.
+RANK_CHILD = """
+import json, os, sys
+from pathlib import Path
+from stagewise.data import shard_sampler
+from stagewise.cli import main
+
+real = shard_sampler.ShardSampler._indices
+
+def logged(self):
+    order = real(self)
+    shards = sorted({int(self.shard_of[i]) for i in order})
+    path = Path(os.environ["SHARDS_LOG"]) / f"rank{os.environ['RANK']}-epoch{self.epoch}.json"
+    path.write_text(json.dumps({"shards": shards, "n": len(order)}))
+    return order
+
+shard_sampler.ShardSampler._indices = logged
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_processes_read_disjoint_shards_and_finish(shards: Path, tmp_path: Path) -> None:
-    out = tmp_path / "two"
+    out, log = tmp_path / "two", tmp_path / "log"
+    log.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(RANK_CHILD))
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-              "-m", "stagewise", "train", "--data", str(shards), *TRAIN, "--out", str(out), "--quiet"]
-    done = subprocess.run(launch, env=ENV, capture_output=True, text=True, timeout=300)
+              str(script), "train", "--data", str(shards), *TRAIN, "--out", str(out), "--quiet"]
+    done = subprocess.run(launch, env={**ENV, "SHARDS_LOG": str(log)}, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
     # 48 images over 2 ranks at batch 4: 6 steps, every val image counted once.
     assert record["epoch"] == 1 and record["global_step"] == 6 and record["val_images"] == 8
+    ranks = [json.loads((log / f"rank{r}-epoch0.json").read_text()) for r in range(2)]
+    assert ranks[0]["n"] == ranks[1]["n"] == 24
+    assert not set(ranks[0]["shards"]) & set(ranks[1]["shards"])
+    every = len(json.loads((shards / MANIFEST).read_text())["splits"]["train"]["shards"])
+    assert sorted(ranks[0]["shards"] + ranks[1]["shards"]) == list(range(every))
 
 
 def test_bad_input_exits_2_with_the_fix(shards: Path, tmp_path: Path,
@@ -159,6 +189,12 @@ def test_bad_input_exits_2_with_the_fix(shards: Path, tmp_path: Path,
                  str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and MANIFEST in err and "stagewise data shard" in err and "Traceback" not in err
+    # A shard lost in a copy is named before anything trains.
+    (broken / MANIFEST).write_text((shards / MANIFEST).read_text())
+    (broken / "train-000001.tar").unlink()
+    code = main(["train", "--data", str(broken), *TRAIN, "--out", str(tmp_path / "run2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train-000001.tar: missing" in err
 
 
 def test_disk_cache_of_shards_is_refused_with_the_alternatives(shards: Path, tmp_path: Path,

@@ -66,6 +66,7 @@ def read_shards(root: Path, val_fraction: float = 0.2, seed: int = 0,
         if len(rows) != info["samples"]:
             raise DataError(f"{root / (name + '.index.npy')}: {len(rows)} rows, the manifest says "
                             f"{info['samples']}; re-create the shards")
+        _check_files(root, info["shards"])
         shard_names = [s["name"] for s in info["shards"]]
         paths = [root / shard_names[r[SHARD]] / f"{key:08d}.{exts[r[EXT]]}"
                  for key, r in enumerate(rows.tolist())]
@@ -73,6 +74,17 @@ def read_shards(root: Path, val_fraction: float = 0.2, seed: int = 0,
     classes = manifest["classes"]
     return DatasetIndex(root=root, layout="shards", class_ids=list(classes["ids"]),
                         class_names=list(classes["names"]), splits=splits)
+
+
+def _check_files(root: Path, shards: list[dict]) -> None:
+    """Every shard the manifest lists is there at its size (a stat per shard, not per image)."""
+    for shard in shards:
+        path = root / shard["name"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != shard["bytes"]:
+            found = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
+            raise DataError(f"{path}: {found}; copy the shard folder again or re-create it with "
+                            "`stagewise data shard`")
 
 
 # Per process: each split's index (memory-mapped, shared by forked workers) and open shards.
