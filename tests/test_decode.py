@@ -44,6 +44,7 @@ def test_auto_drafts_training_images_and_decodes_val_in_full(photo: Path) -> Non
     assert make_decoder("auto", big, training=True)(photo).size == (640, 480)
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29+
 def test_torchvision_decodes_the_same_pixels_as_pillow(photo: Path, tmp_path: Path) -> None:
     tv, pil = make_decoder("torchvision", PRE, True), make_decoder("pil", PRE, True)
     assert np.array_equal(np.asarray(tv(photo)), np.asarray(pil(photo)))
@@ -57,3 +58,12 @@ def test_decoder_key_is_validated() -> None:
     assert build_config({"data": "d"}).decoder == "auto"
     with pytest.raises(ConfigError, match="decoder"):
         build_config({"data": "d", "decoder": "nvjpeg"})
+
+
+def test_a_run_saved_before_the_decoder_key_resumes_with_full_decoding(tmp_path: Path) -> None:
+    from stagewise.training.setup import resume_config
+
+    (tmp_path / "config.yaml").write_text("data: d\nmodel: test_resnet\n")
+    assert resume_config(tmp_path, {}).decoder == "pil"
+    (tmp_path / "config.yaml").write_text("data: d\nmodel: test_resnet\ndecoder: auto\n")
+    assert resume_config(tmp_path, {}).decoder == "auto"

@@ -92,6 +92,8 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"resume: {path} not found; is {run_dir} a stagewise run folder?")
     saved = load_yaml(path)
+    # Runs saved before `decoder:` existed decoded every image in full: resume them that way.
+    saved.setdefault("decoder", "pil")
     saved_cfg = build_config(saved, source=str(path))
     asked = build_config({**saved, **given}, source="command line")
     before, after = saved_cfg.resolved(), asked.resolved()
