@@ -122,8 +122,9 @@ def _shard_parser(dsub: argparse._SubParsersAction) -> None:
                     "held out) and writes OUT/<split>-NNNNNN.tar shards with an offset index and "
                     "stagewise-shards.json (classes, counts). The image files' bytes are stored "
                     "as they are. See docs/shards.md.")
-    p.add_argument("dir", type=Path, help="dataset folder (or CSV manifest)")
-    p.add_argument("out", type=Path, help="new folder for the shards (must not exist or be empty)")
+    p.add_argument("dir", type=Path, metavar="FOLDER", help="dataset folder (or CSV manifest)")
+    p.add_argument("out", type=Path, metavar="OUT",
+                   help="new folder for the shards (must not exist or be empty)")
     p.add_argument("--shard-size", default="256MB", metavar="SIZE",
                    help="bytes per shard: 256MB, 1GB, 512MiB (default: 256MB)")
     p.add_argument("--format", default="auto", help="layout of DIR (default: detected)")
