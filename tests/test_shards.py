@@ -66,6 +66,12 @@ def test_shards_hold_every_image_with_classes_and_counts(shards: Path) -> None:
         assert by_pixels[load_rgb(p).tobytes()] == lab
     # The training order was shuffled when written: the first shard mixes classes.
     assert len(set(train.labels[:10])) > 1
+    # A shard folder re-shards (another size): the same images and labels.
+    again = shards.parent / "again"
+    assert main(["data", "shard", str(shards), str(again), "--shard-size", "1MB", "--quiet"]) == 0
+    val = load_dataset(again).splits["val"]
+    assert val.labels == index.splits["val"].labels
+    assert load_rgb((val.paths or [])[3]).tobytes() == load_rgb((index.splits["val"].paths or [])[3]).tobytes()
     # `data inspect` reads the members (hash and decode) like files.
     report = inspect_dataset(shards)
     assert report.total == 56 and report.counts["train"] == [12, 12, 12, 12]

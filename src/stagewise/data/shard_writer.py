@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from .index import DatasetIndex, Samples
 from .progress import Advance, Progress, task
-from .shards import LABEL, MANIFEST, VERSION
+from .shards import LABEL, MANIFEST, VERSION, is_member, read_member
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
           "gib": 2**30}
@@ -99,7 +99,9 @@ def _write_split(samples: Samples, order: list[int], folder: Path, split: str, s
             ext = path.suffix.lower().lstrip(".") or "img"
             if ext not in exts:
                 exts.append(ext)
-            sink.write({"__key__": f"{key:08d}", ext: path.read_bytes(), "cls": samples.labels[i]})
+            # A shard folder can be re-sharded (another --shard-size): its members are read back.
+            data = read_member(path) if is_member(path) else path.read_bytes()
+            sink.write({"__key__": f"{key:08d}", ext: data, "cls": samples.labels[i]})
             advance(1)
     rows = np.zeros((len(order), 5), dtype=np.int64)
     shards = sorted(folder.glob(f"{split}-*.tar"))
