@@ -1,4 +1,4 @@
-"""`stagewise data synth|inspect|fetch`: dataset tools."""
+"""`stagewise data synth|inspect|fetch|shard`: dataset tools."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..errors import StagewiseError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch")
+    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch, shard")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser(
         "synth", help="generate synthetic datasets: the built-in curriculum or a fake ImageNet family",
@@ -37,6 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=_cmd_synth)
     _inspect_parser(dsub)
     _fetch_parser(dsub)
+    _shard_parser(dsub)
 
 
 def _inspect_parser(dsub: argparse._SubParsersAction) -> None:
@@ -111,4 +112,43 @@ def _synth_family(args: argparse.Namespace) -> int:
         print(folder)
     print(f"{len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in "
           f"{time.perf_counter() - start:.1f}s; run the preset with --set data_root={args.out}")
+    return 0
+
+
+def _shard_parser(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "shard", help="write a dataset as WebDataset tar shards (train with --data OUT)",
+        description="Reads FOLDER in any layout train reads (its train/val split, or val_fraction "
+                    "held out) and writes OUT/<split>-NNNNNN.tar shards with an offset index and "
+                    "stagewise-shards.json (classes, counts). The image files' bytes are stored "
+                    "as they are. See docs/shards.md.")
+    p.add_argument("dir", type=Path, metavar="FOLDER", help="dataset folder (or CSV manifest)")
+    p.add_argument("out", type=Path, metavar="OUT",
+                   help="new folder for the shards (must not exist or be empty)")
+    p.add_argument("--shard-size", default="256MB", metavar="SIZE",
+                   help="bytes per shard: 256MB, 1GB, 512MiB (default: 256MB)")
+    p.add_argument("--format", default="auto", help="layout of DIR (default: detected)")
+    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                   help="held out as val when DIR has no val split")
+    p.add_argument("--seed", type=int, default=defaults.SEED,
+                   help="seed of that split and of the training samples' order in the shards")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_shard)
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from ..data.shard_writer import parse_size, write_shards
+
+    size = parse_size(args.shard_size)  # before anything is read
+    manifest = write_shards(args.dir, args.out, size, args.format, args.val_fraction, args.seed,
+                            progress=not args.quiet)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    for name, info in manifest["splits"].items():
+        total = sum(s["bytes"] for s in info["shards"])
+        print(f"{name}: {info['samples']} images in {len(info['shards'])} shard(s), {total / 1e6:.1f} MB")
+    print(f"{args.out}  ({len(manifest['classes']['ids'])} classes, {manifest['seconds']:.1f}s; "
+          f"train with --data {args.out})")
     return 0

@@ -27,9 +27,10 @@ Augmentation = Literal["none", "light", "standard", "strong"]
 HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[
     "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar",
-    "flowers102", "oxford-pets", "food101",
+    "flowers102", "oxford-pets", "food101", "shards",
 ]
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
+DecoderName = Literal["auto", "pil", "pil-draft", "torchvision"]  # data/decode.py
 LogWith = Literal["none", "tensorboard", "mlflow", "wandb"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
                      "multi_similarity"]

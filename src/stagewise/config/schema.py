@@ -25,6 +25,7 @@ from .choices import (
     Augmentation,
     CacheMode,
     DataFormat,
+    DecoderName,
     HeadMode,
     LogWith,
     LRScale,
@@ -156,6 +157,10 @@ class TrainConfig(_Strict):
     cache: CacheMode = Field(
         "auto", description="memory/disk: decoded images; features: a probe's backbone features "
         "(computed once); auto: features for a probe without augmentation (exact), else none")
+    decoder: DecoderName = Field(
+        "auto", description="how the loader decodes files: pil (full size), pil-draft (JPEGs at a "
+        "reduced scale, never under 2x the resize side), torchvision; auto: pil-draft for training, "
+        "pil for validation (docs/shards.md)")
     feature_views: int = Field(0, ge=0, le=64, description="cache: features with augmentation: "
                                "precompute K augmented views and cycle through them; 0: the "
                                "un-augmented view")

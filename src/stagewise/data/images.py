@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -20,12 +22,31 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode fully (so truncation fails here, not mid-transform) and return an RGB image."""
+def open_source(path: str | Path) -> str | Path | BinaryIO:
+    """What `Image.open` reads for `path`: the file, or the bytes of a shard member that a path
+    `<shard>.tar/<key>.<ext>` addresses (data/shards.py)."""
+    p = Path(path)
+    if p.parent.suffix == ".tar":
+        from .shards import is_member, read_member
+
+        if is_member(p):
+            return BytesIO(read_member(p))
+    return path
+
+
+def load_rgb(path: str | Path, draft: int | None = None) -> Image.Image:
+    """Decode fully (so truncation fails here, not mid-transform) and return an RGB image.
+
+    `draft`: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale whose sides are both
+    at least `draft` pixels (libjpeg's DCT scaling: much less work; pixels differ from a full
+    decode then resize, see data/decode.py). Other formats ignore it.
+    """
     with warnings.catch_warnings():
         # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; treat both as errors.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(open_source(path)) as img:
+            if draft is not None and img.format == "JPEG":
+                img.draft(img.mode, (draft, draft))
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
@@ -86,7 +107,7 @@ def decode_error(path: Path) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(open_source(path)) as img:
                 img.draft(img.mode, (1, 1))
                 img.load()
                 to_rgb(ImageOps.exif_transpose(img))

@@ -26,6 +26,7 @@ EXPECTED: dict[str, str] = {
     "flowers102": "flowers-102/: jpg/image_NNNNN.jpg, imagelabels.mat and setid.mat",
     "oxford-pets": "oxford-iiit-pet/: images/<Breed>_<n>.jpg, annotations/trainval.txt and test.txt",
     "food101": "food-101/: images/<class>/<id>.jpg, meta/classes.txt, meta/train.txt and test.txt",
+    "shards": "stagewise-shards.json beside <split>-NNNNNN.tar shards (`stagewise data shard`)",
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from .hashing import content_hash
-from .images import BAD_IMAGE_ERRORS, oriented_size
+from .images import BAD_IMAGE_ERRORS, open_source, oriented_size
 from .index import DatasetIndex, Samples
 from .layouts import load_dataset
 from .progress import Progress, task
@@ -62,13 +62,16 @@ class InspectReport:
 def probe_file(path: Path) -> FileInfo:
     """Hash (in chunks: never the whole file in memory) and fully decode one file."""
     try:
-        info = FileInfo(digest=content_hash(path))
+        source = open_source(path)  # a file, or a shard member's bytes (data/shards.py)
+        digest = (content_hash(path) if isinstance(source, (str, Path)) else
+                  hashlib.blake2b(source.read(), digest_size=16).hexdigest())
+        info = FileInfo(digest=digest)
     except OSError as exc:
         return FileInfo(digest=f"unreadable:{path}", error=f"cannot read: {exc.strerror}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(open_source(path)) as img:
                 info.mode = img.mode
                 img.load()
                 info.size = oriented_size(img)  # after load(): a PNG's EXIF may follow its pixels

@@ -21,6 +21,7 @@ from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import EXPECTED, DatasetIndex
 from .progress import Advance, Progress, task
+from .shards import is_shard_folder, read_shards
 from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
 
@@ -40,6 +41,7 @@ READERS: dict[str, Reader] = {
     "flowers102": read_flowers102,
     "oxford-pets": read_oxford_pets,
     "food101": read_food101,
+    "shards": read_shards,
 }
 
 # What each layout looks like on disk, for error messages.
@@ -62,8 +64,13 @@ def _cifar(root: Path) -> str | None:
     return "cifar" if cifar_folder(root) is not None else None
 
 
+def _shards(root: Path) -> str | None:
+    return "shards" if is_shard_folder(root) else None
+
+
 # Independent families: at most one may match. Within the wnid family the most specific wins.
-_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family, fine_grained_layout)
+_PROBES: tuple[Callable[[Path], str | None], ...] = (_cifar, _csv, _wnid_family, _shards,
+                                                    fine_grained_layout)
 
 
 def detect_format(root: Path) -> str:

@@ -12,6 +12,8 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +51,8 @@ class ImageDataset(SampleDataset):
         self.transform_for: Callable[[int], Callable] | None = None
         # Batches also carry each image's sample index (a distillation teacher's cached logits)
         self.indexed = False
+        # path -> RGB image: `load_rgb`, or the stage's `decoder:` (data/decode.py)
+        self.decode: Callable[[Path], Any] = load_rgb
 
     def image(self, i: int):
         if self.cache is not None:
@@ -59,7 +63,7 @@ class ImageDataset(SampleDataset):
             from PIL import Image
 
             return to_rgb(Image.fromarray(self.samples.arrays[i]))
-        return load_rgb(self.samples.paths[i])  # type: ignore[index]
+        return self.decode(self.samples.paths[i])  # type: ignore[index]
 
     def __getitem__(self, key: int):
         epoch, i = divmod(int(key), _EPOCH_STRIDE)
@@ -226,13 +230,16 @@ def make_loader(
     world: int = 1,
     pin_memory: bool = False,
     m_per_class: int | None = None,
+    sampler: EpochSampler | None = None,
 ) -> DataLoader:
+    """`sampler`: another order than `EpochSampler`'s (a shard folder's: data/shard_sampler.py)."""
     workers = default_workers() if num_workers is None else num_workers
     # A shuffled (training) loader pads so that every rank runs the same number of steps;
     # an ordered (evaluation) one counts every sample exactly once.
     groups = list(dataset.samples.labels) if m_per_class else None
-    sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, batch_size, pad=shuffle,
-                           groups=groups, m_per_class=m_per_class)
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), seed, shuffle, rank, world, batch_size, pad=shuffle,
+                               groups=groups, m_per_class=m_per_class)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -29,6 +29,7 @@ from ..data import (
     resolve_preprocess,
 )
 from ..data.cache import attach_cache
+from ..data.decode import attach_decoders
 from ..data.folder import load_split, resplit
 from ..data.identities import (
     EXPECTED,
@@ -40,6 +41,7 @@ from ..data.identities import (
 from ..data.loader import m_per_class_order
 from ..data.progressive import EpochTransforms, progressive_values, randaugment
 from ..data.resize import size_schedule
+from ..data.shard_sampler import shard_sampler
 from ..data.subset import take_subset
 from ..data.verify import check_decodable, skipped_in
 from ..errors import ConfigError
@@ -92,6 +94,8 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"resume: {path} not found; is {run_dir} a stagewise run folder?")
     saved = load_yaml(path)
+    # Runs saved before `decoder:` existed decoded every image in full: resume them that way.
+    saved.setdefault("decoder", "pil")
     saved_cfg = build_config(saved, source=str(path))
     asked = build_config({**saved, **given}, source="command line")
     before, after = saved_cfg.resolved(), asked.resolved()
@@ -451,6 +455,9 @@ def _datasets(cfg: TrainConfig, index: DatasetIndex, pre: Preprocess, cache: str
         train_ds.seed_numpy = train_ds.seed_numpy or any(p.uses_numpy for _, p in per_epoch
                                                          if isinstance(p, AugmentPlan))
     val_ds = ImageDataset(index.splits["val"], build_transform(pre, "none", False), cfg.seed, seeded=False)
+    if cache == "disk" and index.layout == "shards":
+        raise ConfigError(f"cache: disk keys image files by their stat and content; {cfg.data} is a "
+                          "shard folder: use cache: memory (small data) or none")
     if cache in ("memory", "disk"):  # cached features are made from the images themselves
         attach_cache([train_ds, val_ds], "memory" if cache == "memory" else "disk", pre,
                      progress=progress)
@@ -464,6 +471,7 @@ def _loop_parts(
     from timm.utils import ModelEmaV3
 
     train_ds, val_ds = _datasets(cfg, index, pre, cache, progress)
+    attach_decoders({"train": train_ds, "val": val_ds}, cfg.decoder, pre)
     rank, world = accelerator.process_index, accelerator.num_processes
     pin = accelerator.device.type == "cuda"
     # The sampler pads every rank to the same count (runs of m_per_class may repeat images).
@@ -473,7 +481,8 @@ def _loop_parts(
     small_tail = bool(cfg.mixup or cfg.cutmix or _mixes(cfg)) or per_rank % cfg.batch_size == 1
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                                drop_last=small_tail and per_rank > cfg.batch_size,
-                               rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class)
+                               rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class,
+                               sampler=shard_sampler(index, train_ds.samples, cfg, rank, world))
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)
     if cfg.channels_last:
