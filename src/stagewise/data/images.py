@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -60,8 +62,25 @@ def header_ok(path: Path) -> bool:
         return False
 
 
+# While a saved index is built (data/saved_index.py), readers list files only: the checks that
+# `verify:` asks for then run once over everything listed, in parallel, split by split. A context
+# variable rather than a reader argument keeps every reader's signature (layouts.Reader) as it is.
+_LISTING_ONLY: ContextVar[bool] = ContextVar("stagewise_listing_only", default=False)
+
+
+@contextmanager
+def listing_only() -> Iterator[None]:
+    """Within this block `HeaderCheck` accepts every file without opening it."""
+    token = _LISTING_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LISTING_ONLY.reset(token)
+
+
 class HeaderCheck:
-    """`header_ok` for the files an indexer finds: keeps the unreadable ones, ticks a progress bar."""
+    """`header_ok` for the files an indexer finds: keeps the unreadable ones, ticks a progress bar.
+    Inside `listing_only()` it opens nothing and accepts every file."""
 
     def __init__(self, advance: Callable[[int], None] | None = None) -> None:
         self.skipped: list[str] = []
@@ -70,7 +89,7 @@ class HeaderCheck:
     def __call__(self, path: Path) -> bool:
         if self.advance is not None:
             self.advance(1)
-        if header_ok(path):
+        if _LISTING_ONLY.get() or header_ok(path):
             return True
         self.skipped.append(str(path))
         return False
