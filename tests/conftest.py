@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from PIL import Image
 # Keep tests on the CPU and single-threaded enough to be repeatable on 2 cores.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Saved dataset indexes (data/saved_index.py) go to a folder of this session, not ~/.cache.
+os.environ.setdefault("STAGEWISE_INDEX_CACHE", tempfile.mkdtemp(prefix="stagewise-test-index-"))
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():

@@ -28,6 +28,7 @@ HeadMode = Literal["match", "reset", "keep"]
 DataFormat = Literal[
     "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar"
 ]
+VerifyMode = Literal["auto", "none", "header", "decode"]  # data/saved_index.py
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
 LogWith = Literal["none", "tensorboard", "mlflow"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",

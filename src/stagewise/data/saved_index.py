@@ -139,7 +139,7 @@ def _on_shared_fs(path: Path) -> bool:
 def _build(root: Path, reader: Reader, val_fraction: float, seed: int, verify: str,
            progress: Progress) -> tuple[DatasetIndex, str, dict]:
     started = time.time_ns()
-    with listing_only(), task(progress, f"listing {root.name or root}") as advance:
+    with listing_only(), task(progress, f"indexing {root.name or root}") as advance:
         index = reader(root, val_fraction, seed, advance)
     mode = resolve_verify(verify, sum(len(s) for s in index.splits.values()))
     listed = {name: s for name, s in index.splits.items() if s.paths is not None}

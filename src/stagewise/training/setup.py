@@ -52,7 +52,7 @@ from ..models import (
     embedding_head,
 )
 from ..ranking import require_faiss, require_metrics
-from ..runfolder import CONFIG, SPLIT
+from ..runfolder import CONFIG, split_file
 from .distill import Teacher, attach_teacher
 from .embedding import EmbedCriterion
 from .features import (
@@ -69,7 +69,7 @@ from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
-RESUME_FREE = {"num_workers", "out"}
+RESUME_FREE = {"num_workers", "out", "verify"}  # verify: a resume re-applies its saved split
 
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -158,7 +158,8 @@ def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any =
     resume), else re-split by `cfg.split` when set."""
     if task(cfg.task).embeds:
         return _load_identities(cfg, split_file, progress)
-    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
+    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress,
+                         verify=cfg.verify)
     if cfg.split is not None:
         # Also on a resume: it checks the layout, and load_split then restores the saved lists.
         index = resplit(index, cfg.split, cfg.seed)
@@ -184,8 +185,12 @@ def _load_identities(cfg: TrainConfig, split_file: Path | None, progress: Any) -
 
 def _check_val(index: DatasetIndex, rep: Reporter) -> int:
     """Decode every val image once before training (a few ms each): no usable one is an error
-    now, not a 0.0 accuracy later; bad ones are named and left out of the metrics."""
-    bad = check_decodable(index, "val", progress=progress_of(rep))
+    now, not a 0.0 accuracy later; bad ones are named and left out of the metrics. A saved index
+    did that once when it was built (`val_bad`), or was told not to (verify: none)."""
+    if index.val_bad is not None:
+        bad = index.val_bad
+    else:
+        bad = check_decodable(index, "val", progress=progress_of(rep))
     if bad:
         rep.message(f"warning: {len(bad)} val image(s) cannot be decoded and are left out of "
                     f"evaluation: {', '.join(list(bad)[:3])}")
@@ -203,7 +208,7 @@ def prepare_stage(
 
     if task(cfg.task).embeds:  # optional packages, checked before anything is read or written
         require_faiss(), require_metrics()
-    index = load_index(cfg, split_from / SPLIT if split_from is not None else None, progress_of(rep))
+    index = load_index(cfg, split_file(split_from) if split_from is not None else None, progress_of(rep))
     shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
     bad_val = _check_val(index, rep)
     if index.skipped:

@@ -36,6 +36,7 @@ from ..runfolder import (
     LAST,
     MODEL_CARD,
     SPLIT,
+    SPLIT_ARRAYS,
     Confusion,
     EpochRecord,
     HeldOutRecord,
@@ -45,6 +46,7 @@ from ..runfolder import (
     read_config,
     read_history,
     read_model_card,
+    split_file,
     trained_epochs,
     write_config,
     write_confusion,
@@ -143,8 +145,9 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
         remove_leftovers(run_dir, (LAST,))
     # A fresh run always records its own split: a split.json left by an attempt that failed
     # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
-    if setup.index.splits["train"].paths is not None and not (resume and (run_dir / SPLIT).is_file()):
-        save_split(setup.index, run_dir / SPLIT)
+    if setup.index.splits["train"].paths is not None and not (resume and split_file(run_dir)):
+        (run_dir / SPLIT).unlink(missing_ok=True)  # an older format's, left by a failed attempt
+        save_split(setup.index, run_dir / SPLIT_ARRAYS)
     # Written only once every setting has been checked against the data (class_weights, the
     # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
     # A resume rewrites it (a new out: or num_workers:) only once its checkpoint has loaded
