@@ -68,15 +68,16 @@ def _cmd_index(args: argparse.Namespace) -> int:
     done = index_dataset(args.dir, args.format, args.val_fraction, args.seed,
                          progress=not args.json, verify=args.verify, refresh=args.refresh)
     index = done.index
+    splits = {name: len(s) for name, s in index.splits.items()}
     report = {"files": done.files, "seconds": round(done.seconds, 4), "cached": done.cached,
               "classes": index.num_classes, "layout": index.layout, "verify": done.verify,
-              "splits": {name: len(s) for name, s in index.splits.items()},
+              "splits": splits,
               "skipped": len(index.skipped), "cache": str(done.path)}
     if args.json:
         print(json.dumps(report))
     else:
         how = "read back" if done.cached else "built"
-        print(f"{done.files} files, {index.num_classes} classes ({', '.join(f'{k} {v}' for k, v in report['splits'].items())}); "
+        print(f"{done.files} files, {index.num_classes} classes ({', '.join(f'{k} {v}' for k, v in splits.items())}); "
               f"{how} in {done.seconds:.2f}s (verify: {done.verify}) -> {done.path}")
     return 0
 

@@ -245,7 +245,7 @@ def save_split(index: DatasetIndex, path: Path) -> None:
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
 
     write_with(path, save)
 
@@ -273,7 +273,7 @@ def _load_split_arrays(index: DatasetIndex, path: Path) -> DatasetIndex:
         index.root, arrays[f"{name}.blob"], arrays[f"{name}.offsets"])) for name in meta["splits"]}
     fresh = {name: s.compact(index.root) for name, s in index.splits.items() if s.paths is not None}
     if saved.keys() == fresh.keys() and all(
-            saved[n].paths.same_as(fresh[n].paths) and saved[n].labels == fresh[n].labels  # type: ignore[union-attr,arg-type]
+            saved[n].paths.same_as(fresh[n].paths) and saved[n].labels == fresh[n].labels  # type: ignore[union-attr]
             for n in saved):
         return _with_splits(index, fresh, keep_checks=True)  # the usual resume: nothing changed
     # The folder changed since the run started: keep the saved files that are still there.

@@ -107,8 +107,8 @@ def saved_index(root: Path, layout: str, reader: Reader, val_fraction: float, se
         _write(path, index, mode, signature)
     log.info("indexed %s: %d files (verify: %s) in %.1fs, saved to %s", root,
              sum(len(s) for s in index.splits.values()), mode, time.perf_counter() - start, path)
-    found = _read(path)  # what every later read sees: the same arrays, not the reader's lists
-    return Indexed(found[0] if found else index, False, time.perf_counter() - start, path, mode)
+    saved = _read(path)  # what every later read sees: the same arrays, not the reader's lists
+    return Indexed(saved[0] if saved else index, False, time.perf_counter() - start, path, mode)
 
 
 def _cache_file(root: Path, layout: str, val_fraction: float, seed: int, verify: str,
@@ -278,7 +278,7 @@ def _write(path: Path, index: DatasetIndex, mode: str, signature: dict) -> None:
 
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
 
     write_with(path, save)
 
