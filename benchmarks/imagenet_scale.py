@@ -44,11 +44,12 @@ from stagewise.data.synth_imagenet import family_wnids
 def generate(root: Path, files: int) -> None:
     """N files in train/ and val/ wnid folders; one small JPEG per class, written many times
     (indexing and loading cost the same as for distinct bytes of the same size)."""
-    if (root / "done").is_file() and json.loads((root / "done").read_text())["files"] == files:
-        return
-    wnids = family_wnids(1000)
     n_val = max(1000, files // 26)
     per_train, per_val = (files - n_val) // 1000, n_val // 1000
+    made = 1000 * (per_train + per_val)
+    if (root / "done").is_file() and json.loads((root / "done").read_text())["files"] == made:
+        return
+    wnids = family_wnids(1000)
     rng = np.random.default_rng(0)
     for k, wnid in enumerate(wnids):
         buf = io.BytesIO()
@@ -59,7 +60,7 @@ def generate(root: Path, files: int) -> None:
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 (d / f"{wnid}_{k * 10000 + i}.JPEG").write_bytes(data)
-    (root / "done").write_text(json.dumps({"files": 1000 * (per_train + per_val)}))
+    (root / "done").write_text(json.dumps({"files": made}))
 
 
 def cli_index(root: Path, refresh: bool) -> dict:
@@ -160,7 +161,7 @@ def main() -> None:
 
     t = time.perf_counter()
     generate(args.root, args.files)
-    print(f"tree: {args.root} ready in {time.perf_counter() - t:.0f}s")
+    print(f"tree: {args.root} ready in {time.perf_counter() - t:.0f}s", flush=True)
     os.environ.setdefault("STAGEWISE_INDEX_CACHE", str(args.root.parent / (args.root.name + "-index")))
     time.sleep(2.5)  # the saved index distrusts folders changed in the 2 s before it is built
     r = {}

@@ -72,7 +72,8 @@ class Samples:
         if self.paths is None:
             return self
         paths = self.paths if isinstance(self.paths, PathTable) else PathTable.from_paths(root, self.paths)
-        return Samples(labels=LabelArray(list(self.labels)), paths=paths)
+        labels = self.labels if isinstance(self.labels, LabelArray) else LabelArray(list(self.labels))
+        return Samples(labels=labels, paths=paths)
 
 
 @dataclass

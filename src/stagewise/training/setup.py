@@ -165,6 +165,9 @@ def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any =
         index = resplit(index, cfg.split, cfg.seed)
     if split_file is not None and split_file.is_file():
         index = load_split(index, split_file)
+    # Arrays, whatever the path here (a re-split or an older split.json gives lists): loader
+    # workers then share the parent's pages instead of copying a Path object per file.
+    index.splits = {name: s.compact(index.root) for name, s in index.splits.items()}
     index.check()
     return index
 
