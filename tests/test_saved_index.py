@@ -92,7 +92,7 @@ def test_loader_reports_bad_files_an_unverified_index_holds(tmp_path: Path) -> N
     root = make_image_folder(tmp_path / "d", per_class=3)
     (root / "train" / "alpha" / "cut.jpg").write_bytes(_jpeg(truncated=True))
     index = load_dataset(_age(root), verify="none")
-    ds = ImageDataset(index.splits["train"], lambda img: torch.from_numpy(np.asarray(img.resize((8, 8)))),
+    ds = ImageDataset(index.splits["train"], lambda img: torch.from_numpy(np.array(img.resize((8, 8)))),
                       seed=0)
     bad = [b for batch in make_loader(ds, 4, False, 0, 0) for b in batch.bad]
     assert bad == [str(root / "train" / "alpha" / "cut.jpg")]

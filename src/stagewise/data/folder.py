@@ -13,7 +13,7 @@ from ..errors import DataError
 from .images import IMAGE_SUFFIXES, HeaderCheck
 from .index import DatasetIndex, Samples
 from .progress import Advance
-from .table import LabelArray, PathTable, relative_strings
+from .table import LabelArray, PathTable, pack_strings, relative_strings
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"valid": "val", "validation": "val"}
@@ -54,6 +54,8 @@ def class_dirs(folder: Path) -> list[Path]:
 def scan_folder(folder: Path, class_ids: list[str], readable: HeaderCheck,
                 recursive: bool = True) -> Samples:
     """Files under `folder/<class id>/` that pass `readable` (which keeps the others)."""
+    if readable.listing:  # no check to run: the names alone, stored as arrays (no Path objects)
+        return _listed(folder, class_ids, readable, recursive)
     paths: list[Path] = []
     labels: list[int] = []
     for label, cid in enumerate(class_ids):
@@ -65,6 +67,33 @@ def scan_folder(folder: Path, class_ids: list[str], readable: HeaderCheck,
                 paths.append(f)
                 labels.append(label)
     return Samples(labels=labels, paths=paths)
+
+
+def _listed(folder: Path, class_ids: list[str], readable: HeaderCheck, recursive: bool) -> Samples:
+    names: list[str] = []
+    labels: list[int] = []
+    for label, cid in enumerate(class_ids):
+        d = os.path.join(folder, cid)
+        if os.path.isdir(d):
+            found = names_under(d, cid, recursive)
+            readable.count(len(found))
+            names += found
+            labels += [label] * len(found)
+    return Samples(labels=LabelArray(labels), paths=PathTable(folder, *pack_strings(names)))
+
+
+def names_under(folder: str, prefix: str, recursive: bool = True) -> list[str]:
+    """`files_under` as '/'-joined names relative to `folder`'s parent, each starting `prefix/`."""
+    out: list[str] = []
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if recursive:
+                out += names_under(e.path, f"{prefix}/{e.name}", recursive)
+        elif _image_name(e.name) and e.is_file():
+            out.append(f"{prefix}/{e.name}")
+    return out
 
 
 def files_under(folder: Path, recursive: bool = True) -> list[Path]:

@@ -86,6 +86,16 @@ class HeaderCheck:
         self.skipped: list[str] = []
         self.advance = advance
 
+    @property
+    def listing(self) -> bool:
+        """Inside `listing_only()`: every file passes unopened (readers may skip the calls)."""
+        return _LISTING_ONLY.get()
+
+    def count(self, n: int) -> None:
+        """Tick the progress bar for `n` files accepted without a call each."""
+        if self.advance is not None:
+            self.advance(n)
+
     def __call__(self, path: Path) -> bool:
         if self.advance is not None:
             self.advance(1)

@@ -71,7 +71,8 @@ class Samples:
         """The same samples as arrays (paths stored relative to `root`); arrays stay arrays."""
         if self.paths is None:
             return self
-        paths = self.paths if isinstance(self.paths, PathTable) else PathTable.from_paths(root, self.paths)
+        same_root = isinstance(self.paths, PathTable) and self.paths.root == str(root)
+        paths = self.paths if same_root else PathTable.from_paths(root, self.paths)
         labels = self.labels if isinstance(self.labels, LabelArray) else LabelArray(list(self.labels))
         return Samples(labels=labels, paths=paths)
 

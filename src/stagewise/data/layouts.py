@@ -127,13 +127,21 @@ def index_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACT
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
-    name = detect_format(root) if fmt == "auto" else fmt
-    reader = READERS.get(name)
-    if reader is None:
-        raise DataError(f"data format '{name}' is not available; choose one of auto, {', '.join(READERS)}")
-    if name == "cifar":  # decoded arrays, read whole in a second: nothing to save
+    if fmt == "cifar" or (fmt == "auto" and root.is_dir() and cifar_folder(root) is not None):
+        # decoded arrays, read whole in a second: nothing to save
         start = time.perf_counter()
         with task(progress, f"indexing {root.name or root}") as advance:
-            index = reader(root, val_fraction, seed, advance)
+            index = read_cifar(root, val_fraction, seed, advance)
         return Indexed(index, False, time.perf_counter() - start, root, "none")
-    return saved_index(root, name, reader, val_fraction, seed, verify, progress, refresh)
+
+    def pick() -> tuple[str, Reader]:
+        # Detection lists the folder: only a build pays for it (the saved index of format: auto
+        # is keyed by "auto" and records the layout it found).
+        name = detect_format(root) if fmt == "auto" else fmt
+        reader = READERS.get(name)
+        if reader is None:
+            raise DataError(f"data format '{name}' is not available; choose one of auto, "
+                            f"{', '.join(READERS)}")
+        return name, reader
+
+    return saved_index(root, fmt, pick, val_fraction, seed, verify, progress, refresh)

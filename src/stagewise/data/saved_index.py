@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,6 @@ import numpy as np
 
 from ..defaults import VERIFY_AUTO_LIMIT
 from ..errors import DataError
-from ..io import write_with
 from .images import IMAGE_SUFFIXES, decode_error, header_ok, listing_only
 from .index import DatasetIndex, Samples
 from .progress import Advance, Progress, task
@@ -51,6 +51,7 @@ _SHARED_FS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "cephfs
               "glusterfs", "fuse.sshfs", "wekafs", "9p")
 
 Reader = Callable[[Path, float, int, Advance | None], DatasetIndex]
+PickReader = Callable[[], tuple[str, Reader]]  # (layout name, its reader), detected when asked
 
 
 @dataclass
@@ -86,14 +87,14 @@ def resolve_verify(verify: str, files: int) -> str:
     return verify
 
 
-def saved_index(root: Path, layout: str, reader: Reader, val_fraction: float, seed: int,
+def saved_index(root: Path, fmt: str, pick: PickReader, val_fraction: float, seed: int,
                 verify: str = "auto", progress: Progress = False, refresh: bool = False,
                 cache_dir: Path | None = None) -> Indexed:
     """The index of `root` read by `reader`: read back when saved and current, else built (by one
     process: the others wait for it) and saved. `refresh` rebuilds it whatever its state."""
     start = time.perf_counter()
     root = Path(root).absolute()  # the saved paths are relative to it: any working directory
-    path = _cache_file(root, layout, val_fraction, seed, verify, cache_dir or index_cache_dir())
+    path = _cache_file(root, fmt, val_fraction, seed, verify, cache_dir or index_cache_dir())
     node_local = not _on_shared_fs(root.resolve())
     if not refresh and (found := _read_current(path)) is not None:
         return Indexed(found[0], True, time.perf_counter() - start, path, found[1])
@@ -103,7 +104,7 @@ def saved_index(root: Path, layout: str, reader: Reader, val_fraction: float, se
                 return Indexed(found[0], True, time.perf_counter() - start, path, found[1])
         elif not refresh and (found := _read_current(path)) is not None:  # built while we waited
             return Indexed(found[0], True, time.perf_counter() - start, path, found[1])
-        index, mode, signature = _build(root, reader, val_fraction, seed, verify, progress)
+        index, mode, signature = _build(root, pick()[1], val_fraction, seed, verify, progress)
         _write(path, index, mode, signature)
     log.info("indexed %s: %d files (verify: %s) in %.1fs, saved to %s", root,
              sum(len(s) for s in index.splits.values()), mode, time.perf_counter() - start, path)
@@ -111,10 +112,10 @@ def saved_index(root: Path, layout: str, reader: Reader, val_fraction: float, se
     return Indexed(saved[0] if saved else index, False, time.perf_counter() - start, path, mode)
 
 
-def _cache_file(root: Path, layout: str, val_fraction: float, seed: int, verify: str,
+def _cache_file(root: Path, fmt: str, val_fraction: float, seed: int, verify: str,
                 cache_dir: Path) -> Path:
-    key = {"root": str(root), "layout": layout, "val_fraction": val_fraction, "seed": seed,
-           "verify": verify, "format": FORMAT}
+    key = {"root": str(root), "format": fmt, "version": FORMAT, "val_fraction": val_fraction, "seed": seed,
+           "verify": verify}
     if not _on_shared_fs(root.resolve()):
         key["host"] = socket.gethostname()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -166,7 +167,12 @@ def _build(root: Path, reader: Reader, val_fraction: float, seed: int, verify: s
     index.skipped_per_split = per_split
     index.val_bad = val_bad if "val" in listed else None
     index.verified = mode
-    names = [s for name in listed for s in relative_strings(root, index.splits[name].paths or [])]
+    names: list[str] = []
+    for name in listed:  # arrays now: each path is turned into a string once
+        rels = relative_strings(root, index.splits[name].paths or [])
+        index.splits[name] = Samples(labels=LabelArray(list(index.splits[name].labels)),
+                                     paths=PathTable(root, *pack_strings(rels)))
+        names += rels
     signature = _signature(root, names + relative_strings(root, [Path(p) for p in skipped]),
                            per_file=mode != "none", started=started)
     return index, mode, signature
@@ -276,11 +282,16 @@ def _write(path: Path, index: DatasetIndex, mode: str, signature: dict) -> None:
                          "rank": os.environ.get("RANK")}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
 
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
+    # Written to a temporary name and renamed, without fsync: a cache, not a record. After a
+    # crash a torn file fails to load (or its meta to parse) and is simply built again.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:  # a file object: np.savez would append .npz to a name
             np.savez(fh, **arrays)  # type: ignore[arg-type]
-
-    write_with(path, save)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _read(path: Path) -> tuple[DatasetIndex, str, dict, dict[str, np.ndarray]] | None:
@@ -316,13 +327,17 @@ def _read_current(path: Path) -> tuple[DatasetIndex, str] | None:
 
 
 def _unchanged(sig: dict, arrays: dict[str, np.ndarray]) -> bool:
-    base, newest = Path(sig["base"]), sig["started"] - _RACY_NS
-    for d, mtime in sig["dirs"].items():
-        if mtime == -1 or mtime > newest or _mtime(base / d) != mtime:
-            return False
+    base, newest = sig["base"], sig["started"] - _RACY_NS
+    join, stat = os.path.join, os.stat
+    try:
+        for d, mtime in sig["dirs"].items():
+            if mtime > newest or stat(join(base, d)).st_mtime_ns != mtime:
+                return False
+    except OSError:
+        return False
     for f, (size, mtime) in sig["files"].items():
         try:
-            st = (base / f).stat()
+            st = stat(join(base, f))
         except OSError:
             return False
         if mtime > newest or (st.st_size, st.st_mtime_ns) != (size, mtime):
@@ -330,7 +345,7 @@ def _unchanged(sig: dict, arrays: dict[str, np.ndarray]) -> bool:
     if "sig.stats" in arrays:
         names = PathTable(base, arrays["sig.blob"], arrays["sig.offsets"]).strings()
         stats = arrays["sig.stats"]
-        if (stats[:, 1] > newest).any() or not np.array_equal(_file_stats(base, names), stats):
+        if (stats[:, 1] > newest).any() or not np.array_equal(_file_stats(Path(base), names), stats):
             return False
     return True
 

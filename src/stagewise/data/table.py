@@ -127,6 +127,13 @@ class LabelArray(Sequence[int]):
 def relative_strings(root: Path, paths: Sequence[Path]) -> list[str]:
     """Each path relative to `root` as a string ('/'-separated), or whole where outside it."""
     prefix = str(root).rstrip("/") + "/"
+    if isinstance(paths, PathTable):  # its strings, re-rooted: no Path object per item
+        if paths.root.rstrip("/") + "/" == prefix:
+            return paths.strings()
+        if (paths.root.rstrip("/") + "/").startswith(prefix):
+            inner = paths.root.rstrip("/")[len(prefix):] + "/"
+            return [s if s.startswith("/") else inner + s for s in paths.strings()]
+        return [str(Path(paths.root, s)) for s in paths.strings()]
     out = []
     for p in paths:
         s = str(p)
