@@ -4,12 +4,13 @@ Generates (once; reused when present) an ImageNet-layout tree of N tiny JPEGs: t
 val/<wnid>/ over 1000 real wnids, val ~1/26 of the files as in ILSVRC2012. Then, in one process:
   - index time: torchvision ImageFolder(train) + ImageFolder(val) construction, against
     `stagewise data index` (first call: --refresh, a build; second call: read back);
-  - bytes per indexed file: tracemalloc's peak-free retained size after building each index
-    (ImageFolder's list of (str, int) tuples; stagewise's lists of Path before this change, as
-    the readers return them; stagewise's saved arrays as training holds them);
+  - bytes per indexed file: tracemalloc's retained size after building each index (ImageFolder's
+    list of (str, int) tuples; stagewise's saved arrays as training holds them; the same samples
+    as the list of Path + list of int that stagewise held before);
   - worker memory after fork: a DataLoader worker's private memory (USS from smaps_rollup)
     growth after it decodes a few samples and runs one full gc.collect() (what a worker's first
-    GC generation-2 pass does to pages shared with the parent);
+    GC generation-2 pass does to pages shared with the parent), minus the same for a dataset
+    with no index (the control: what the GC copies of torch and the rest of the process);
   - loader img/s over the same 32 px transform, workers as given.
 Figures are ratios against torchvision in the same process: absolute seconds depend on the disk
 and on other load on the machine.
@@ -35,8 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from stagewise.data.folder import read_folder
-from stagewise.data.images import listing_only
+from stagewise.data.index import Samples
 from stagewise.data.loader import ImageDataset, make_loader
 from stagewise.data.synth_imagenet import family_wnids
 
@@ -75,6 +75,12 @@ def imagefolders(root: Path) -> list:
     from torchvision.datasets import ImageFolder
 
     return [ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))]
+
+
+def as_lists(splits: dict[str, Samples]) -> dict[str, Samples]:
+    """The representation before the saved index: a list of Path and a list of int per split."""
+    return {name: Samples(labels=list(s.labels), paths=[Path(p) for p in s.paths or []])
+            for name, s in splits.items()}
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -178,9 +184,8 @@ def main() -> None:
     from stagewise.data.layouts import load_dataset
 
     b_tv, _ = retained_bytes(lambda: imagefolders(args.root))
-    with listing_only():
-        b_lists, _ = retained_bytes(lambda: read_folder(args.root))
     b_arrays, index = retained_bytes(lambda: load_dataset(args.root))
+    b_lists, listed = retained_bytes(lambda: as_lists(index.splits))
     n = r["files"]
     r["bytes_per_file"] = {"imagefolder": b_tv / n, "stagewise_lists": b_lists / n,
                            "stagewise_arrays": b_arrays / n}
@@ -188,12 +193,12 @@ def main() -> None:
     tv_train = folders[0]
     tv_train.transform = tf
     ours = ImageDataset(index.splits["train"], tf, seed=0)
-    with listing_only():
-        listed = read_folder(args.root).splits["train"]
-    r["worker_uss_growth_bytes"] = {"control (no index)": worker_growth(Control()),
-                                    "imagefolder": worker_growth(tv_train),
-                                    "stagewise_lists": worker_growth(ImageDataset(listed, tf)),
-                                    "stagewise_arrays": worker_growth(ours)}
+    control = worker_growth(Control())
+    r["worker_uss_growth_bytes"] = {
+        "control (no index)": control,
+        "imagefolder": worker_growth(tv_train) - control,
+        "stagewise_lists": worker_growth(ImageDataset(listed["train"], tf)) - control,
+        "stagewise_arrays": worker_growth(ours) - control}
     del listed
     gc.collect()
     tv_loader = DataLoader(tv_train, batch_size=64, shuffle=True, num_workers=args.workers,

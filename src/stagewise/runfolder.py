@@ -1,7 +1,7 @@
 """The one schema of a run folder: every plain-data file a run writes, its record type, its one
 writer and its one reader.
 
-A stage run folder holds config.yaml, split.json, history.jsonl (EpochRecord per line),
+A stage run folder holds config.yaml, split.npz (older runs: split.json), history.jsonl (EpochRecord per line),
 best.safetensors with model.json (ModelCard) and confusion.json beside it, and last/ (the
 resumable checkpoint, train/checkpoint.py). A pipeline run folder adds pipeline.json (Manifest of
 StageEntry), history.json (all stages on one epoch axis), final.safetensors + model.json, and
@@ -539,7 +539,7 @@ def read_split(folder: Path) -> dict[str, Any]:
 
 def proves_stage_run(folder: Path) -> bool:
     """Whether the files of `folder`, read, are a stage run's (not merely named like one): its
-    config.yaml is a resolved stage config, or its split.json is a split that stagewise wrote.
+    config.yaml is a resolved stage config, or its split.npz (split.json) is a split that stagewise wrote.
     For folders whose lock file does not record their kind (lock.py)."""
     config = read_config(folder)
     if config.keys() >= _STAGE_CONFIG_KEYS:

@@ -54,7 +54,7 @@ def load_model(weights: Path) -> tuple[nn.Module, Preprocess]:
 
 
 def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Samples, list[str]]:
-    """The images of `split` as the run used them (split.json when saved), with the ids their
+    """The images of `split` as the run used them (split.npz or an older split.json, when saved), with the ids their
     labels index (class ids; an embed stage's validation identities)."""
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")

@@ -1,7 +1,7 @@
 """One training stage, end to end: resolved config (+ incoming weights) -> run folder.
 
 A stage is a pure function of (resolved config, incoming weights, seed) -> artifacts: config.yaml,
-split.json, history.jsonl, best.safetensors, model.json, confusion.json and last/ (runfolder.py
+split.npz, history.jsonl, best.safetensors, model.json, confusion.json and last/ (runfolder.py
 names them). It decides nothing about reports or command lines: that is the caller's (runs/).
 
 The epoch loop reads top to bottom: `_run_epoch` trains, `_make_record` measures, `_persist`
@@ -143,7 +143,7 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a resume cleans up once its checkpoint has loaded (_restore)
         remove_leftovers(run_dir, (LAST,))
-    # A fresh run always records its own split: a split.json left by an attempt that failed
+    # A fresh run always records its own split: a split file left by an attempt that failed
     # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
     if setup.index.splits["train"].paths is not None and not (resume and split_file(run_dir)):
         (run_dir / SPLIT).unlink(missing_ok=True)  # an older format's, left by a failed attempt
