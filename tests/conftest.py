@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from PIL import Image
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Saved dataset indexes (data/saved_index.py) go to a folder of this session, not ~/.cache.
-os.environ.setdefault("STAGEWISE_INDEX_CACHE", tempfile.mkdtemp(prefix="stagewise-test-index-"))
+if "STAGEWISE_INDEX_CACHE" not in os.environ:
+    os.environ["STAGEWISE_INDEX_CACHE"] = tempfile.mkdtemp(prefix="stagewise-test-index-")
+    atexit.register(shutil.rmtree, os.environ["STAGEWISE_INDEX_CACHE"], True)
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
