@@ -22,6 +22,10 @@ atexit.register(shutil.rmtree, _EMPTY, True)
 os.environ["HF_HUB_CACHE"] = os.path.join(_EMPTY, "hf")
 os.environ["STAGEWISE_WEIGHTS"] = os.path.join(_EMPTY, "weights")
 os.environ["TORCH_HOME"] = os.path.join(_EMPTY, "torch")
+# Saved dataset indexes (data/saved_index.py) go to a folder of this session, not ~/.cache.
+if "STAGEWISE_INDEX_CACHE" not in os.environ:
+    os.environ["STAGEWISE_INDEX_CACHE"] = tempfile.mkdtemp(prefix="stagewise-test-index-")
+    atexit.register(shutil.rmtree, os.environ["STAGEWISE_INDEX_CACHE"], True)
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():

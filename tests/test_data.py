@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from stagewise.data.folder import load_split, save_split, stratified_split
 from stagewise.data.images import header_ok, load_rgb
 from stagewise.data.index import Samples
 from stagewise.errors import DataError
+from stagewise.runfolder import read_split
 
 
 class Collect:
@@ -100,7 +100,7 @@ def test_split_is_saved_and_reused_on_resume(tmp_path: Path) -> None:
     make_image_folder(root, per_class=10, splits=())
     out = tmp_path / "run"
     first = stagewise.train(tiny_config(root, out, epochs=1, val_fraction=0.3), reporter="quiet")
-    saved = json.loads((out / "split.json").read_text())
+    saved = read_split(out)
     assert saved["class_ids"] == ["alpha", "beta", "gamma"]
     assert len(saved["splits"]["val"]) == 9 and len(saved["splits"]["train"]) == 21
     assert all(not Path(p).is_absolute() for p in saved["splits"]["val"])
@@ -112,7 +112,7 @@ def test_split_is_saved_and_reused_on_resume(tmp_path: Path) -> None:
     (out / "best.safetensors").unlink()
     again = stagewise.train(resume=True, out=str(out), reporter="quiet")
     assert again.history[0]["val_images"] == 9
-    assert json.loads((out / "split.json").read_text()) == saved
+    assert read_split(out) == saved
     assert len(read_folder(root, 0.3).splits["val"]) == 12
 
 

@@ -13,6 +13,7 @@ import stagewise
 from conftest import crash_then_resume, make_identity_folder, tiny_config
 from stagewise.cli import main
 from stagewise.data.loader import m_per_class_order
+from stagewise.runfolder import read_split
 
 pytest.importorskip("pytorch_metric_learning", reason="embed stages need stagewise[retrieval]")
 pytest.importorskip("faiss", reason="embed stages need stagewise[retrieval]")
@@ -34,7 +35,7 @@ def test_embed_stage_beats_its_pretrained_start_on_unseen_identities(identities:
     start, best = result.history[0], result.best
     assert start["epoch"] == 0 and "pretrained features" in start["event"]
     # The validation identities are not training classes: the loss never saw them.
-    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    split = read_split(tmp_path / "run")
     trained = {Path(p).parts[0] for p in split["splits"]["train"]}
     validated = {Path(p).parts[0] for p in split["splits"]["val"]}
     assert trained and validated and not trained & validated
@@ -50,7 +51,7 @@ def test_epoch_metrics_equal_evaluate_retrieval_of_the_saved_model(identities: P
     """An epoch's val_map is what `stagewise evaluate --retrieval` reports for those weights."""
     run = tmp_path / "run"
     result = stagewise.train(embed_config(identities, run, epochs=2), reporter="quiet")
-    split = json.loads((run / "split.json").read_text())
+    split = read_split(run)
     val = tmp_path / "val"
     for rel in split["splits"]["val"]:
         (val / rel).parent.mkdir(parents=True, exist_ok=True)

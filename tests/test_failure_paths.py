@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 import stagewise
 from conftest import make_image_folder, tiny_config
 from stagewise.errors import ConfigError, TrainingInterrupted, WeightsError
+from stagewise.runfolder import read_split
 
 FAST = {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0, "seed": 0,
         "lr": 0.01, "augmentation": "none", "report": False}
@@ -56,7 +57,7 @@ def test_fresh_run_replaces_the_split_of_a_failed_attempt(tmp_path: Path) -> Non
         stagewise.train(tiny_config(data, out, val_fraction=0.5, weights=str(bad), strategy="probe"),
                         reporter="quiet")
     result = stagewise.train(tiny_config(data, out, epochs=1, val_fraction=0.25), reporter="quiet")
-    split = json.loads((out / "split.json").read_text())
+    split = read_split(out)
     assert len(split["splits"]["val"]) == result.history[0]["val_images"] == 6  # 2 of 8 per class
 
 

@@ -27,6 +27,7 @@ from stagewise.cli import main
 from stagewise.models import LoadedWeights
 from stagewise.reporting import ReportError, plots, read_run, write_report
 from stagewise.reporting.samples import load_model, predict, split_samples
+from stagewise.runfolder import read_split
 
 STAGES = (("probe", "probe", 1), ("finetune", "finetune", 1), ("gradual", "gradual", 3))
 
@@ -109,7 +110,7 @@ def test_lr_plot_draws_every_param_group(single_run: Path) -> None:
 def test_confusion_matrix_counts_every_validation_image(single_run: Path) -> None:
     history = read_run(single_run)
     stage = history.stages[0]
-    split = json.loads((single_run / "split.json").read_text())
+    split = read_split(single_run)
     matrix = np.asarray(stage.confusion["matrix"])
     assert matrix.sum() == len(split["splits"]["val"]) == stage.best["val_images"]
     fig = plots.plot_confusion(matrix, stage.class_names, "x")

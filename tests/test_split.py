@@ -15,7 +15,7 @@ from stagewise.config import build_config
 from stagewise.data.folder import SPLIT_NAMES, resplit, split_counts, stratified_fractions
 from stagewise.data.layouts import load_dataset
 from stagewise.errors import ConfigError, DataError
-from stagewise.runfolder import MODEL_CARD, SPLIT, read_test
+from stagewise.runfolder import MODEL_CARD, SPLIT_ARRAYS, read_split, read_test
 
 CLASSES = ("alpha", "beta", "gamma")
 
@@ -92,7 +92,7 @@ def test_split_with_val_fraction_is_refused(tmp_path: Path) -> None:
 def test_test_split_evaluated_once_with_best_weights(flat_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = stagewise.train(tiny_config(flat_data, run, split=[0.7, 0.15, 0.15]), reporter="quiet")
-    saved = json.loads((run / SPLIT).read_text())["splits"]
+    saved = read_split(run)["splits"]
     assert [len(saved[n]) for n in SPLIT_NAMES] == [42, 9, 9]
     record = read_test(run)
     assert result.test == record and record is not None
@@ -115,14 +115,14 @@ def test_test_split_evaluated_once_with_best_weights(flat_data: Path, tmp_path: 
 def test_split_is_reused_on_resume(flat_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     stagewise.train(tiny_config(flat_data, run, split=[0.7, 0.15, 0.15], epochs=1), reporter="quiet")
-    before = (run / SPLIT).read_text()
+    before = (run / SPLIT_ARRAYS).read_bytes()
     # New images after the first run: a fresh split would differ, the saved one is kept.
     make_image_folder(tmp_path / "more", classes=CLASSES, per_class=5, splits=(), seed=3)
     for cls in CLASSES:
         for f in (tmp_path / "more" / cls).iterdir():
             shutil.copy(f, flat_data / cls / f"new_{f.name}")
     resumed = stagewise.train(resume=True, out=str(run), reporter="quiet")
-    assert (run / SPLIT).read_text() == before
+    assert (run / SPLIT_ARRAYS).read_bytes() == before
     assert resumed.test is not None and resumed.test.images == 9
 
 

@@ -62,7 +62,7 @@ def test_run_folder_contents(data: Path, tmp_path: Path, capsys) -> None:
     assert main(_args(data, run, "--epochs", "2")) == 0
     printed = capsys.readouterr().out
     assert "epoch   1" in printed and "done (completed)" in printed
-    for name in ("config.yaml", "split.json", "history.jsonl", "best.safetensors", "model.json",
+    for name in ("config.yaml", "split.npz", "history.jsonl", "best.safetensors", "model.json",
                  "confusion.json", "last/model.safetensors", "last/state.pt"):
         assert (run / name).is_file(), name
     meta = json.loads((run / "model.json").read_text())

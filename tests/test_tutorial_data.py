@@ -17,6 +17,7 @@ from stagewise.config.schema import build_config
 from stagewise.data.index import Samples
 from stagewise.data.subset import take_subset
 from stagewise.errors import ConfigError, DataError
+from stagewise.runfolder import read_split
 
 IMAGENET_NORM = "Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])"
 PASTED = ["RandomResizedCrop(32, scale=(0.5, 1.0))", "RandomHorizontalFlip()", "ToTensor()",
@@ -106,7 +107,7 @@ def test_tutorial_yaml_trains_on_food101_with_pasted_augment_and_subsets(food_ru
     assert card["preprocess"]["image_size"] == 32
     assert card["class_ids"] == list(FOODS)
     assert "ToTensor, Normalize skipped as steps" in log and "differs from test_resnet's" in log
-    split = json.loads((run / "split.json").read_text())["splits"]
+    split = read_split(run)["splits"]
     assert len(split["train"]) == 9 and len(split["val"]) == 2 and len(split["test"]) == 6
     assert sorted({p.split("/")[1] for p in split["train"]}) == sorted(FOODS)  # 3 of each
     config = yaml.safe_load((run / "config.yaml").read_text())

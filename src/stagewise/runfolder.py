@@ -1,7 +1,7 @@
 """The one schema of a run folder: every plain-data file a run writes, its record type, its one
 writer and its one reader.
 
-A stage run folder holds config.yaml, split.json, history.jsonl (EpochRecord per line),
+A stage run folder holds config.yaml, split.npz (older runs: split.json), history.jsonl (EpochRecord per line),
 best.safetensors with model.json (ModelCard) and confusion.json beside it, and last/ (the
 resumable checkpoint, train/checkpoint.py). A pipeline run folder adds pipeline.json (Manifest of
 StageEntry), history.json (all stages on one epoch axis), final.safetensors + model.json, and
@@ -43,7 +43,8 @@ from .metrics import METRICS, card_metrics, is_finite, lower_is_better
 log = logging.getLogger("stagewise")
 
 CONFIG = "config.yaml"
-SPLIT = "split.json"
+SPLIT = "split.json"  # the split as written before split.npz; still read (split_file)
+SPLIT_ARRAYS = "split.npz"  # the split a stage writes: paths blob + offsets + labels per split
 HISTORY = "history.jsonl"
 MODEL_CARD = "model.json"
 CONFUSION = "confusion.json"
@@ -519,14 +520,45 @@ _STAGE_CONFIG_KEYS = frozenset({"data", "model", "strategy", "epochs", "image_si
                                 "checkpoint_every", "monitor"})
 
 
+def split_file(folder: Path) -> Path | None:
+    """The split a run recorded (data.folder.load_split reads both formats), None without one."""
+    for name in (SPLIT_ARRAYS, SPLIT):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_split(folder: Path) -> dict[str, Any]:
+    """The recorded split as plain data, whichever format holds it: {"root", "class_ids",
+    "splits": {name: [root-relative path, ...]}} (builds a string per file: for tools and tests,
+    not for the training path)."""
+    path = split_file(folder)
+    if path is None:
+        raise FileNotFoundError(f"{folder}: no {SPLIT_ARRAYS} or {SPLIT}")
+    if path.suffix != ".npz":
+        return json.loads(path.read_text())
+    import numpy as np
+
+    from .data.table import PathTable
+
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(z["meta"].tobytes())
+        splits = {name: PathTable(meta["root"], z[f"{name}.blob"], z[f"{name}.offsets"]).strings()
+                  for name in meta["splits"]}
+    return {"root": meta["root"], "class_ids": meta["class_ids"], "splits": splits}
+
+
 def proves_stage_run(folder: Path) -> bool:
     """Whether the files of `folder`, read, are a stage run's (not merely named like one): its
-    config.yaml is a resolved stage config, or its split.json is a split that stagewise wrote.
+    config.yaml is a resolved stage config, or its split.npz (split.json) is a split that stagewise wrote.
     For folders whose lock file does not record their kind (lock.py)."""
     config = read_config(folder)
     if config.keys() >= _STAGE_CONFIG_KEYS:
         return True
-    split = _quiet_json(folder / SPLIT)
+    try:
+        split = read_split(folder)
+    except (OSError, ValueError, KeyError):
+        return False
     return isinstance(split, dict) and isinstance(split.get("splits"), dict) and "class_ids" in split
 
 
@@ -751,7 +783,7 @@ def write_lr_find(folder: Path, result: LRFindResult) -> None:
 # What a run folder holds that an output file must never replace: a written embeddings file or
 # index sidecar named `model.json` makes the run unloadable; one named after its weights replaces
 # them. (Sub-folders stages/, baselines/, cells/ are run folders themselves, checked as such.)
-RUN_FILES = frozenset({CONFIG, SPLIT, HISTORY, MODEL_CARD, CONFUSION, TEST, TEACHER, BEST, LAST,
+RUN_FILES = frozenset({CONFIG, SPLIT, SPLIT_ARRAYS, HISTORY, MODEL_CARD, CONFUSION, TEST, TEACHER, BEST, LAST,
                        f"{LAST}.old", MANIFEST, PIPELINE_HISTORY, FINAL, CELL_MARKER, LR_FIND,
                        "report.md", "report.html", WANDB_RUN})
 _RUN_MARKERS = (MODEL_CARD, MANIFEST, CELL_MARKER)

@@ -11,7 +11,7 @@ from ..errors import StagewiseError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch, shard")
+    p = sub.add_parser("data", help="dataset tools: synth, inspect, fetch, index, shard")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser(
         "synth", help="generate synthetic datasets: the built-in curriculum or a fake ImageNet family",
@@ -38,6 +38,49 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _inspect_parser(dsub)
     _fetch_parser(dsub)
     _shard_parser(dsub)
+    _index_parser(dsub)
+
+
+def _index_parser(dsub: argparse._SubParsersAction) -> None:
+    from ..config.choices import VerifyMode, choices_of
+
+    p = dsub.add_parser(
+        "index", help="build (or refresh) the saved file index that training reads back",
+        description="Lists DIR once and saves the index as arrays in the index cache "
+                    "($STAGEWISE_INDEX_CACHE, else $STAGEWISE_CACHE_DIR/index, else "
+                    "~/.cache/stagewise/index); training and resumes read it back while DIR is "
+                    "unchanged. Run it before a multi-node job to index outside its time.")
+    p.add_argument("dir", type=Path, help="dataset folder (or CSV manifest)")
+    p.add_argument("--format", default="auto", help="layout (default: detected)")
+    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                   help="used when there is no val split (must match the training config's)")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="the training config's seed")
+    p.add_argument("--verify", default=defaults.VERIFY, choices=choices_of(VerifyMode),
+                   help=f"what to open: auto (header up to {defaults.VERIFY_AUTO_LIMIT} files, "
+                        "none above), none, header, decode (default: auto)")
+    p.add_argument("--refresh", action="store_true", help="rebuild even if the saved index is current")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_index)
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from ..data.layouts import index_dataset
+
+    done = index_dataset(args.dir, args.format, args.val_fraction, args.seed,
+                         progress=not args.json, verify=args.verify, refresh=args.refresh)
+    index = done.index
+    splits = {name: len(s) for name, s in index.splits.items()}
+    report = {"files": done.files, "seconds": round(done.seconds, 4), "cached": done.cached,
+              "classes": index.num_classes, "layout": index.layout, "verify": done.verify,
+              "splits": splits,
+              "skipped": len(index.skipped), "cache": str(done.path)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        how = "read back" if done.cached else "built"
+        print(f"{done.files} files, {index.num_classes} classes ({', '.join(f'{k} {v}' for k, v in splits.items())}); "
+              f"{how} in {done.seconds:.2f}s (verify: {done.verify}) -> {done.path}")
+    return 0
 
 
 def _inspect_parser(dsub: argparse._SubParsersAction) -> None:

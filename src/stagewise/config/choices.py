@@ -29,6 +29,7 @@ DataFormat = Literal[
     "auto", "folder", "imagenette", "imagewoof", "tiny-imagenet", "imagenet", "csv", "cifar",
     "flowers102", "oxford-pets", "food101", "shards",
 ]
+VerifyMode = Literal["auto", "none", "header", "decode"]  # data/saved_index.py
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
 DecoderName = Literal["auto", "pil", "pil-draft", "torchvision"]  # data/decode.py
 LogWith = Literal["none", "tensorboard", "mlflow", "wandb"]

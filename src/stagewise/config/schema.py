@@ -36,6 +36,7 @@ from .choices import (
     Source,
     Strategy,
     Task,
+    VerifyMode,
 )
 from .errors_format import CHOICE_ERROR, format_validation_error
 from .tutorial import Subset, fill_from_augment
@@ -134,6 +135,10 @@ class TrainConfig(_Strict):
     # data
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
     format: DataFormat = "auto"
+    verify: VerifyMode = Field(
+        defaults.VERIFY, description="what indexing opens, once per folder change (the index is "
+        "saved): none, header, decode (1/8-scale decode of every image), auto (header up to "
+        f"{defaults.VERIFY_AUTO_LIMIT} files, none above); the val split is decoded unless none")
     val_fraction: float = Field(defaults.VAL_FRACTION, gt=0.0, lt=1.0, description="used when there is no val/ split")
     split: list[float] | None = Field(
         None, description="[train, val] or [train, val, test] fractions of a folder of class "

@@ -44,6 +44,16 @@ DEVKIT_DATA = Path("ILSVRC2012_devkit_t12") / "data"
 
 @lru_cache(maxsize=1)
 def _timm_lemmas() -> dict[str, str]:
+    # timm's wnid -> lemma table read as a file: importing timm costs seconds (minutes on a busy
+    # machine), which indexing would otherwise pay for display names alone.
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")  # finds the package without running its __init__
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        table = Path(folder) / "data" / "_info" / "imagenet_synset_to_lemma.txt"
+        if table.is_file():
+            pairs = (line.split("\t", 1) for line in table.read_text().splitlines() if "\t" in line)
+            return {w: text.strip() for w, text in pairs}
     from timm.data import ImageNetInfo
 
     # The 22k table is a superset of the 1k classes, so wnid subsets of ImageNet-21k get names too.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -70,28 +72,56 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def header_ok(path: Path) -> bool:
     """Cheap check (reads the header only) used while indexing; full decoding happens later."""
     try:
-        if path.stat().st_size == 0:
+        source = open_source(path)  # a shard member's bytes, or the file
+        if (source.getbuffer().nbytes if isinstance(source, BytesIO) else Path(path).stat().st_size) == 0:
             return False
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.verify() if img.format == "PNG" else None
         return True
     except BAD_IMAGE_ERRORS:
         return False
 
 
+# While a saved index is built (data/saved_index.py), readers list files only: the checks that
+# `verify:` asks for then run once over everything listed, in parallel, split by split. A context
+# variable rather than a reader argument keeps every reader's signature (layouts.Reader) as it is.
+_LISTING_ONLY: ContextVar[bool] = ContextVar("stagewise_listing_only", default=False)
+
+
+@contextmanager
+def listing_only() -> Iterator[None]:
+    """Within this block `HeaderCheck` accepts every file without opening it."""
+    token = _LISTING_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LISTING_ONLY.reset(token)
+
+
 class HeaderCheck:
-    """`header_ok` for the files an indexer finds: keeps the unreadable ones, ticks a progress bar."""
+    """`header_ok` for the files an indexer finds: keeps the unreadable ones, ticks a progress bar.
+    Inside `listing_only()` it opens nothing and accepts every file."""
 
     def __init__(self, advance: Callable[[int], None] | None = None) -> None:
         self.skipped: list[str] = []
         self.advance = advance
 
+    @property
+    def listing(self) -> bool:
+        """Inside `listing_only()`: every file passes unopened (readers may skip the calls)."""
+        return _LISTING_ONLY.get()
+
+    def count(self, n: int) -> None:
+        """Tick the progress bar for `n` files accepted without a call each."""
+        if self.advance is not None:
+            self.advance(n)
+
     def __call__(self, path: Path) -> bool:
         if self.advance is not None:
             self.advance(1)
-        if header_ok(path):
+        if _LISTING_ONLY.get() or header_ok(path):
             return True
         self.skipped.append(str(path))
         return False

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .table import LabelArray, PathTable
 
 # What each layout expects on disk, for error messages (layouts.py detects them).
 EXPECTED: dict[str, str] = {
@@ -49,10 +50,14 @@ class Picked(Sequence[Any]):
 @dataclass
 class Samples:
     """Labelled images of one split: file paths, decoded uint8 arrays (N, H, W, 3) for CIFAR, or
-    the items of a dataset object passed in from Python (data/objects.py: `(image, label)`)."""
+    the items of a dataset object passed in from Python (data/objects.py: `(image, label)`).
 
-    labels: list[int]
-    paths: list[Path] | None = None
+    Readers build lists; an index read back from its saved arrays (data/saved_index.py) holds a
+    `PathTable` and a `LabelArray` instead: the same sequence interface, no per-file objects.
+    """
+
+    labels: Sequence[int]
+    paths: Sequence[Path] | None = None
     arrays: np.ndarray | None = None
     items: Sequence[Any] | None = None
 
@@ -70,17 +75,33 @@ class Samples:
             return str(self.paths[i])
         return f"item[{i}]" if self.items is not None else f"array[{i}]"
 
-    def subset(self, indices: list[int]) -> Samples:
-        return Samples(
-            labels=[self.labels[i] for i in indices],
-            paths=[self.paths[i] for i in indices] if self.paths is not None else None,
-            arrays=self.arrays[indices] if self.arrays is not None else None,
-            items=Picked(self.items, indices) if self.items is not None else None,
-        )
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Samples:
+        labels: Sequence[int] = (self.labels.take(indices) if isinstance(self.labels, LabelArray)
+                                 else [self.labels[i] for i in indices])
+        paths: Sequence[Path] | None = None
+        if isinstance(self.paths, PathTable):
+            paths = self.paths.take(indices)
+        elif self.paths is not None:
+            paths = [self.paths[i] for i in indices]
+        return Samples(labels=labels, paths=paths,
+                       arrays=self.arrays[np.asarray(indices, dtype=np.int64)]
+                       if self.arrays is not None else None,
+                       items=Picked(self.items, list(indices)) if self.items is not None else None)
 
     def counts(self, num_classes: int) -> list[int]:
+        if isinstance(self.labels, LabelArray):
+            return np.bincount(self.labels.array, minlength=num_classes)[:num_classes].tolist()
         c = Counter(self.labels)
         return [c.get(i, 0) for i in range(num_classes)]
+
+    def compact(self, root: Path) -> Samples:
+        """The same samples as arrays (paths stored relative to `root`); arrays stay arrays."""
+        if self.paths is None:
+            return self
+        same_root = isinstance(self.paths, PathTable) and self.paths.root == str(root)
+        paths = self.paths if same_root else PathTable.from_paths(root, self.paths)
+        labels = self.labels if isinstance(self.labels, LabelArray) else LabelArray(list(self.labels))
+        return Samples(labels=labels, paths=paths)
 
 
 @dataclass
@@ -96,6 +117,12 @@ class DatasetIndex:
     # Identity folders (task: embed): val/test labels index this list, not class_ids, since the
     # identities searched for at validation need not be trained ones. None: class_ids.
     eval_ids: list[str] | None = None
+    # Set by a saved index (data/saved_index.py): the `verify:` mode applied while indexing, the
+    # val files that open but do not decode ({path: error}; None: val not checked yet) and the
+    # skipped files per split. None: a reader's own header checks, val to be checked by decoding.
+    verified: str | None = None
+    val_bad: dict[str, str] | None = None
+    skipped_per_split: dict[str, int] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -8,11 +8,12 @@ specific layouts first; a plain image folder is the fallback. When two unrelated
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..defaults import SEED, VAL_FRACTION
+from ..defaults import SEED, VAL_FRACTION, VERIFY
 from ..errors import DataError
 from .cifar import cifar_folder, read_cifar
 from .csv_manifest import find_manifest, read_csv_manifest
@@ -21,6 +22,7 @@ from .folder import class_dirs, read_folder, split_dirs
 from .imagenet import data_root, read_imagenet, read_imagenette, subset_name, train_wnids
 from .index import EXPECTED, DatasetIndex
 from .progress import Advance, Progress, task
+from .saved_index import Indexed, saved_index
 from .shards import is_shard_folder, read_shards
 from .tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
 
@@ -120,18 +122,37 @@ def _matches_quietly(folder: Path) -> bool:
 
 
 def load_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
-                 seed: int = SEED, progress: Progress = False) -> DatasetIndex:
+                 seed: int = SEED, progress: Progress = False, verify: str = VERIFY) -> DatasetIndex:
     """Index the dataset at `root` with the reader for `fmt` (or the detected layout).
 
-    Indexing opens every image's header; `progress` shows the files checked so far (the total is
-    unknown until the folders are walked). See `data.progress` for its values.
+    The index is built once and saved (data/saved_index.py): later calls read it back while the
+    folder is unchanged. `verify` (none|header|decode|auto) says what is opened while building.
     """
+    return index_dataset(root, fmt, val_fraction, seed, progress, verify).index
+
+
+def index_dataset(root: Path, fmt: str = "auto", val_fraction: float = VAL_FRACTION,
+                  seed: int = SEED, progress: Progress = False, verify: str = VERIFY,
+                  refresh: bool = False) -> Indexed:
+    """`load_dataset` with how the index was obtained (built or read back, seconds, cache file)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
-    name = detect_format(root) if fmt == "auto" else fmt
-    reader = READERS.get(name)
-    if reader is None:
-        raise DataError(f"data format '{name}' is not available; choose one of auto, {', '.join(READERS)}")
-    with task(progress, f"indexing {root.name or root}") as advance:
-        return reader(root, val_fraction, seed, advance)
+    if fmt == "cifar" or (fmt == "auto" and root.is_dir() and cifar_folder(root) is not None):
+        # decoded arrays, read whole in a second: nothing to save
+        start = time.perf_counter()
+        with task(progress, f"indexing {root.name or root}") as advance:
+            index = read_cifar(root, val_fraction, seed, advance)
+        return Indexed(index, False, time.perf_counter() - start, root, "none")
+
+    def pick() -> tuple[str, Reader]:
+        # Detection lists the folder: only a build pays for it (the saved index of format: auto
+        # is keyed by "auto" and records the layout it found).
+        name = detect_format(root) if fmt == "auto" else fmt
+        reader = READERS.get(name)
+        if reader is None:
+            raise DataError(f"data format '{name}' is not available; choose one of auto, "
+                            f"{', '.join(READERS)}")
+        return name, reader
+
+    return saved_index(root, fmt, pick, val_fraction, seed, verify, progress, refresh)

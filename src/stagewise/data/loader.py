@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ class EpochSampler(Sampler[int]):
         return len(self._indices()) - self.skip
 
 
-def m_per_class_order(labels: list[int], m: int, seed: int) -> list[int]:
+def m_per_class_order(labels: Sequence[int], m: int, seed: int) -> list[int]:
     """One epoch's order as runs of `m` images of one class, the runs shuffled: a batch of
     B = k x m then holds k whole runs, so pair and triplet losses always find positives.
 

@@ -9,7 +9,7 @@ index beside them: docs/decisions.md. The writer is `shard_writer.py`.
 A sample is addressed as `<root>/<split>-NNNNNN.tar/<key>.<ext>`, a path inside the tar (as
 `zipfile.Path` addresses a zip member): `images.load_rgb` reads such a path from the tar by its
 offset (one `pread`), so every reader of images (the loader, the val check, caches, reports,
-`predict`) reads shards without knowing about them, and `split.json` records them like files.
+`predict`) reads shards without knowing about them, and the saved split records them like files.
 """
 
 from __future__ import annotations

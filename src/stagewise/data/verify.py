@@ -62,6 +62,8 @@ def skipped_in(index: DatasetIndex, split: str = "val") -> int:
     own = index.splits.get(split)
     if own is None or own.paths is None or not index.skipped:
         return 0
+    if index.skipped_per_split is not None:  # a saved index knows each skipped file's split
+        return index.skipped_per_split.get(split, 0)
     others = {p.parent for name, s in index.splits.items() if name != split and s.paths is not None
               for p in s.paths}
     folders = {p.parent for p in own.paths} - others

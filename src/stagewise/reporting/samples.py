@@ -26,7 +26,7 @@ from ..data.folder import load_split
 from ..data.identities import read_identities
 from ..data.images import BAD_IMAGE_ERRORS, load_rgb
 from ..kinds import embeds
-from ..runfolder import SPLIT
+from ..runfolder import split_file
 from .history import ReportError
 
 
@@ -54,7 +54,7 @@ def load_model(weights: Path) -> tuple[nn.Module, Preprocess]:
 
 
 def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Samples, list[str]]:
-    """The images of `split` as the run used them (split.json when saved), with the ids their
+    """The images of `split` as the run used them (split.npz or an older split.json, when saved), with the ids their
     labels index (class ids; an embed stage's validation identities)."""
     if "data" not in config:
         raise ReportError(f"{run_dir / 'config.yaml'} has no 'data' key")
@@ -65,8 +65,8 @@ def split_samples(config: dict[str, Any], run_dir: Path, split: str) -> tuple[Sa
         load_dataset, fmt=config.get("format", "auto"))
     index = read(Path(config["data"]), val_fraction=float(config.get("val_fraction", defaults.VAL_FRACTION)),
                  seed=int(config.get("seed", defaults.SEED)))
-    if (run_dir / SPLIT).is_file():
-        index = load_split(index, run_dir / SPLIT)
+    if (saved := split_file(run_dir)) is not None:
+        index = load_split(index, saved)
     if split not in index.splits or len(index.splits[split]) == 0:
         raise ReportError(f"{config['data']}: no '{split}' images")
     # An embed stage's validation identities are not its classes: its labels index eval_ids.

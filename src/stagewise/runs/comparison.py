@@ -24,7 +24,6 @@ from ..kinds import STRATEGIES, TASKS, embeds
 from ..runfolder import (
     BEST,
     CELL_MARKER,
-    SPLIT,
     CompareRow,
     best_record,
     holds_nothing_trained,
@@ -33,6 +32,7 @@ from ..runfolder import (
     read_cell_marker,
     read_history,
     read_test,
+    split_file,
     trained_epochs,
     try_read_model_card,
     write_cell_marker,
@@ -352,8 +352,17 @@ def _split_digest(cell_dir: Path) -> str | None:
     """A short fingerprint of the cell's train/val split, to show every cell used the same one."""
     import hashlib
 
-    path = cell_dir / SPLIT
-    if not path.is_file():
+    path = split_file(cell_dir)
+    if path is None:
         return None
+    if path.suffix == ".npz":  # the arrays' bytes in a fixed order (names sorted)
+        import numpy as np
+
+        digest = hashlib.sha256()
+        with np.load(path, allow_pickle=False) as z:
+            for name in sorted(z.files):
+                if name != "meta":
+                    digest.update(name.encode() + z[name].tobytes())
+        return digest.hexdigest()[:12]
     splits = json.loads(path.read_text()).get("splits", {})
     return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]

@@ -56,7 +56,7 @@ from ..models import (
     module_bundle,
 )
 from ..ranking import require_faiss, require_metrics
-from ..runfolder import CONFIG, SPLIT
+from ..runfolder import CONFIG, split_file
 from .distill import Teacher, attach_teacher
 from .embedding import EmbedCriterion
 from .features import (
@@ -73,7 +73,7 @@ from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
-RESUME_FREE = {"num_workers", "out", "wandb_log_model"}
+RESUME_FREE = {"num_workers", "out", "wandb_log_model", "verify"}  # verify: a resume re-applies its saved split
 
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -176,14 +176,18 @@ def load_index(cfg: TrainConfig, split_file: Path | None = None, progress: Any =
     resume), else re-split by `cfg.split` when set."""
     if task(cfg.task).embeds:
         return _load_identities(cfg, split_file, progress)
-    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress)
+    index = load_dataset(cfg.data, cfg.format, cfg.val_fraction, cfg.seed, progress=progress,
+                         verify=cfg.verify)
     if cfg.split is not None:
         # Also on a resume: it checks the layout, and load_split then restores the saved lists.
         index = resplit(index, cfg.split, cfg.seed)
     if split_file is not None and split_file.is_file():
-        index = load_split(index, split_file)  # the subsets too: split.json lists what was kept
+        index = load_split(index, split_file)  # the subsets too: the split lists what was kept
     else:
         _take_subsets(cfg, index)
+    # Arrays, whatever the path here (a re-split or an older split.json gives lists): loader
+    # workers then share the parent's pages instead of copying a Path object per file.
+    index.splits = {name: s.compact(index.root) for name, s in index.splits.items()}
     index.check()
     return index
 
@@ -215,8 +219,12 @@ def _load_identities(cfg: TrainConfig, split_file: Path | None, progress: Any) -
 
 def _check_val(index: DatasetIndex, rep: Reporter) -> int:
     """Decode every val image once before training (a few ms each): no usable one is an error
-    now, not a 0.0 accuracy later; bad ones are named and left out of the metrics."""
-    bad = check_decodable(index, "val", progress=progress_of(rep))
+    now, not a 0.0 accuracy later; bad ones are named and left out of the metrics. A saved index
+    did that once when it was built (`val_bad`), or was told not to (verify: none)."""
+    if index.val_bad is not None:
+        bad = index.val_bad
+    else:
+        bad = check_decodable(index, "val", progress=progress_of(rep))
     if bad:
         rep.message(f"warning: {len(bad)} val image(s) cannot be decoded and are left out of "
                     f"evaluation: {', '.join(list(bad)[:3])}")
@@ -238,7 +246,7 @@ def prepare_stage(
         require_faiss(), require_metrics()
     for note in given.notes:
         rep.message(note)
-    index = given.index or load_index(cfg, split_from / SPLIT if split_from is not None else None,
+    index = given.index or load_index(cfg, split_file(split_from) if split_from is not None else None,
                                       progress_of(rep))
     shared = _check_identities(cfg, index, rep) if cfg.task == "embed" else None
     bad_val = _check_val(index, rep)

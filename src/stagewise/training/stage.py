@@ -1,7 +1,7 @@
 """One training stage, end to end: resolved config (+ incoming weights) -> run folder.
 
 A stage is a pure function of (resolved config, incoming weights, seed) -> artifacts: config.yaml,
-split.json, history.jsonl, best.safetensors, model.json, confusion.json and last/ (runfolder.py
+split.npz, history.jsonl, best.safetensors, model.json, confusion.json and last/ (runfolder.py
 names them). It decides nothing about reports or command lines: that is the caller's (runs/).
 
 The epoch loop reads top to bottom: `_run_epoch` trains, `_make_record` measures, `_persist`
@@ -36,6 +36,7 @@ from ..runfolder import (
     LAST,
     MODEL_CARD,
     SPLIT,
+    SPLIT_ARRAYS,
     Confusion,
     EpochRecord,
     HeldOutRecord,
@@ -45,6 +46,7 @@ from ..runfolder import (
     read_config,
     read_history,
     read_model_card,
+    split_file,
     trained_epochs,
     write_config,
     write_confusion,
@@ -166,10 +168,11 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a resume cleans up once its checkpoint has loaded (_restore)
         remove_leftovers(run_dir, (LAST,))
-    # A fresh run always records its own split: a split.json left by an attempt that failed
+    # A fresh run always records its own split: a split file left by an attempt that failed
     # before config.yaml (say, on bad weights) may describe other data or another val_fraction.
-    if setup.index.splits["train"].paths is not None and not (resume and (run_dir / SPLIT).is_file()):
-        save_split(setup.index, run_dir / SPLIT)
+    if setup.index.splits["train"].paths is not None and not (resume and split_file(run_dir)):
+        (run_dir / SPLIT).unlink(missing_ok=True)  # an older format's, left by a failed attempt
+        save_split(setup.index, run_dir / SPLIT_ARRAYS)
     # Written only once every setting has been checked against the data (class_weights, the
     # optimizer's package, the cache): a folder with config.yaml counts as a run and needs --resume.
     # A resume rewrites it (a new out: or num_workers:) only once its checkpoint has loaded
