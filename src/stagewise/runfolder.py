@@ -51,6 +51,8 @@ TEST = "test.json"
 TEACHER = "teacher.json"  # a distilled stage's teacher (Teacher.record): what a resume checks
 BEST = "best.safetensors"
 LAST = "last"
+CHECKPOINTS = "checkpoints"  # keep_last > 1: checkpoints/step-NNNNNNNNN/, the newest N saves
+DONE = "done.json"  # written last, when a stage run has finished everything (--resume auto reads it)
 MANIFEST = "pipeline.json"
 PIPELINE_HISTORY = "history.json"
 FINAL = "final.safetensors"
@@ -479,6 +481,21 @@ def read_test(run_dir: Path) -> HeldOutRecord | None:
         return HeldOutRecord(**data)
     except TypeError:
         return None
+
+
+# ---- done.json ----
+
+def write_done(run_dir: Path, stopped: str, best: Mapping[str, Any]) -> None:
+    """The mark of a stage run that finished everything (its epochs, test split, report): why it
+    stopped and its best record. Written last, so its presence means nothing is left to do."""
+    write_json(run_dir / DONE, {"stopped": stopped, "best": dict(best)})
+
+
+def read_done(run_dir: Path) -> dict[str, Any] | None:
+    """done.json, or None when the run has not finished (or the file is not ours)."""
+    data = read_json(run_dir / DONE)
+    ok = isinstance(data, dict) and isinstance(data.get("stopped"), str) and isinstance(data.get("best"), dict)
+    return data if ok else None
 
 
 # ---- config.yaml ----

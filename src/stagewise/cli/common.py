@@ -65,6 +65,22 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
                    help="rich progress for people, JSON lines for scripts")
 
 
+def add_resume_flag(p: argparse.ArgumentParser) -> None:
+    """--resume (continue the run in --out) and --resume auto (continue it if there is one, else
+    start it: what a requeued cluster job passes every time)."""
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                   help="continue the run in --out; `--resume auto`: continue it if --out holds "
+                   "one, else start it (for requeued jobs; a finished run exits 0)")
+
+
+def resume_mode(args: argparse.Namespace) -> bool | str:
+    """True, False or "auto" from --resume; any other value is refused."""
+    value = args.resume
+    if value is True or value is False or value == "auto":
+        return value  # type: ignore[no-any-return]
+    raise StagewiseError(f"--resume takes no value, or 'auto' (got {value!r})")
+
+
 def reporter_kind(args: argparse.Namespace) -> str:
     """The progress style `make_reporter` takes, from --quiet and --log-format."""
     return "quiet" if args.quiet else args.log_format

@@ -30,6 +30,8 @@ DataFormat = Literal[
 ]
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
 LogWith = Literal["none", "tensorboard", "mlflow"]
+# The signal that asks a run to save and exit for a requeue (SLURM: sbatch --signal=B:USR1@120).
+RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "none"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
                      "multi_similarity"]
 Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",

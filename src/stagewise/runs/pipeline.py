@@ -50,10 +50,10 @@ from ..runfolder import (
     write_model_card,
 )
 from ..training import TrainResult, resume_config
-from ..training.distributed import is_main_process, wait_for_everyone
+from ..training.distributed import from_main, is_main_process, wait_for_everyone
 from ..training.progress import Reporter, make_reporter
 from .plan import PipelinePlan, StagePlan, load_pipeline
-from .single import locked, train_stage
+from .single import Resume, locked, train_stage
 
 
 @dataclass
@@ -64,6 +64,7 @@ class PipelineResult:
     stages: dict[str, StageEntry]
     final_weights: Path | None
     history: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False  # every stage had already finished: a resume found nothing to do
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per stage: its status, best val top-1, test top-1 (None without a test split)
@@ -85,17 +86,21 @@ def run(
     out: str | Path = defaults.PIPELINE_OUT,
     *,
     stages: list[str] | None = None,
-    resume: bool = False,
+    resume: Resume = False,
     overrides: Sequence[str] = (),
     reporter: str = "rich",
 ) -> PipelineResult:
-    """Run a pipeline of stages into `out`.
+    """Run a pipeline of stages into `out`. `resume="auto"`: continue the run in `out` when it
+    holds one, else start it (a requeued job passes it every time); a finished run returns at
+    once with `complete=True`.
 
     Example:
         >>> import stagewise
         >>> r = stagewise.run("curriculum.yaml", out="runs/cur", overrides=["data_root=data"])  # doctest: +SKIP
     """
     out = Path(out)
+    if resume == "auto":  # rank 0 looks, every rank follows
+        resume = bool(from_main(read_quietly(out) is not None))
     if pipeline is None:  # a resume needs only the folder: it holds the resolved plan
         pipeline, overrides = _saved_plan(out, resume), ()
     elif resume and not overrides:  # the file again: with the overrides it was started with
@@ -129,9 +134,13 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
     # Without training (a kill after the manifest marked the last stage done but before the
     # final files were written), the final files are written now so they match the manifest.
     _save(out, plan, manifest, report=False, files=not trained)
+    complete = not trained and all(manifest["stages"][s.name]["status"] == "done" for s in plan.stages)
+    if complete and is_main_process():
+        make_reporter(reporter).message(f"pipeline complete: every stage in {out} finished before; "
+                                        "nothing to do")
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / FINAL if (out / FINAL).exists() else None,
-                          history=read_json(out / PIPELINE_HISTORY) or {})
+                          history=read_json(out / PIPELINE_HISTORY) or {}, complete=complete)
 
 
 def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
@@ -216,6 +225,14 @@ def _saved_plan(out: Path, resume: bool) -> dict[str, Any]:
             f"file; or `stagewise run --out {out}` for the demo), or pass the file with --resume")
     return manifest["pipeline"]
     return manifest["pipeline"]
+
+
+def read_quietly(out: Path) -> Manifest | None:
+    """The manifest of `out`, or None where there is none (or none that reads: a resume says why)."""
+    try:
+        return read_manifest(out)
+    except (OSError, ValueError):
+        return None
 
 
 def _saved_overrides(out: Path) -> list[str]:

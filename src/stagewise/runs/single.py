@@ -7,16 +7,27 @@ import contextlib
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .. import defaults
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, RunStopped, TrainingInterrupted
 from ..lock import run_lock, running_in
 from ..models import LoadedWeights
-from ..runfolder import holds_nothing_trained, holds_run, proves_stage_run
+from ..runfolder import (
+    BEST,
+    MODEL_CARD,
+    holds_nothing_trained,
+    holds_run,
+    proves_stage_run,
+    read_done,
+    read_history,
+    read_model_card,
+    read_test,
+    write_done,
+)
 from ..training import TrainResult, coerce_config, resume_config, run_stage
-from ..training.distributed import is_main_process, peer_failures
+from ..training.distributed import from_main, is_main_process, peer_failures
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import require_tracker
 from .teacher import load_teacher
@@ -49,6 +60,31 @@ def stage_config(config: TrainConfig | dict | str | Path | None, overrides: dict
     if config is not None:
         given = {**coerce_config(config, {}).model_dump(exclude_unset=True), **given}
     return resume_config(run_folder(config, overrides, resume), given)
+
+
+Resume = bool | Literal["auto"]
+
+
+def resolve_resume(resume: Resume, folder: Path) -> bool:
+    """`resume="auto"`: continue when `folder` holds a run that saved something, else start
+    afresh (what a requeued job passes every time). Rank 0 looks and every rank follows, so a
+    folder rank 0 starts writing meanwhile cannot split the decision."""
+    if resume != "auto":
+        return bool(resume)
+    return bool(from_main(holds_run(folder) and not holds_nothing_trained(folder)))
+
+
+def finished_result(cfg: TrainConfig) -> TrainResult | None:
+    """The result of a stage run that already finished everything (done.json), read from its
+    files without building anything; None when there is work left."""
+    done = read_done(cfg.out)
+    if done is None or not (cfg.out / BEST).is_file():
+        return None
+    card = read_model_card(cfg.out / MODEL_CARD)
+    return TrainResult(run_dir=cfg.out, best=done["best"], history=read_history(cfg.out),
+                       stopped=done["stopped"], weights=cfg.out / BEST, class_ids=card.class_ids,
+                       class_names=card.class_names, head=card.head, test=read_test(cfg.out),
+                       task=cfg.task, complete=True)
 
 
 def locked(folder: Path, kind: str, proof: Callable[[Path], bool]) -> contextlib.AbstractContextManager:
@@ -91,7 +127,7 @@ def train(
     config: TrainConfig | dict | str | Path | None = None,
     /,
     *,
-    resume: bool = False,
+    resume: Resume = False,
     reporter: Reporter | str = "rich",
     incoming: LoadedWeights | None = None,
     **overrides: Any,
@@ -101,23 +137,36 @@ def train(
     `incoming` starts the stage from weights already in memory (with their class list, so the
     head is matched by class id), as a pipeline hands one stage's weights to the next.
 
+    `resume=True` continues the run in `out`; `resume="auto"` continues it when `out` holds one
+    and starts it otherwise (give the full settings then). A run that already finished returns
+    its result (`complete=True`) without training.
+
     Example:
         >>> import stagewise
         >>> r = stagewise.train(data="data/pets", model="resnet18", weights="r18.safetensors",
         ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
+    if resume == "auto":  # the folder comes from the full settings, which a fresh start needs
+        resume = resolve_resume(resume, coerce_config(config, overrides).out)
     with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
         cfg = stage_config(config, overrides, resume)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
         try:
+            finished = finished_result(cfg) if resume else None
+            if finished is not None:
+                rep.message(f"run complete: {cfg.out} finished before ({finished.stopped}); "
+                            "nothing to do")
+                return finished
             hint = f"stagewise train --resume --out {shlex.quote(str(cfg.out))}"
             result = train_stage(cfg, rep, resume, hint, incoming)
             if cfg.report and is_main_process():
                 from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 
                 rep.message(f"report: {write_report(cfg.out)}")
+            if is_main_process():
+                write_done(cfg.out, result.stopped, result.best)
             return result
         finally:
             rep.close()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
 from ..scoring import ClassScores, Scores
-from .distributed import max_over_ranks, min_over_ranks, sum_over_ranks
+from .distributed import agreed, sum_over_ranks
 from .progress import Reporter
 
 if TYPE_CHECKING:  # the modules that build these import the loop themselves
@@ -85,21 +85,23 @@ class EpochStats:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+    """Set by SIGINT/SIGTERM (or the requeue signal); the loop finishes its step, saves and exits."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
 
 @contextmanager
-def catch_signals(flag: StopFlag) -> Iterator[None]:
-    """Turn the first SIGINT/SIGTERM into a request to stop; a second one acts as usual."""
+def catch_signals(flag: StopFlag, requeue: signal.Signals | None = None) -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM (or `requeue`) into a request to stop; a second one acts as
+    usual."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    caught = (signal.SIGINT, signal.SIGTERM, *((requeue,) if requeue is not None else ()))
+    previous = {s: signal.getsignal(s) for s in caught}
 
     def handler(signum: int, _frame: object) -> None:
         flag.signum = signum
@@ -128,8 +130,10 @@ class _Tally:
 
     def __init__(self, device: torch.device, num_classes: int) -> None:
         self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)  # this rank's, for the live line
         self.scores = ClassScores(num_classes, device, top5=False, confusion=False)
         self.seen = 0
+        self.scored = 0
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor | None, y: torch.Tensor) -> None:
         n = y.shape[0]
@@ -137,6 +141,13 @@ class _Tally:
         self.loss += loss.detach().float() * n
         if scores is not None:
             self.scores.update(scores, y)
+            self.correct += (scores.argmax(-1) == y).sum()
+            self.scored += n
+
+    def local_means(self) -> tuple[float, float]:
+        """This rank's mean loss and accuracy so far: one device sync, no collective."""
+        loss, correct = torch.stack([self.loss, self.correct.float()]).tolist()
+        return loss / max(1, self.seen), correct / self.scored if self.scored else math.nan
 
     def means(self, acc: Accelerator) -> tuple[float, float, int]:
         """Mean loss and accuracy over every rank's images so far (a collective with N ranks:
@@ -220,50 +231,74 @@ def train_one_epoch(
     skip_batches: int = 0,
 ) -> EpochStats:
     """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
-    (the stage counts steps and may checkpoint there)."""
+    (the stage counts steps and may checkpoint there).
+
+    Sync points: none per batch. What the ranks must agree on (a batch some rank cannot train
+    on, a stop signal, a non-finite loss) travels in one host-side all-reduce per batch that
+    overlaps the batch before it (distributed.agreed). The main process pulls its own running
+    loss every LOG_EVERY batches (one device sync) to show it and to check it is finite; the
+    epoch's totals over all ranks are summed once, at its end."""
     start = time.perf_counter()
-    tally = _Tally(parts.accelerator.device, parts.num_classes)
-    batches, skipped, pending = skip_batches, 0, 0
+    acc = parts.accelerator
+    tally = _Tally(acc.device, parts.num_classes)
+    batches, skipped, pending, signum = skip_batches, 0, 0, 0
     bad: list[str] = []
     end = len(parts.train_loader) + skip_batches
     parts.model.zero_grad(set_to_none=True)
-    signum = 0
-    # Every rank runs the same number of batches (the sampler pads), so the collectives below
-    # (live metrics, the stop agreement) happen at the same batches everywhere.
-    for batch in parts.train_loader:
+    watch = _Watch()
+
+    def local_flags(batch: Any) -> list[int]:
+        return [int(not _usable(batch, parts.train_loader)), flag.signum or 0, watch.non_finite]
+
+    # Every rank runs the same number of batches (the sampler pads), so the agreements (and
+    # DDP's collectives) happen at the same batches everywhere.
+    for batch, (unusable, asked, non_finite) in agreed(parts.train_loader, local_flags, acc.num_processes):
+        if non_finite:
+            _check_finite(math.nan, acc)
         bad.extend(batch.bad)
         batches += 1
+        signum = max(signum, asked)  # a signal to any one rank stops them all
         window_end = batches % parts.grad_accum == 0 or batches == end
         # A batch left empty by bad files on one rank is skipped by all: DDP's collectives must
         # run the same number of times on every rank.
-        usable = min_over_ranks(parts.accelerator, int(_usable(batch, parts.train_loader)))
-        if usable:
+        if not unusable:
             loss, logits, y = _micro_step(parts, batch, sync=window_end,
                                           window=_window_size(batches, parts.grad_accum, end))
             tally.add(loss, logits, y)
             pending += 1
         if window_end and pending:
-            if not usable:  # the window's gradients were never all-reduced (no_sync micro-steps)
+            if unusable:  # the window's gradients were never all-reduced (no_sync micro-steps)
                 _reduce_gradients(parts)
             pending = 0
             if _optimizer_step(parts):
                 on_step(batches)
             else:
                 skipped += 1
-        if batches % LOG_EVERY == 0 or batches == end:
-            live_loss, live_acc, _ = tally.means(parts.accelerator)
-            _check_finite(live_loss, parts.accelerator)
+        if acc.is_main_process and (batches % LOG_EVERY == 0 or batches == end):
+            live_loss, live_acc = tally.local_means()
+            watch.saw(live_loss, acc)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])
-        if window_end:
-            # A signal to any one rank stops them all, between optimizer steps.
-            signum = max_over_ranks(parts.accelerator, flag.signum or 0)
-            if signum:
-                break
-    total_loss, top1, seen = tally.means(parts.accelerator)
-    _check_finite(total_loss, parts.accelerator)
+        if window_end and signum:  # between optimizer steps: a resume groups batches the same
+            break
+    total_loss, top1, seen = tally.means(acc)
+    _check_finite(total_loss, acc)
     return EpochStats(loss=total_loss, top1=top1, images=seen,
                       seconds=time.perf_counter() - start, batches_done=batches, bad=bad,
                       skipped_steps=skipped, interrupted=signum or None)
+
+
+class _Watch:
+    """Whether the main process's running loss went NaN/inf: with one process it raises at once;
+    with several the flag joins the next agreement, so every rank raises at the same batch."""
+
+    def __init__(self) -> None:
+        self.non_finite = 0
+
+    def saw(self, loss: float, acc: Accelerator) -> None:
+        if acc.num_processes == 1:
+            _check_finite(loss, acc)
+        elif not math.isfinite(loss) and acc.scaler is None:
+            self.non_finite = 1
 
 
 def _check_finite(loss: float, acc: Accelerator) -> None:
