@@ -76,7 +76,7 @@ def test_sigusr1_saves_exits_for_requeue_and_resume_auto_finishes_exactly(tmp_pa
     """A requeued job's life: `--resume auto` on an empty folder trains; SIGUSR1 saves at the next
     step and exits 75; the same command again resumes and ends with the weights of a run that
     was never stopped; once more, it says the run is complete and exits 0 without training."""
-    data = make_image_folder(tmp_path / "data", classes=("a", "b", "c", "d"), per_class=20,
+    data = make_image_folder(tmp_path / "data", classes=("a", "b", "c", "d"), per_class=16,
                              splits=("train",))
     make_image_folder(data, classes=("a", "b", "c", "d"), per_class=2, splits=("val",), seed=1)
     run = tmp_path / "run"
@@ -98,7 +98,7 @@ def test_sigusr1_saves_exits_for_requeue_and_resume_auto_finishes_exactly(tmp_pa
     assert proc.returncode == REQUEUE_EXIT == 75, err
     assert "stopped for requeue by signal" in err and "Traceback" not in err
     state = torch.load(run / "last" / "state.pt", weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["batches_done"] < 20 and not (run / "done.json").exists()
+    assert state["epoch"] == 0 and 0 < state["batches_done"] < 16 and not (run / "done.json").exists()
 
     assert main([*command, "--quiet"]) == 0  # resumes mid-epoch 1 and finishes
     assert [r["epoch"] for r in _history(run)] == [1, 2]
@@ -204,3 +204,33 @@ def test_another_world_size_keeps_the_global_batch_or_refuses_with_the_arithmeti
     with pytest.raises(ConfigError, match=r"middle of an epoch \(after batch 5\) by 2 process"):
         fit_world(cfg, mid, 1)
     assert fit_world(cfg, mid, 2).grad_accum == 2  # the accumulation it was saved with
+
+
+
+def resume_epoch_two_at_one_process(two: Path, tmp_path: Path) -> None:
+    """For test_distributed's 2-process run (batch 8, 2 epochs, keep_last: 2, test_vit: no
+    BatchNorm, so the global batch is all that counts): its checkpoint holds both ranks' RNG
+    states; epoch 2 resumed from its epoch-1 checkpoint by 1 process accumulates 2 batches of 8
+    and ends where the 2 processes did. Shares that test's torchrun run (the slow part)."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_distributed import ENV
+
+    state = torch.load(two / "last" / "state.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2 and state["world_size"] == 2
+    one = tmp_path / "two_then_one"
+    shutil.copytree(two, one)
+    shutil.rmtree(one / "last")
+    (one / "done.json").unlink()
+    sorted((one / "checkpoints").iterdir())[0].rename(one / "last")  # saved at epoch 1's end
+    resumed = subprocess.run([sys.executable, "-m", "stagewise", "train", "--resume", "--out", str(one)],
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "grad_accum 2 keeps the global batch 16" in resumed.stdout + resumed.stderr
+    state = torch.load(one / "last" / "state.pt", weights_only=True)
+    assert (state["world_size"], state["grad_accum"], state["epoch"]) == (1, 2, 2)
+    a, b = load_file(two / "last" / "model.safetensors"), load_file(one / "last" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert "grad_accum: 1" in (one / "config.yaml").read_text()  # the settings as given
