@@ -30,9 +30,9 @@ def test_lock_degrades_with_a_warning_where_the_filesystem_cannot_lock(
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     out = tmp_path / "run"
-    with pytest.warns(LockUnsupportedWarning, match="does not support file locks.*only one job"):
-        with run_lock(out, "stage"):
-            (out / "config.yaml").write_text("x: 1\n")
+    with pytest.warns(LockUnsupportedWarning, match="does not support file locks.*only one job"), \
+            run_lock(out, "stage"):
+        (out / "config.yaml").write_text("x: 1\n")
     assert (out / LOCK).is_file()
     with pytest.warns(LockUnsupportedWarning):
         assert held_by_other(out) is None  # nothing can say who holds it: treated as free
@@ -215,6 +215,7 @@ def resume_epoch_two_at_one_process(two: Path, tmp_path: Path) -> None:
     import shutil
 
     from safetensors.torch import load_file
+
     from test_distributed import ENV
 
     state = torch.load(two / "last" / "state.pt", weights_only=True)
@@ -234,3 +235,34 @@ def resume_epoch_two_at_one_process(two: Path, tmp_path: Path) -> None:
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     assert "grad_accum: 1" in (one / "config.yaml").read_text()  # the settings as given
+
+
+# ---- the report reuses the last validation pass ----
+
+def test_report_grid_reuses_saved_val_predictions_without_running_the_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stagewise.reporting.report as report
+    from stagewise.reporting.samples import load_model, predict, split_samples, spread
+    from stagewise.runfolder import read_config, read_val_predictions
+
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    run = stagewise.train(tiny_config(data, tmp_path / "run", epochs=2), reporter="quiet").run_dir
+    saved = read_val_predictions(run, run / "best.safetensors")
+    samples, _ = split_samples(read_config(run), run, "val")
+    assert saved is not None and sorted(saved) == list(range(len(samples)))  # each image once
+
+    # What inference on the saved weights gives, image by image (the same eval transform).
+    model, pre = load_model(run / "best.safetensors")
+    for p in predict(model, pre, samples, spread(len(samples), 256)):
+        assert saved[p.index][0] == p.pred and saved[p.index][1] == pytest.approx(p.confidence, abs=1e-5)
+
+    def no_model(_weights):
+        raise AssertionError("the report ran the model although its predictions were saved")
+
+    monkeypatch.setattr(report, "load_model", no_model)
+    blocks = report._predictions(report.read_run(run), run / "plots")  # the report's grid section
+    assert (run / "plots" / "predictions.png").is_file() and "of 18 images checked" in blocks[0].caption
+    # Other weights than the saved predictions': the model runs again.
+    (run / "val_predictions.safetensors").unlink()
+    with pytest.raises(AssertionError, match="ran the model"):
+        report._predictions(report.read_run(run), run / "plots")

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import DEMO_OUT, PRESETS_OUT
 from ..errors import StagewiseError
 from ..kinds import task
-from .common import add_output_flags, add_resume_flag, pct, print_done, reporter_kind, resume_mode, signed
+from .common import (
+    add_output_flags,
+    add_resume_flag,
+    pct,
+    print_done,
+    reporter_kind,
+    resume_mode,
+    signed,
+)
 
 if TYPE_CHECKING:
     from ..runs import PipelineResult

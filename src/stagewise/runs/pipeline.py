@@ -6,7 +6,6 @@ The pipeline owns ordering, handoff and resume; each stage is an ordinary one-st
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import shutil
 import time
@@ -20,7 +19,7 @@ from safetensors.torch import load_file
 from .. import defaults
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
-from ..io import write_json, write_with
+from ..io import file_sha256, write_json, write_with
 from ..kinds import task
 from ..models import LoadedWeights
 from ..runfolder import (
@@ -74,11 +73,7 @@ class PipelineResult:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def run(

@@ -16,9 +16,9 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
-T = TypeVar("T")
-
 from ..errors import ConfigError, PeerLost
+
+T = TypeVar("T")
 
 
 def cpu_only() -> bool:

@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
 from ..scoring import ClassScores, Scores
-from .distributed import agreed, sum_over_ranks
+from .distributed import agreed, all_objects, sum_over_ranks
 from .progress import Reporter
 
 if TYPE_CHECKING:  # the modules that build these import the loop themselves
@@ -311,19 +312,20 @@ def _check_finite(loss: float, acc: Accelerator) -> None:
 
 def eval_batches(loader: DataLoader, accelerator: Accelerator, channels_last: bool = False,
                  progress: Callable[[int], None] | None = None,
-                 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int]]:
-    """(images on the device or None when every file failed, labels on the CPU, bad files) per
-    batch of an evaluation loader; `progress(1)` after each."""
+                 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int, torch.Tensor | None]]:
+    """(images on the device or None when every file failed, labels on the CPU, bad files, the
+    samples' indices when the dataset gives them) per batch of an evaluation loader;
+    `progress(1)` after each."""
     for batch in loader:
         if progress is not None:
             progress(1)
         if batch.images.numel() == 0:
-            yield None, batch.labels, len(batch.bad)
+            yield None, batch.labels, len(batch.bad), batch.index
             continue
         x = batch.images.to(accelerator.device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield x, batch.labels, len(batch.bad)
+        yield x, batch.labels, len(batch.bad), batch.index
 
 
 @torch.inference_mode()
@@ -332,12 +334,14 @@ def evaluate(
     channels_last: bool = False, progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Loss, top-1, top-5 and the confusion matrix over `loader` (summed across processes);
-    `progress(1)` after each batch (a progress bar's advance)."""
+    `progress(1)` after each batch (a progress bar's advance). With a loader that gives sample
+    indices, also "predictions": (index, class, confidence) of every sample, for the report."""
     model.eval()
     device = accelerator.device
     loss_sum, count, bad = (torch.zeros((), device=device) for _ in range(3))
     scores = ClassScores(num_classes, device)
-    for x, labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
+    kept: list[torch.Tensor] = []
+    for x, labels, n_bad, index in eval_batches(loader, accelerator, channels_last, progress):
         bad += n_bad
         if x is None:
             continue
@@ -347,10 +351,23 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         count += y.shape[0]
         scores.update(logits, y)
+        if index is not None:  # on the device: pulled once, after the pass
+            conf, pred = logits.softmax(dim=1).max(dim=1)
+            kept.append(torch.stack([index.to(device).double(), pred.double(), conf.double()]))
     totals = accelerator.reduce(torch.stack([loss_sum, count, bad]), reduction="sum")
     n = int(totals[1])
     # Every rank sees the same total, so all of them take (or skip) the collective in compute.
     s = scores.compute() if n else Scores(0.0, 0.0, [[0] * num_classes for _ in range(num_classes)])
     return {"val_loss": float(totals[0]) / max(1, n), "val_top1": s.top1, "val_top5": s.top5,
             "val_images": n, "bad_val_images": int(totals[2]),
-            "confusion": s.confusion}  # rows: true class
+            "confusion": s.confusion,  # rows: true class
+            **({"predictions": _all_predictions(kept)} if kept else {})}
+
+
+def _all_predictions(kept: list[torch.Tensor]) -> torch.Tensor:
+    """Every rank's (index, class, confidence) rows, one per sample (the sampler's padding
+    repeats some: same sample, same prediction), sorted by index: a 3 x N tensor on the CPU."""
+    local = torch.cat(kept, dim=1).cpu()
+    rows = torch.cat(all_objects(local), dim=1)
+    _, first = np.unique(rows[0].numpy(), return_index=True)
+    return rows[:, torch.from_numpy(first)]

@@ -116,6 +116,7 @@ class StageSetup:
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
     val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
     val_shared: list[str] | None = None  # embed: val identities that are training identities
+    val_predictions: Any = None  # the last validation pass's (index, class, confidence), 3 x N
     _groups: list[list[str]] | None = None
 
     def coarse_groups(self) -> list[list[str]]:
@@ -406,6 +407,8 @@ def _loop_parts(
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers,
                                drop_last=small_tail and per_rank > cfg.batch_size,
                                rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class)
+    if hasattr(val_ds, "indexed"):  # sample indices: the report's grid reuses the predictions
+        val_ds.indexed = True
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)
     if cfg.channels_last:

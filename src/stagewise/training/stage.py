@@ -37,6 +37,7 @@ from ..runfolder import (
     LAST,
     MODEL_CARD,
     SPLIT,
+    VAL_PREDICTIONS,
     Confusion,
     EpochRecord,
     HeldOutRecord,
@@ -53,6 +54,7 @@ from ..runfolder import (
     write_model_card,
     write_teacher,
     write_test,
+    write_val_predictions,
 )
 from .checkpoint import (
     Resumable,
@@ -395,6 +397,10 @@ def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
     save_weights(setup.saved_model, setup.cfg.out / BEST)
     with writing(setup.cfg.out / MODEL_CARD):
         write_model_card(setup.cfg.out, card.with_metrics(record))
+    found = setup.val_predictions  # the validation pass of exactly these weights
+    if found is not None:
+        with writing(setup.cfg.out / VAL_PREDICTIONS):
+            write_val_predictions(setup.cfg.out, found[0], found[1], found[2], setup.cfg.out / BEST)
 
 
 @contextmanager
@@ -466,6 +472,7 @@ def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
         else:
             metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator,
                                parts.num_classes, setup.cfg.channels_last, progress=advance)
+    setup.val_predictions = metrics.pop("predictions", None)
     # The files the loader dropped, and those indexing skipped before they reached it.
     metrics["bad_val_images"] = int(metrics.get("bad_val_images", 0)) + setup.val_skipped
     return metrics
