@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config.choices import (
     OWN_OPTIMIZERS,
@@ -73,11 +73,13 @@ def add_resume_flag(p: argparse.ArgumentParser) -> None:
                    "one, else start it (for requeued jobs; a finished run exits 0)")
 
 
-def resume_mode(args: argparse.Namespace) -> bool | str:
+def resume_mode(args: argparse.Namespace) -> bool | Literal["auto"]:
     """True, False or "auto" from --resume; any other value is refused."""
     value = args.resume
-    if value is True or value is False or value == "auto":
-        return value  # type: ignore[no-any-return]
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return value
     raise StagewiseError(f"--resume takes no value, or 'auto' (got {value!r})")
 
 

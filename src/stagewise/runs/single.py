@@ -83,7 +83,7 @@ def finished_result(cfg: TrainConfig) -> TrainResult | None:
     card = read_model_card(cfg.out / MODEL_CARD)
     return TrainResult(run_dir=cfg.out, best=done["best"], history=read_history(cfg.out),
                        stopped=done["stopped"], weights=cfg.out / BEST, class_ids=card.class_ids,
-                       class_names=card.class_names, head=card.head, test=read_test(cfg.out),
+                       class_names=card.class_names or card.class_ids, head=card.head, test=read_test(cfg.out),
                        task=cfg.task, complete=True)
 
 
