@@ -232,13 +232,11 @@ def train_one_epoch(
     skip_batches: int = 0,
 ) -> EpochStats:
     """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
-    (the stage counts steps and may checkpoint there).
-
-    Sync points: none per batch. What the ranks must agree on (a batch some rank cannot train
-    on, a stop signal, a non-finite loss) travels in one host-side all-reduce per batch that
-    overlaps the batch before it (distributed.agreed). The main process pulls its own running
-    loss every LOG_EVERY batches (one device sync) to show it and to check it is finite; the
-    epoch's totals over all ranks are summed once, at its end."""
+    (the stage counts steps and may checkpoint there). Sync points: none per batch. What ranks
+    must agree on (a batch some rank cannot train on, a stop signal, a NaN loss) travels in one
+    host-side all-reduce per batch overlapping the batch before it (distributed.agreed); the
+    main process pulls its running loss every LOG_EVERY batches (one device sync) to show it and
+    check it; the epoch's totals over all ranks are summed once, at its end."""
     start = time.perf_counter()
     acc = parts.accelerator
     tally = _Tally(acc.device, parts.num_classes)
