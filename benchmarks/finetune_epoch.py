@@ -18,6 +18,7 @@ reported with the ratio; on a shared machine only the ratio means anything.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -48,7 +49,8 @@ def plain(args: argparse.Namespace) -> tuple[float, float]:
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          drop_last=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    return _loader_rate(loader), _train(model, loader, opt)
+    rate = _loader_rate(loader)
+    return rate, (math.nan if args.loader_only else _train(model, loader, opt))
 
 
 def _loader_rate(loader: Any) -> float:
@@ -84,10 +86,23 @@ def ours(args: argparse.Namespace, out: Path) -> tuple[float, float]:
     setup = prepare_stage(cfg, QuietReporter())
     setup.sampler.set_epoch(0)
     loader_rate = _loader_rate(setup.parts.train_loader)
+    if args.loader_only:
+        return loader_rate, math.nan
     start_epoch(setup, 0)
     setup.sampler.set_epoch(0)
     stats = train_one_epoch(setup.parts, QuietReporter(), StopFlag(), lambda _b: None)
     return loader_rate, stats.images / stats.seconds
+
+
+def _subset(data: Path, out: Path, per_class: int) -> Path:
+    """train/ with the first `per_class` images of each class and the whole val/, as symlinks."""
+    for split in ("train", "val"):
+        for cls in sorted(p for p in (data / split).iterdir() if p.is_dir()):
+            (out / split / cls.name).mkdir(parents=True)
+            files = sorted(cls.iterdir())
+            for f in files[:per_class] if split == "train" else files:
+                (out / split / cls.name / f.name).symlink_to(f)
+    return out
 
 
 def main() -> None:
@@ -99,9 +114,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--loader-only", action="store_true", help="the data path alone (no training)")
+    ap.add_argument("--per-class", type=int, default=None,
+                    help="use only the first N training images of each class (symlinks), for a loaded machine")
     args = ap.parse_args()
     rates: dict[str, list[tuple[float, float]]] = {"plain": [], "stagewise": []}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.per_class:
+            args.data = _subset(args.data, Path(tmp) / "subset", args.per_class)
         for r in range(args.rounds + 1):
             p = plain(args)
             s = ours(args, Path(tmp) / f"run{r}")

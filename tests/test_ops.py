@@ -128,6 +128,27 @@ def test_resume_auto_library_and_an_empty_start(tmp_path: Path) -> None:
         stagewise.train({**cfg, "lr": 0.5}, resume="auto", reporter="quiet")
 
 
+def test_run_resume_auto_starts_then_says_complete(tmp_path: Path, capsys) -> None:
+    """`stagewise run PIPELINE --resume auto`: the first call runs the pipeline, the next one
+    finds every stage done and exits 0 without training."""
+    import yaml
+
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    spec = tmp_path / "pipe.yaml"
+    spec.write_text(yaml.safe_dump({
+        "defaults": {"model": "test_resnet", "image_size": 32, "batch_size": 8, "num_workers": 0,
+                     "seed": 0, "lr": 0.01, "report": False},
+        "stages": [{"name": "s1", "data": str(data), "strategy": "scratch", "epochs": 1}]}))
+    out = tmp_path / "pipe"
+    assert main(["run", str(spec), "--out", str(out), "--resume", "auto", "--quiet"]) == 0
+    stamp = (out / "stages" / "s1" / "history.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", str(spec), "--out", str(out), "--resume", "auto"]) == 0
+    assert "pipeline complete, nothing to do" in capsys.readouterr().out
+    assert (out / "stages" / "s1" / "history.jsonl").stat().st_mtime_ns == stamp
+    assert main(["run", "--resume", "maybe", "--out", str(out), "--quiet"]) == 2  # a file that is not there
+
+
 # ---- keep_last, every rank's RNG, another world size ----
 
 def test_keep_last_keeps_the_newest_checkpoints_as_hard_links(tmp_path: Path) -> None:
