@@ -134,11 +134,11 @@ def test_sigterm_to_one_rank_saves_and_resumes(data: Path, tmp_path: Path) -> No
     again = torchrun(["train", "--resume", "--out", str(run), "--quiet"], run)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [r["epoch"] for r in _records(run)] == [1, 2, 3]
-    # A finished run is complete whatever the number of processes (test_ops.py: another number
-    # resumes at an epoch's end, and is refused in the middle of one).
-    again = subprocess.run([sys.executable, "-m", "stagewise", "train", "--resume", "--out", str(run)],
+    # The requeue command on a finished run: complete, whatever the number of processes
+    # (test_ops.py: another number resumes at an epoch's end, and is refused inside one).
+    again = subprocess.run([sys.executable, "-m", "stagewise", *args, "--resume", "auto"],
                            env=ENV, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "run complete" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == 0 and '"complete": true' in again.stdout, again.stderr[-2000:]
 
 
 def test_a_two_stage_pipeline_under_two_processes(data: Path, tmp_path: Path) -> None:

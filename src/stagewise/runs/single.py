@@ -138,8 +138,8 @@ def train(
     head is matched by class id), as a pipeline hands one stage's weights to the next.
 
     `resume=True` continues the run in `out`; `resume="auto"` continues it when `out` holds one
-    and starts it otherwise (give the full settings then). A run that already finished returns
-    its result (`complete=True`) without training.
+    and starts it otherwise (give the full settings then); for a run that already finished it
+    returns the saved result (`complete=True`) without building anything.
 
     Example:
         >>> import stagewise
@@ -147,14 +147,17 @@ def train(
         ...                     strategy="probe", epochs=5, out="runs/pets")  # doctest: +SKIP
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
-    if resume == "auto":  # the folder comes from the full settings, which a fresh start needs
+    auto = resume == "auto"
+    if auto:  # the folder comes from the full settings, which a fresh start needs
         resume = resolve_resume(resume, coerce_config(config, overrides).out)
     with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
         cfg = stage_config(config, overrides, resume)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
         try:
-            finished = finished_result(cfg) if resume else None
+            # A requeue after the end must not rebuild data and model (minutes on ImageNet); a
+            # plain --resume still goes through the checkpoint (and says when it is damaged).
+            finished = finished_result(cfg) if auto and resume else None
             if finished is not None:
                 rep.message(f"run complete: {cfg.out} finished before ({finished.stopped}); "
                             "nothing to do")
