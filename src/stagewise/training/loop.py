@@ -232,11 +232,10 @@ def train_one_epoch(
     skip_batches: int = 0,
 ) -> EpochStats:
     """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
-    (the stage counts steps and may checkpoint there). Sync points: none per batch. What ranks
-    must agree on (a batch some rank cannot train on, a stop signal, a NaN loss) travels in one
-    host-side all-reduce per batch overlapping the batch before it (distributed.agreed); the
-    main process pulls its running loss every LOG_EVERY batches (one device sync) to show it and
-    check it; the epoch's totals over all ranks are summed once, at its end."""
+    (the stage counts steps and may checkpoint there). No sync per batch: what ranks must agree
+    on (a batch some rank cannot train on, a stop signal, a NaN loss) is one host-side all-reduce
+    per batch overlapping the batch before it (distributed.agreed); rank 0 pulls its running loss
+    every LOG_EVERY batches (one device sync); the epoch's totals are summed once, at its end."""
     start = time.perf_counter()
     acc = parts.accelerator
     tally = _Tally(acc.device, parts.num_classes)
@@ -256,7 +255,6 @@ def train_one_epoch(
             _check_finite(math.nan, acc)
         bad.extend(batch.bad)
         batches += 1
-        signum = max(signum, asked)  # a signal to any one rank stops them all
         window_end = batches % parts.grad_accum == 0 or batches == end
         # A batch left empty by bad files on one rank is skipped by all: DDP's collectives must
         # run the same number of times on every rank.
@@ -277,6 +275,8 @@ def train_one_epoch(
             live_loss, live_acc = tally.local_means()
             watch.saw(live_loss, acc)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])
+        # A signal to any one rank stops them all (with one process, as soon as it comes).
+        signum = max(signum, asked, flag.signum or 0 if acc.num_processes == 1 else 0)
         if window_end and signum:  # between optimizer steps: a resume groups batches the same
             break
     total_loss, top1, seen = tally.means(acc)
