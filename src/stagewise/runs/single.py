@@ -148,22 +148,22 @@ def train(
         >>> r.best["val_top1"]  # doctest: +SKIP
     """
     auto = resume == "auto"
-    if auto:  # the folder comes from the full settings, which a fresh start needs
-        resume = resolve_resume(resume, coerce_config(config, overrides).out)
-    with locked(run_folder(config, overrides, resume), "stage", proves_stage_run):
-        cfg = stage_config(config, overrides, resume)
+    # With "auto" the folder comes from the full settings, which a fresh start needs.
+    go_on = resolve_resume(resume, coerce_config(config, overrides).out) if auto else bool(resume)
+    with locked(run_folder(config, overrides, go_on), "stage", proves_stage_run):
+        cfg = stage_config(config, overrides, go_on)
         require_tracker(cfg.log_with)  # a missing extra is found before anything is written
         rep = make_reporter(reporter) if isinstance(reporter, str) else reporter
         try:
             # A requeue after the end must not rebuild data and model (minutes on ImageNet); a
             # plain --resume still goes through the checkpoint (and says when it is damaged).
-            finished = finished_result(cfg) if auto and resume else None
+            finished = finished_result(cfg) if auto and go_on else None
             if finished is not None:
                 rep.message(f"run complete: {cfg.out} finished before ({finished.stopped}); "
                             "nothing to do")
                 return finished
             hint = f"stagewise train --resume --out {shlex.quote(str(cfg.out))}"
-            result = train_stage(cfg, rep, resume, hint, incoming)
+            result = train_stage(cfg, rep, go_on, hint, incoming)
             if cfg.report and is_main_process():
                 from ..reporting import write_report  # lazy: matplotlib only when a report is drawn
 
