@@ -157,7 +157,8 @@ def test_missing_state_file_is_damaged_not_a_fresh_start(finished: Path, tmp_pat
 # --- 2: NaN/inf loss says what was saved -------------------------------------------------------
 
 def _nan_from_call(monkeypatch, first_bad: int) -> None:
-    """The live loss is NaN from the `first_bad`-th time the loop pulls it (1-based)."""
+    """The epoch's loss is NaN from the `first_bad`-th epoch on (1-based: the loop sums it over
+    the ranks once per epoch, at its end)."""
     real, calls = loop._Tally.means, {"n": 0}
 
     def means(self, acc):
@@ -186,7 +187,7 @@ def test_nan_before_any_epoch_says_nothing_was_saved_and_reruns(data: Path, tmp_
 def test_nan_after_an_epoch_names_the_checkpoint_and_resume(data: Path, tmp_path: Path,
                                                            monkeypatch, capsys) -> None:
     out = tmp_path / "run"
-    _nan_from_call(monkeypatch, 3)  # 3 batches an epoch: the loss is pulled twice per epoch
+    _nan_from_call(monkeypatch, 2)  # NaN in epoch 2
     assert main(_args(data, out, "--epochs", "2")) == 2
     err = capsys.readouterr().err
     assert f"{out / 'last'} holds the checkpoint saved at the end of epoch 1" in err

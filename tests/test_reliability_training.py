@@ -270,11 +270,11 @@ def test_a_dead_peer_in_a_collective_is_a_clear_error(tmp_path: Path, monkeypatc
 
     data = make_image_folder(tmp_path / "data", per_class=4)
 
-    def dead_peer(acc, value):
+    def dead_peer(items, flags, processes):  # the loop's per-batch agreement (distributed.agreed)
         raise dist.DistBackendError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
 
     monkeypatch.setattr(distributed, "rank_and_world", lambda: (0, 2))  # as rank 0 of 2 would be
-    monkeypatch.setattr(loop, "max_over_ranks", dead_peer)
+    monkeypatch.setattr(loop, "agreed", dead_peer)
     assert main(_train_args(data, tmp_path / "run")) == 1
     err = capsys.readouterr().err
     assert "rank 1 of this 2-process run died" in err and "--resume" in err and "Traceback" not in err

@@ -23,13 +23,22 @@ class WeightsError(StagewiseError):
     """Weights cannot be loaded safely or do not fit the model."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+# The exit code of a run stopped by its requeue signal (config `requeue_signal`) after saving:
+# EX_TEMPFAIL of sysexits.h, "try again later", so a job script can tell it from a failure (1, 2)
+# and from a plain SIGTERM/SIGINT stop (143/130).
+REQUEUE_EXIT = 75
 
-    def __init__(self, signum: int, run_dir: object = None, resume_hint: str | None = None) -> None:
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM (or the requeue signal) arrived; a checkpoint was saved and the run can be
+    resumed. `requeue`: the signal was the run's `requeue_signal`, and the exit code says so."""
+
+    def __init__(self, signum: int, run_dir: object = None, resume_hint: str | None = None,
+                 requeue: bool = False) -> None:
         super().__init__(signum, run_dir)
         self.signum = signum
         self.run_dir = run_dir
+        self.requeue = requeue
         # The command that continues the run: set by whoever started it (runs/, cli/), since only
         # they know how it was started.
         self.resume_hint = resume_hint
@@ -37,11 +46,14 @@ class TrainingInterrupted(Exception):
     def __str__(self) -> str:
         where = f"; saved {self.run_dir}" if self.run_dir is not None else ""
         how = f"; resume with: {self.resume_hint}" if self.resume_hint else ""
+        if self.requeue:
+            return (f"stopped for requeue by signal {self.signum}{where}; exit code {REQUEUE_EXIT}"
+                    f"{how}")
         return f"interrupted by signal {self.signum}{where}{how}"
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return REQUEUE_EXIT if self.requeue else 128 + self.signum
 
 
 class RunStopped(StagewiseError):

@@ -12,7 +12,9 @@ from before the lock recorded its kind is recognised by what its files hold (`pr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +23,15 @@ from .errors import ConfigError
 LOCK = ".stagewise.lock"
 # What a stagewise folder may hold before its first run has written anything that marks it.
 _OURS = {LOCK}
+
+
+# What flock raises on a filesystem that cannot lock (NFS mounted with nolock, some Lustre and
+# FUSE mounts): no lock is possible there, which is not the same as "another run holds it".
+_NO_LOCKING = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+class LockUnsupportedWarning(RuntimeWarning):
+    """The run folder's filesystem has no flock: one run per folder is then on the user."""
 
 
 def _flock(fd: int) -> bool:
@@ -32,7 +43,25 @@ def _flock(fd: int) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKING:
+            raise
+        # Degrade rather than refuse: a cluster's shared scratch is often mounted without
+        # locking, and refusing every run there would leave the user no way to train at all.
+        warnings.warn(
+            f"the filesystem of {_fd_path(fd)} does not support file locks ({os.strerror(exc.errno)}): "
+            "stagewise cannot stop a second run from writing the same folder; make sure only one "
+            "job uses this --out at a time (docs/clusters.md)", LockUnsupportedWarning, stacklevel=3)
+        return True
     return True
+
+
+def _fd_path(fd: int) -> str:
+    """The file behind `fd`, for a message ("?" where /proc is not there to say)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the run folder"
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from pydantic import (
 from ._version import __version__
 from .config.yaml_loader import parse_yaml
 from .errors import ConfigError, WeightsError, shown
-from .io import existing_dir, write_json, write_text
+from .io import existing_dir, file_sha256, write_json, write_text, write_with
 from .metrics import METRICS, card_metrics, is_finite, lower_is_better
 
 log = logging.getLogger("stagewise")
@@ -52,6 +52,9 @@ TEST = "test.json"
 TEACHER = "teacher.json"  # a distilled stage's teacher (Teacher.record): what a resume checks
 BEST = "best.safetensors"
 LAST = "last"
+CHECKPOINTS = "checkpoints"  # keep_last > 1: checkpoints/step-NNNNNNNNN/, the newest N saves
+VAL_PREDICTIONS = "val_predictions.safetensors"  # the best weights' validation predictions
+DONE = "done.json"  # written last, when a stage run has finished everything (--resume auto reads it)
 MANIFEST = "pipeline.json"
 PIPELINE_HISTORY = "history.json"
 FINAL = "final.safetensors"
@@ -491,6 +494,51 @@ def read_test(run_dir: Path) -> HeldOutRecord | None:
         return HeldOutRecord(**data)
     except TypeError:
         return None
+
+
+# ---- val_predictions.safetensors ----
+
+def write_val_predictions(run_dir: Path, index: Any, pred: Any, confidence: Any, weights: Path) -> None:
+    """The validation pass of the weights in `weights` (just written): per val sample index, the
+    predicted class and its softmax probability, so a report draws its grid without running the
+    model again. The weights' sha256 ties them: a report uses them only for those weights."""
+    from safetensors.torch import save_file
+
+    tensors = {"index": index.long().contiguous(), "pred": pred.long().contiguous(),
+               "confidence": confidence.float().contiguous()}
+    meta = {"weights_sha256": file_sha256(weights)}
+    write_with(run_dir / VAL_PREDICTIONS, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_val_predictions(run_dir: Path, weights: Path) -> dict[int, tuple[int, float]] | None:
+    """{val sample index: (predicted class, confidence)} saved for exactly the weights in
+    `weights`; None when there are none, or they belong to other weights."""
+    from safetensors import safe_open
+
+    path = run_dir / VAL_PREDICTIONS
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("weights_sha256") != file_sha256(weights):
+                return None
+            index, pred, conf = (f.get_tensor(k).tolist() for k in ("index", "pred", "confidence"))
+    except (OSError, KeyError, ValueError, RuntimeError):  # missing or not ours: run the model
+        return None
+    return {int(i): (int(p), float(c)) for i, p, c in zip(index, pred, conf, strict=True)}
+
+
+# ---- done.json ----
+
+def write_done(run_dir: Path, stopped: str, best: Mapping[str, Any]) -> None:
+    """The mark of a stage run that finished everything (its epochs, test split, report): why it
+    stopped and its best record. Written last, so its presence means nothing is left to do."""
+    write_json(run_dir / DONE, {"stopped": stopped, "best": dict(best)})
+
+
+def read_done(run_dir: Path) -> dict[str, Any] | None:
+    """done.json, or None when the run has not finished (or the file is not ours)."""
+    data = read_json(run_dir / DONE)
+    ok = isinstance(data, dict) and isinstance(data.get("stopped"), str) and isinstance(data.get("best"), dict)
+    return data if ok else None
 
 
 # ---- config.yaml ----

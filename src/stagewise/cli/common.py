@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config.choices import (
     OWN_OPTIMIZERS,
@@ -66,6 +66,24 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("--log-format", choices=["rich", "json"], default="rich",
                    help="rich progress for people, JSON lines for scripts")
+
+
+def add_resume_flag(p: argparse.ArgumentParser) -> None:
+    """--resume (continue the run in --out) and --resume auto (continue it if there is one, else
+    start it: what a requeued cluster job passes every time)."""
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                   help="continue the run in --out; `--resume auto`: continue it if --out holds "
+                   "one, else start it (for requeued jobs; a finished run exits 0)")
+
+
+def resume_mode(args: argparse.Namespace) -> bool | Literal["auto"]:
+    """True, False or "auto" from --resume; any other value is refused."""
+    value = args.resume
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise StagewiseError(f"--resume takes no value, or 'auto' (got {value!r})")
 
 
 def reporter_kind(args: argparse.Namespace) -> str:

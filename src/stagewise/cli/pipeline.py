@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import DEMO_OUT, PRESETS_OUT
 from ..errors import StagewiseError
 from ..kinds import task
-from .common import add_output_flags, pct, print_done, reporter_kind, signed
+from .common import (
+    add_output_flags,
+    add_resume_flag,
+    pct,
+    print_done,
+    reporter_kind,
+    resume_mode,
+    signed,
+)
 
 if TYPE_CHECKING:
     from ..runs import PipelineResult
@@ -53,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser, default_out: str | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path(default_out) if default_out else None,
                    help="pipeline run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_resume_flag(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="stages.NAME.KEY=V, defaults.KEY=V, or a variable NAME=V (repeatable)")
     add_output_flags(p)
@@ -64,6 +72,9 @@ def _stages(args: argparse.Namespace) -> list[str] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.resume not in (True, False, "auto") and args.pipeline is None:
+        args.pipeline, args.resume = Path(args.resume), True  # `run --resume FILE`: the file
+    args.resume = resume_mode(args)
     # `run --resume --out RUN` alone continues the pipeline saved in RUN (and only that: a resume
     # never starts something else); `run` alone is the demo, which resumes by itself.
     if args.pipeline is None and not args.resume and not args.dry_run:
@@ -159,7 +170,7 @@ def _cmd_presets_run(args: argparse.Namespace) -> int:
     from ..runs.presets import load_preset
 
     out = args.out or Path(PRESETS_OUT) / args.name
-    result = run(load_preset(args.name), out, stages=_stages(args), resume=args.resume,
+    result = run(load_preset(args.name), out, stages=_stages(args), resume=resume_mode(args),
                  overrides=args.set, reporter=reporter_kind(args))
     print_summary(result, args)
     return 0
@@ -167,8 +178,10 @@ def _cmd_presets_run(args: argparse.Namespace) -> int:
 
 def print_summary(result: PipelineResult, args: argparse.Namespace) -> None:
     """A table of stages with best accuracy and the transfer gain against each baseline."""
-    if not print_done(args, {"run_dir": str(result.run_dir), "stages": result.stages},
-                      f"pipeline finished: {len(result.stages)} stage(s)"):
+    if not print_done(args, {"run_dir": str(result.run_dir), "stages": result.stages,
+                             "complete": result.complete},
+                      f"pipeline {'complete, nothing to do' if result.complete else 'finished'}: "
+                      f"{len(result.stages)} stage(s)"):
         return
     from rich.console import Console
     from rich.table import Table

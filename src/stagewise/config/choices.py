@@ -33,6 +33,8 @@ VerifyMode = Literal["auto", "none", "header", "decode"]  # data/saved_index.py
 CacheMode = Literal["auto", "none", "memory", "disk", "features"]
 DecoderName = Literal["auto", "pil", "pil-draft", "torchvision"]  # data/decode.py
 LogWith = Literal["none", "tensorboard", "mlflow", "wandb"]
+# The signal that asks a run to save and exit for a requeue (SLURM: sbatch --signal=B:USR1@120).
+RequeueSignal = Literal["SIGUSR1", "SIGUSR2", "none"]
 MetricLoss = Literal["arcface", "subcenter_arcface", "cosface", "triplet", "supcon", "contrastive",
                      "multi_similarity"]
 Miner = Literal["auto", "none", "multi_similarity", "triplet_margin", "batch_hard", "pair_margin",

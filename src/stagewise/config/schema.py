@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from .. import defaults
-from ..errors import ConfigError, clip
+from ..errors import REQUEUE_EXIT, ConfigError, clip
 from ..kinds import STRATEGIES, TASKS, WeightSource, default_strategy, recipe
 from ..kinds import task as task_of
 from ..metrics import monitors
@@ -32,6 +32,7 @@ from .choices import (
     MetricLoss,
     Miner,
     Precision,
+    RequeueSignal,
     SchedulerName,
     Source,
     Strategy,
@@ -283,6 +284,11 @@ class TrainConfig(_Strict):
                           "global batch (SyncBatchNorm; CUDA only); off: per-process statistics")
     checkpoint_every: int | None = Field(None, ge=1, le=10**9, description="also save last/ every N "
                                          "optimizer steps (a crash loses at most N steps)")
+    keep_last: int = Field(1, ge=1, le=1000, description="checkpoints kept on disk: last/ always; "
+                           "with N > 1 also checkpoints/step-*/ of the N most recent saves (hard links)")
+    requeue_signal: RequeueSignal = Field(
+        "SIGUSR1", description="this signal saves a checkpoint at the next step and exits with code "
+        f"{REQUEUE_EXIT} so a cluster job script can requeue the run (none: not caught)")
 
     # distillation
     teacher: str | None = Field(

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from ..data import AugmentPlan, Preprocess
+from ..data import AugmentPlan, Preprocess, Samples
 from ..io import write_text
 from ..kinds import embeds
-from ..runfolder import gain_verdict
+from ..runfolder import gain_verdict, read_val_predictions
 from . import plots
 from .document import (
     Block,
@@ -40,6 +40,7 @@ from .html import render_html
 from .markdown import render_markdown
 from .retrieval_report import is_embed, retrieval_curves, retrieval_examples
 from .samples import (
+    Predicted,
     augmentation_views,
     load_model,
     pick_examples,
@@ -260,11 +261,15 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
     stage = next((s for s in reversed(history.stages) if s.weights is not None), None)
     if stage is None or history.final_weights is None:
         return [Text("No trained weights yet.", note=True)]
-    model, pre = load_model(history.final_weights)
     samples, data_ids = split_samples(stage.config, stage.run_dir, "val")
     if data_ids != [str(c) for c in history.final_info.get("class_ids", [])]:
         raise ReportError(f"the classes of {stage.config.get('data')} are not the model's any more")
-    preds = predict(model, pre, samples, spread(len(samples), MAX_PREDICTED))
+    shown = spread(len(samples), MAX_PREDICTED)
+    preds = _saved_predictions(stage.run_dir, history.final_weights, samples, shown)
+    loaded = None  # Grad-CAM of the top losses loads the model itself when the grid did not
+    if preds is None:  # none saved with these weights (an older run, a copied model): run it
+        loaded = load_model(history.final_weights)
+        preds = predict(*loaded, samples, shown)
     names = [str(n) for n in history.final_info.get("class_names") or history.final_info["class_ids"]]
     tiles = [(thumbnail(samples, p.index),
               f"{'✓' if p.correct else '✗'} {_cut(names[p.pred])} {100 * p.confidence:.0f}%"
@@ -278,7 +283,17 @@ def _predictions(history: RunHistory, plot_dir: Path) -> list[Block]:
                         f"with the model's confidence. {wrong} of {len(preds)} images checked "
                         "were misclassified."),
             *gradcam_top_losses(history.final_weights, samples, top_losses(preds), names, plot_dir,
-                               (model, pre))]
+                               loaded)]
+
+
+def _saved_predictions(run_dir: Path, weights: Path, samples: Samples,
+                       shown: list[int]) -> list[Predicted] | None:
+    """The predictions the training's validation pass saved for exactly `weights`, for the
+    `shown` images (a file that failed to decode has none, as `predict` skips it)."""
+    saved = read_val_predictions(run_dir, weights)
+    if saved is None or any(i >= len(samples) for i in saved):
+        return None
+    return [Predicted(i, samples.labels[i], *saved[i]) for i in shown if i in saved]
 
 
 def _augmentation(history: RunHistory, plot_dir: Path) -> list[Block]:

@@ -6,7 +6,6 @@ The pipeline owns ordering, handoff and resume; each stage is an ordinary one-st
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import shutil
 import time
@@ -20,7 +19,7 @@ from safetensors.torch import load_file
 from .. import defaults
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, StagewiseError
-from ..io import write_json, write_with
+from ..io import file_sha256, write_json, write_with
 from ..kinds import task
 from ..models import LoadedWeights
 from ..runfolder import (
@@ -51,11 +50,11 @@ from ..runfolder import (
 )
 from ..training import TrainResult, resume_config
 from ..training.callbacks import Hooks
-from ..training.distributed import is_main_process, wait_for_everyone
+from ..training.distributed import from_main, is_main_process, wait_for_everyone
 from ..training.progress import Reporter, make_reporter
 from ..training.trackers import publish
 from .plan import PipelinePlan, StagePlan, load_pipeline
-from .single import locked, train_stage
+from .single import Resume, locked, train_stage
 
 
 @dataclass
@@ -66,6 +65,7 @@ class PipelineResult:
     stages: dict[str, StageEntry]
     final_weights: Path | None
     history: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False  # every stage had already finished: a resume found nothing to do
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per stage: its status, best val top-1, test top-1 (None without a test split)
@@ -75,11 +75,7 @@ class PipelineResult:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def run(
@@ -87,19 +83,23 @@ def run(
     out: str | Path = defaults.PIPELINE_OUT,
     *,
     stages: list[str] | None = None,
-    resume: bool = False,
+    resume: Resume = False,
     overrides: Sequence[str] = (),
     reporter: str = "rich",
     callbacks: Sequence[Any] = (),
 ) -> PipelineResult:
     """Run a pipeline of stages into `out`; `callbacks` (stagewise.Callback) are called by every
-    stage (baselines included: `info.run_dir` says which).
+    stage (baselines included: `info.run_dir` says which). `resume="auto"`: continue the run in
+    `out` when it holds one, else start it (a requeued job passes it every time); a finished run
+    returns at once with `complete=True`.
 
     Example:
         >>> import stagewise
         >>> r = stagewise.run("curriculum.yaml", out="runs/cur", overrides=["data_root=data"])  # doctest: +SKIP
     """
     out = Path(out)
+    if resume == "auto":  # rank 0 looks, every rank follows
+        resume = bool(from_main(read_quietly(out) is not None))
     if pipeline is None:  # a resume needs only the folder: it holds the resolved plan
         pipeline, overrides = _saved_plan(out, resume), ()
     elif resume and not overrides:  # the file again: with the overrides it was started with
@@ -136,9 +136,13 @@ def _run(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
     if trained is not None and is_main_process():  # W&B: the pipeline's plots and final model,
         cfg = trained.config                        # in the W&B run of its last stage
         publish(cfg.log_with, stage_dir(out, trained.name), out, log_model=cfg.wandb_log_model)
+    complete = trained is None and all(manifest["stages"][s.name]["status"] == "done" for s in plan.stages)
+    if complete and is_main_process():
+        make_reporter(reporter).message(f"pipeline complete: every stage in {out} finished before; "
+                                        "nothing to do")
     return PipelineResult(run_dir=out, stages=manifest["stages"],
                           final_weights=out / FINAL if (out / FINAL).exists() else None,
-                          history=read_json(out / PIPELINE_HISTORY) or {})
+                          history=read_json(out / PIPELINE_HISTORY) or {}, complete=complete)
 
 
 def _open(plan: PipelinePlan, out: Path, stages: list[str] | None, resume: bool,
@@ -223,6 +227,14 @@ def _saved_plan(out: Path, resume: bool) -> dict[str, Any]:
             f"file; or `stagewise run --out {out}` for the demo), or pass the file with --resume")
     return manifest["pipeline"]
     return manifest["pipeline"]
+
+
+def read_quietly(out: Path) -> Manifest | None:
+    """The manifest of `out`, or None where there is none (or none that reads: a resume says why)."""
+    try:
+        return read_manifest(out)
+    except (OSError, ValueError):
+        return None
 
 
 def _saved_overrides(out: Path) -> list[str]:

@@ -6,7 +6,9 @@ Everything is stored as safetensors or as a torch file of plain containers that
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -89,6 +91,7 @@ class Resumable:
     tracker: StopTracker
     history_len: int
     world_size: int = 1  # processes that trained it: the sampler's shards depend on it
+    grad_accum: int = 1  # its accumulation: with world_size and the batch, its global batch
 
     def at(self, epoch: int, batches_done: int) -> Resumable:
         """This state at another position (what a checkpoint there records)."""
@@ -103,8 +106,10 @@ def save_last(
     scaler: Any,
     ema: nn.Module | None,
     where: Resumable,
+    rng_ranks: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Replace `folder` (normally RUN/last) with a complete checkpoint."""
+    """Replace `folder` (normally RUN/last) with a complete checkpoint. `rng_ranks`: every rank's
+    RNG state (distributed.all_objects(rng_state())), index = rank; None: this process's only."""
     weights = model_state(model)
     ema_weights = model_state(ema) if ema is not None else None
     state = {
@@ -117,7 +122,10 @@ def save_last(
         "tracker": where.tracker.as_dict(),
         "history_len": where.history_len,
         "world_size": where.world_size,
-        "rng": rng_state(),
+        "grad_accum": where.grad_accum,
+        # Rank 0's state under "rng" as well: what checkpoints before rng_ranks held.
+        "rng": rng_ranks[0] if rng_ranks else rng_state(),
+        "rng_ranks": rng_ranks or [rng_state()],
     }
 
     def build(tmp: Path) -> None:
@@ -137,8 +145,11 @@ def load_last(
     schedule: Any,
     scaler: Any,
     ema: nn.Module | None,
+    rank: int = 0,
 ) -> Resumable | None:
-    """Restore everything `save_last` wrote; None when there is no checkpoint yet.
+    """Restore everything `save_last` wrote; None when there is no checkpoint yet. `rank` picks
+    this process's RNG state; a rank the checkpoint has none for (more processes than saved it,
+    at an epoch boundary) keeps the RNG its set-up seeded.
 
     Everything is read before anything is restored, so a damaged file changes nothing.
     """
@@ -154,11 +165,14 @@ def load_last(
         schedule.load_state_dict(state["schedule"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks") or [state["rng"]]
+        if rank < len(per_rank):
+            set_rng_state(per_rank[rank])
         return Resumable(epoch=state["epoch"], batches_done=state["batches_done"],
                          global_step=state["global_step"],
                          tracker=StopTracker.from_dict(state["tracker"]),
-                         history_len=state["history_len"], world_size=int(state.get("world_size", 1)))
+                         history_len=state["history_len"], world_size=int(state.get("world_size", 1)),
+                         grad_accum=int(state.get("grad_accum", 0)))
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
         raise _damaged(found / "state.pt", found, folder, exc) from None
 
@@ -207,3 +221,44 @@ def saved_position(folder: Path) -> tuple[int, int] | None:
         return int(state["epoch"]), int(state["batches_done"])
     except Exception:  # noqa: BLE001 - for a message only: an unreadable checkpoint is none
         return None
+
+
+def saved_layout(folder: Path) -> tuple[int, int, int] | None:
+    """(processes, grad_accum, batches done) of the checkpoint in `folder`, read without loading
+    its tensors (mmap); grad_accum 0 where a checkpoint from before it was recorded. None: none."""
+    found = existing_dir(folder)
+    if found is None:
+        return None
+    try:
+        state = torch.load(found / "state.pt", map_location="cpu", weights_only=True, mmap=True)
+        return (int(state.get("world_size", 1)), int(state.get("grad_accum", 0)),
+                int(state["batches_done"]))
+    except Exception:  # noqa: BLE001 - load_last names what is wrong with it
+        return None
+
+
+def keep_recent(last: Path, kept: Path, step: int, keep: int) -> None:
+    """With `keep` > 1, keep `last` (just written and durable) as kept/step-NNNNNNNNN too and
+    remove all but the `keep` newest there. Hard links: the copy costs no space (last/ is
+    rebuilt in a new folder each time, so the linked files are never rewritten in place);
+    a filesystem without hard links gets a copy."""
+    if keep <= 1:
+        return
+
+    def build(tmp: Path) -> None:
+        for f in last.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+
+    with writing(kept):
+        replace_dir(build, kept / f"step-{step:09d}")
+        saved = sorted(p for p in kept.iterdir() if p.name.startswith("step-") and p.is_dir())
+        for old in saved[:-keep]:
+            # Renamed away first: a reader never sees a half-deleted checkpoint under its name.
+            trash = old.with_name(f".{old.name}.trash")
+            os.replace(old, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        for left in kept.glob(".step-*"):  # what a killed prune or write left
+            shutil.rmtree(left, ignore_errors=True)

@@ -7,15 +7,18 @@ Thin wrappers over Accelerate's public helpers; with one process each is a no-op
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from ..errors import ConfigError, PeerLost
+
+T = TypeVar("T")
 
 
 def cpu_only() -> bool:
@@ -64,17 +67,68 @@ def from_main(value: Any) -> Any:
     return box[0]
 
 
+def all_objects(value: Any) -> list[Any]:
+    """Every rank's `value`, index = rank (a collective: every rank calls it at the same point)."""
+    if world_size() == 1:
+        return [value]
+    return list(gather_object([value]))
+
+
+@functools.cache
+def _control_group() -> Any:
+    """A gloo group over the same processes, for small host-side agreements: on NCCL a flag in a
+    device tensor would cost a device->host sync to read, on gloo it is host memory already.
+    Created once, by every rank at the same point (the first agreement of the run)."""
+    import torch.distributed as dist
+
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def agreed(items: Iterable[T], flags: Callable[[T], list[int]], processes: int) -> Iterator[tuple[T, list[int]]]:
+    """Each item with the element-wise max over ranks of `flags(item)` (the same list length on
+    every rank; every rank must iterate the same number of items).
+
+    The agreement for an item travels while the one before it is used: one small all-reduce per
+    item on the host (gloo), started when the item arrives and read an item later, so neither
+    the device nor the host waits for it. `flags` is evaluated when an item arrives, one item
+    before it is handed out.
+    """
+    if processes == 1:
+        for item in items:
+            yield item, flags(item)
+        return
+    import torch.distributed as dist
+
+    group = _control_group()
+    pending: tuple[T, torch.Tensor, Any] | None = None
+    try:
+        for item in items:
+            t = torch.tensor(flags(item), dtype=torch.int64)
+            work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
+            if pending is not None:
+                before, values, done = pending
+                pending = None
+                done.wait()
+                yield before, values.tolist()
+            pending = (item, t, work)
+        if pending is not None:
+            item, values, done = pending
+            pending = None
+            done.wait()
+            yield item, values.tolist()
+    finally:
+        # A consumer that stops early (every rank at the same item) leaves the next item's
+        # all-reduce started on every rank: finish it so the group is clean for the next epoch.
+        if pending is not None:
+            pending[2].wait()
+
+
 def max_over_ranks(acc: Accelerator, value: int) -> int:
     """The largest `value` of any rank (a signal number: one rank's signal stops all)."""
     if acc.num_processes == 1:
         return value
     # Accelerate's reduce offers sum and mean only; gather and take the max instead.
     return int(acc.gather(torch.tensor([value], device=acc.device)).max())
-
-
-def min_over_ranks(acc: Accelerator, value: int) -> int:
-    """The smallest `value` of any rank (1 only if every rank agrees)."""
-    return -max_over_ranks(acc, -value)
 
 
 def sum_over_ranks(acc: Accelerator, values: list[float]) -> list[float]:

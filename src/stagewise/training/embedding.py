@@ -66,7 +66,7 @@ def evaluate_embeddings(
     vectors: list[torch.Tensor] = []
     labels: list[int] = []
     bad = 0
-    for x, batch_labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
+    for x, batch_labels, n_bad, _index in eval_batches(loader, accelerator, channels_last, progress):
         bad += n_bad
         if x is None:
             continue

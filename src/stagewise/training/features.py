@@ -147,6 +147,6 @@ class _Keyed(Dataset):
 
 def _collate_with_index(items: list) -> tuple[list[int], Any]:
     """The batch of good images first, then the indices of bad ones after those of good ones."""
-    good = [j for j, (x, _) in items if x is not None]
-    bad = [j for j, (x, _) in items if x is None]
+    good = [j for j, item in items if item[0] is not None]  # (x, label[, sample index])
+    bad = [j for j, item in items if item[0] is None]
     return good + bad, collate_skip_bad([item for _, item in items])

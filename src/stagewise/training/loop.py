@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import NonFiniteLoss
 from ..scoring import ClassScores, Scores
-from .distributed import max_over_ranks, min_over_ranks, sum_over_ranks
+from .distributed import agreed, all_objects, sum_over_ranks
 from .progress import Reporter
 
 if TYPE_CHECKING:  # the modules that build these import the loop themselves
@@ -85,21 +86,23 @@ class EpochStats:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+    """Set by SIGINT/SIGTERM (or the requeue signal); the loop finishes its step, saves and exits."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
 
 @contextmanager
-def catch_signals(flag: StopFlag) -> Iterator[None]:
-    """Turn the first SIGINT/SIGTERM into a request to stop; a second one acts as usual."""
+def catch_signals(flag: StopFlag, requeue: signal.Signals | None = None) -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM (or `requeue`) into a request to stop; a second one acts as
+    usual."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    caught = (signal.SIGINT, signal.SIGTERM, *((requeue,) if requeue is not None else ()))
+    previous = {s: signal.getsignal(s) for s in caught}
 
     def handler(signum: int, _frame: object) -> None:
         flag.signum = signum
@@ -128,8 +131,10 @@ class _Tally:
 
     def __init__(self, device: torch.device, num_classes: int) -> None:
         self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)  # this rank's, for the live line
         self.scores = ClassScores(num_classes, device, top5=False, confusion=False)
         self.seen = 0
+        self.scored = 0
 
     def add(self, loss: torch.Tensor, scores: torch.Tensor | None, y: torch.Tensor) -> None:
         n = y.shape[0]
@@ -137,6 +142,13 @@ class _Tally:
         self.loss += loss.detach().float() * n
         if scores is not None:
             self.scores.update(scores, y)
+            self.correct += (scores.argmax(-1) == y).sum()
+            self.scored += n
+
+    def local_means(self) -> tuple[float, float]:
+        """This rank's mean loss and accuracy so far: one device sync, no collective."""
+        loss, correct = torch.stack([self.loss, self.correct.float()]).tolist()
+        return loss / max(1, self.seen), correct / self.scored if self.scored else math.nan
 
     def means(self, acc: Accelerator) -> tuple[float, float, int]:
         """Mean loss and accuracy over every rank's images so far (a collective with N ranks:
@@ -220,50 +232,72 @@ def train_one_epoch(
     skip_batches: int = 0,
 ) -> EpochStats:
     """One pass over the training loader; `on_step(batches_done)` runs after each optimizer step
-    (the stage counts steps and may checkpoint there)."""
+    (the stage counts steps and may checkpoint there). No sync per batch: what ranks must agree
+    on (a batch some rank cannot train on, a stop signal, a NaN loss) is one host-side all-reduce
+    per batch overlapping the batch before it (distributed.agreed); rank 0 pulls its running loss
+    every LOG_EVERY batches (one device sync); the epoch's totals are summed once, at its end."""
     start = time.perf_counter()
-    tally = _Tally(parts.accelerator.device, parts.num_classes)
-    batches, skipped, pending = skip_batches, 0, 0
+    acc = parts.accelerator
+    tally = _Tally(acc.device, parts.num_classes)
+    batches, skipped, pending, signum = skip_batches, 0, 0, 0
     bad: list[str] = []
     end = len(parts.train_loader) + skip_batches
     parts.model.zero_grad(set_to_none=True)
-    signum = 0
-    # Every rank runs the same number of batches (the sampler pads), so the collectives below
-    # (live metrics, the stop agreement) happen at the same batches everywhere.
-    for batch in parts.train_loader:
+    watch = _Watch()
+
+    def local_flags(batch: Any) -> list[int]:
+        return [int(not _usable(batch, parts.train_loader)), flag.signum or 0, watch.non_finite]
+
+    # Every rank runs the same number of batches (the sampler pads), so the agreements (and
+    # DDP's collectives) happen at the same batches everywhere.
+    for batch, (unusable, asked, non_finite) in agreed(parts.train_loader, local_flags, acc.num_processes):
+        if non_finite:
+            _check_finite(math.nan, acc)
         bad.extend(batch.bad)
         batches += 1
         window_end = batches % parts.grad_accum == 0 or batches == end
         # A batch left empty by bad files on one rank is skipped by all: DDP's collectives must
         # run the same number of times on every rank.
-        usable = min_over_ranks(parts.accelerator, int(_usable(batch, parts.train_loader)))
-        if usable:
+        if not unusable:
             loss, logits, y = _micro_step(parts, batch, sync=window_end,
                                           window=_window_size(batches, parts.grad_accum, end))
             tally.add(loss, logits, y)
             pending += 1
         if window_end and pending:
-            if not usable:  # the window's gradients were never all-reduced (no_sync micro-steps)
+            if unusable:  # the window's gradients were never all-reduced (no_sync micro-steps)
                 _reduce_gradients(parts)
             pending = 0
             if _optimizer_step(parts):
                 on_step(batches)
             else:
                 skipped += 1
-        if batches % LOG_EVERY == 0 or batches == end:
-            live_loss, live_acc, _ = tally.means(parts.accelerator)
-            _check_finite(live_loss, parts.accelerator)
+        if acc.is_main_process and (batches % LOG_EVERY == 0 or batches == end):
+            live_loss, live_acc = tally.local_means()
+            watch.saw(live_loss, acc)
             reporter.batch(batches, live_loss, live_acc, parts.optimizer.param_groups[-1]["lr"])
-        if window_end:
-            # A signal to any one rank stops them all, between optimizer steps.
-            signum = max_over_ranks(parts.accelerator, flag.signum or 0)
-            if signum:
-                break
-    total_loss, top1, seen = tally.means(parts.accelerator)
-    _check_finite(total_loss, parts.accelerator)
+        # A signal to any one rank stops them all (with one process, as soon as it comes).
+        signum = max(signum, asked, flag.signum or 0 if acc.num_processes == 1 else 0)
+        if window_end and signum:  # between optimizer steps: a resume groups batches the same
+            break
+    total_loss, top1, seen = tally.means(acc)
+    _check_finite(total_loss, acc)
     return EpochStats(loss=total_loss, top1=top1, images=seen,
                       seconds=time.perf_counter() - start, batches_done=batches, bad=bad,
                       skipped_steps=skipped, interrupted=signum or None)
+
+
+class _Watch:
+    """Whether the main process's running loss went NaN/inf: with one process it raises at once;
+    with several the flag joins the next agreement, so every rank raises at the same batch."""
+
+    def __init__(self) -> None:
+        self.non_finite = 0
+
+    def saw(self, loss: float, acc: Accelerator) -> None:
+        if acc.num_processes == 1:
+            _check_finite(loss, acc)
+        elif not math.isfinite(loss) and acc.scaler is None:
+            self.non_finite = 1
 
 
 def _check_finite(loss: float, acc: Accelerator) -> None:
@@ -276,19 +310,20 @@ def _check_finite(loss: float, acc: Accelerator) -> None:
 
 def eval_batches(loader: DataLoader, accelerator: Accelerator, channels_last: bool = False,
                  progress: Callable[[int], None] | None = None,
-                 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int]]:
-    """(images on the device or None when every file failed, labels on the CPU, bad files) per
-    batch of an evaluation loader; `progress(1)` after each."""
+                 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, int, torch.Tensor | None]]:
+    """(images on the device or None when every file failed, labels on the CPU, bad files, the
+    samples' indices when the dataset gives them) per batch of an evaluation loader;
+    `progress(1)` after each."""
     for batch in loader:
         if progress is not None:
             progress(1)
         if batch.images.numel() == 0:
-            yield None, batch.labels, len(batch.bad)
+            yield None, batch.labels, len(batch.bad), batch.index
             continue
         x = batch.images.to(accelerator.device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield x, batch.labels, len(batch.bad)
+        yield x, batch.labels, len(batch.bad), batch.index
 
 
 @torch.inference_mode()
@@ -297,12 +332,14 @@ def evaluate(
     channels_last: bool = False, progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Loss, top-1, top-5 and the confusion matrix over `loader` (summed across processes);
-    `progress(1)` after each batch (a progress bar's advance)."""
+    `progress(1)` after each batch (a progress bar's advance). With a loader that gives sample
+    indices, also "predictions": (index, class, confidence) of every sample, for the report."""
     model.eval()
     device = accelerator.device
     loss_sum, count, bad = (torch.zeros((), device=device) for _ in range(3))
     scores = ClassScores(num_classes, device)
-    for x, labels, n_bad in eval_batches(loader, accelerator, channels_last, progress):
+    kept: list[torch.Tensor] = []
+    for x, labels, n_bad, index in eval_batches(loader, accelerator, channels_last, progress):
         bad += n_bad
         if x is None:
             continue
@@ -312,10 +349,23 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         count += y.shape[0]
         scores.update(logits, y)
+        if index is not None:  # on the device: pulled once, after the pass
+            conf, pred = logits.softmax(dim=1).max(dim=1)
+            kept.append(torch.stack([index.to(device).double(), pred.double(), conf.double()]))
     totals = accelerator.reduce(torch.stack([loss_sum, count, bad]), reduction="sum")
     n = int(totals[1])
     # Every rank sees the same total, so all of them take (or skip) the collective in compute.
     s = scores.compute() if n else Scores(0.0, 0.0, [[0] * num_classes for _ in range(num_classes)])
     return {"val_loss": float(totals[0]) / max(1, n), "val_top1": s.top1, "val_top5": s.top5,
             "val_images": n, "bad_val_images": int(totals[2]),
-            "confusion": s.confusion}  # rows: true class
+            "confusion": s.confusion,  # rows: true class
+            **({"predictions": _all_predictions(kept)} if kept else {})}
+
+
+def _all_predictions(kept: list[torch.Tensor]) -> torch.Tensor:
+    """Every rank's (index, class, confidence) rows, one per sample (the sampler's padding
+    repeats some: same sample, same prediction), sorted by index: a 3 x N tensor on the CPU."""
+    local = torch.cat(kept, dim=1).cpu()
+    rows = torch.cat(all_objects(local), dim=1)
+    _, first = np.unique(rows[0].numpy(), return_index=True)
+    return rows[:, torch.from_numpy(first)]

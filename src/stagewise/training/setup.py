@@ -73,7 +73,7 @@ from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
-RESUME_FREE = {"num_workers", "out", "wandb_log_model", "verify"}  # verify: a resume re-applies its saved split
+RESUME_FREE = {"num_workers", "out", "wandb_log_model", "verify", "keep_last", "requeue_signal"}  # verify: a resume re-applies its saved split
 
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -134,6 +134,7 @@ class StageSetup:
     network: nn.Module  # the whole network as prepared (DDP-wrapped with several processes)
     val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
     val_shared: list[str] | None = None  # embed: val identities that are training identities
+    val_predictions: Any = None  # the last validation pass's (index, class, confidence), 3 x N
     _groups: list[list[str]] | None = None
 
     def coarse_groups(self) -> list[list[str]]:
@@ -491,6 +492,8 @@ def _loop_parts(
                                drop_last=small_tail and per_rank > cfg.batch_size,
                                rank=rank, world=world, pin_memory=pin, m_per_class=cfg.m_per_class,
                                sampler=shard_sampler(index, train_ds.samples, cfg, rank, world))
+    if hasattr(val_ds, "indexed"):  # sample indices: the report's grid reuses the predictions
+        val_ds.indexed = True
     val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers,
                              rank=rank, world=world, pin_memory=pin)
     if cfg.channels_last:

@@ -25,18 +25,20 @@ from ..config.schema import TrainConfig
 from ..data import ImageDataset, build_transform, make_loader
 from ..data.folder import save_split
 from ..defaults import FEW_IDENTITIES
-from ..errors import ConfigError, NonFiniteLoss, TrainingInterrupted
+from ..errors import NonFiniteLoss, TrainingInterrupted
 from ..io import remove_leftovers
 from ..kinds import task
 from ..metrics import metric, val_summary
 from ..models import EmbeddingSpec, HeadSpec, LoadedWeights, pretrained_features
 from ..runfolder import (
     BEST,
+    CHECKPOINTS,
     HISTORY,
     LAST,
     MODEL_CARD,
     SPLIT,
     SPLIT_ARRAYS,
+    VAL_PREDICTIONS,
     Confusion,
     EpochRecord,
     HeldOutRecord,
@@ -54,11 +56,29 @@ from ..runfolder import (
     write_model_card,
     write_teacher,
     write_test,
+    write_val_predictions,
 )
 from .callbacks import Hooks, StageInfo, StopTraining
-from .checkpoint import Resumable, load_last, save_last, save_weights, saved_position, writing
+from .checkpoint import (
+    Resumable,
+    keep_recent,
+    load_last,
+    rng_state,
+    save_last,
+    save_weights,
+    saved_position,
+    writing,
+)
+from .cluster import fit_world, requeue_signal
 from .distill import Teacher
-from .distributed import from_main, is_main_process, wait_for_everyone
+from .distributed import (
+    all_objects,
+    from_main,
+    is_main_process,
+    max_over_ranks,
+    wait_for_everyone,
+    world_size,
+)
 from .embedding import evaluate_embeddings
 from .hooks import hook_stop
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
@@ -84,6 +104,7 @@ class TrainResult:
     head: dict[str, Any] = field(default_factory=dict)
     test: HeldOutRecord | None = None  # the best weights on the test split, when there is one
     task: str = "classify"  # the stage's task (kinds.TASKS): what its records measure
+    complete: bool = False  # it had already finished: a resume found nothing to do
 
     @property
     def best_top1(self) -> float:
@@ -103,7 +124,9 @@ def run_stage(
     and datasets passed as objects; `hooks`: the caller's callbacks (training/callbacks.py)."""
     run_dir = cfg.out
     hooks = hooks or Hooks()
-    setup = prepare_stage(cfg, rep, incoming, split_from=run_dir if resume else None, teacher=teacher,
+    # On a resume, another number of processes keeps the global batch (or is refused): cluster.py.
+    run_cfg = fit_world(cfg, run_dir / LAST, world_size()) if resume else cfg
+    setup = prepare_stage(run_cfg, rep, incoming, split_from=run_dir if resume else None, teacher=teacher,
                           given=given)
     if is_main_process():
         _start_folder(setup, resume)
@@ -112,7 +135,7 @@ def run_stage(
     wait_for_everyone()
     state, history = _restore(setup, resume, rep)
     if resume and is_main_process():
-        _record_resume(setup)
+        _record_resume(cfg)  # the settings as given: the checkpoint records the accumulation used
     card = ModelCard(architecture=setup.bundle.architecture or cfg.model, class_ids=setup.index.class_ids,
                      class_names=setup.index.class_names, preprocess=setup.pre.as_dict(),
                      strategy=cfg.strategy, head=setup.bundle.head.as_dict(),
@@ -181,36 +204,36 @@ def _start_folder(setup: StageSetup, resume: bool) -> None:
         write_config(run_dir, setup.cfg.resolved())
 
 
-def _record_resume(setup: StageSetup) -> None:
+def _record_resume(cfg: TrainConfig) -> None:
     """config.yaml of a resume that has been accepted, where its free keys changed it."""
-    resolved = setup.cfg.resolved()
-    if read_config(setup.cfg.out) != resolved:
-        write_config(setup.cfg.out, resolved)
+    resolved = cfg.resolved()
+    if read_config(cfg.out) != resolved:
+        write_config(cfg.out, resolved)
 
 
 def _restore(setup: StageSetup, resume: bool, rep: Reporter) -> tuple[Resumable, list[EpochRecord]]:
     """Where the stage starts: from scratch, or from its last/ checkpoint on a resume."""
-    world = setup.parts.accelerator.num_processes
+    acc = setup.parts.accelerator
+    world, accum = acc.num_processes, setup.cfg.grad_accum
     state = Resumable(epoch=0, batches_done=0, global_step=0, history_len=0, tracker=StopTracker(),
-                      world_size=world)
+                      world_size=world, grad_accum=accum)
     if not resume:
         return state, []
     parts, run_dir = setup.parts, setup.cfg.out
     found = load_last(run_dir / LAST, setup.model, parts.optimizer, parts.schedule,
-                      parts.accelerator.scaler, parts.ema.module if parts.ema else None)
+                      parts.accelerator.scaler, parts.ema.module if parts.ema else None,
+                      rank=acc.process_index)
     if is_main_process():
         # What a killed write left: temp files, and last.old once last/ is there. Only now: a
         # damaged last/ must not cost the last.old its error message points to.
         remove_leftovers(run_dir, (LAST,))
     if found is None:
         return state, []
-    if found.world_size != world:
-        raise ConfigError(
-            f"{run_dir / LAST} was saved by {found.world_size} process(es) and this run has {world}: "
-            f"each process's share of every epoch depends on that number, so resume with "
-            f"{found.world_size} (torchrun --nproc_per_node {found.world_size}, over all nodes)"
-        )
+    if found.world_size != world:  # at an epoch's end: fit_world checked it and set grad_accum
+        rep.message(f"{found.world_size} process(es) saved this checkpoint and {world} resume it: "
+                    f"grad_accum {accum} keeps the global batch {world * setup.cfg.batch_size * accum}")
     rep.message(f"resumed at epoch {found.epoch + 1}, batch {found.batches_done}")
+    found.world_size, found.grad_accum = world, accum  # what the next checkpoint records
     return found, read_history(run_dir)[: found.history_len]
 
 
@@ -235,7 +258,7 @@ def _epochs(
     flag = StopFlag()
     state.history_len = len(history)
     epoch = state.epoch
-    with catch_signals(flag), _closing(logger):
+    with catch_signals(flag, requeue_signal(cfg)), _closing(logger):
         try:
             # Each epoch's wall time runs from the end of the previous one's checkpoint, so the
             # epochs' sum is the stage's time less its set-up and its last write.
@@ -256,6 +279,11 @@ def _epochs(
                 _checkpoint(setup, state.at(epoch + 1, 0))
                 reason = _epoch_hooks(hooks, setup, record) or reason  # callbacks: after the checkpoint
                 began = time.perf_counter()
+                # Epoch end (callbacks at an epoch's end belong here, after its checkpoint): a
+                # signal that came during validation stops the run now, already saved.
+                signum = max_over_ranks(setup.parts.accelerator, flag.signum or 0)
+                if signum and not reason and epoch + 1 < cfg.epochs:
+                    _stop(setup, signum, rep)
                 if reason:
                     rep.message(f"stopping after epoch {epoch + 1}: {reason}")
                     return reason
@@ -341,8 +369,14 @@ def _interrupt(setup: StageSetup, state: Resumable, epoch: int, stats: EpochStat
     """Save mid-epoch and stop: a resume continues at the next batch."""
     clock.update()
     _checkpoint(setup, state.at(epoch, stats.batches_done))
-    rep.message(f"interrupted: saved {setup.cfg.out / LAST}")
-    raise TrainingInterrupted(int(stats.interrupted or 0), run_dir=setup.cfg.out)
+    _stop(setup, int(stats.interrupted or 0), rep)
+
+
+def _stop(setup: StageSetup, signum: int, rep: Reporter) -> None:
+    """Exit after a saved checkpoint: for a requeue (its own exit code) or on SIGINT/SIGTERM."""
+    requeue = signum == requeue_signal(setup.cfg)
+    rep.message(f"{'stopped for requeue' if requeue else 'interrupted'}: saved {setup.cfg.out / LAST}")
+    raise TrainingInterrupted(signum, run_dir=setup.cfg.out, requeue=requeue)
 
 
 def _make_record(
@@ -410,6 +444,10 @@ def _save_best(setup: StageSetup, card: ModelCard, record: EpochRecord) -> None:
     save_weights(setup.saved_model, setup.cfg.out / BEST)
     with writing(setup.cfg.out / MODEL_CARD):
         write_model_card(setup.cfg.out, card.with_metrics(record))
+    found = setup.val_predictions  # the validation pass of exactly these weights
+    if found is not None:
+        with writing(setup.cfg.out / VAL_PREDICTIONS):
+            write_val_predictions(setup.cfg.out, found[0], found[1], found[2], setup.cfg.out / BEST)
 
 
 @contextmanager
@@ -481,6 +519,7 @@ def _validate(setup: StageSetup, rep: Reporter) -> dict[str, Any]:
         else:
             metrics = evaluate(setup.eval_model, parts.val_loader, parts.accelerator,
                                parts.num_classes, setup.cfg.channels_last, progress=advance)
+    setup.val_predictions = metrics.pop("predictions", None)
     # The files the loader dropped, and those indexing skipped before they reached it.
     metrics["bad_val_images"] = int(metrics.get("bad_val_images", 0)) + setup.val_skipped
     return metrics
@@ -499,9 +538,12 @@ def _checkpoint(setup: StageSetup, where: Resumable) -> None:
     # the last good one with NaN weights (with a grad scaler such steps are skipped instead).
     if not _finite(setup.model):
         raise NonFiniteLoss(f"the weights became NaN/inf. {NON_FINITE_FIX}")
+    rngs = all_objects(rng_state())  # every rank's: dropout, mixup and crops draw from them
     if parts.accelerator.is_main_process:
         save_last(setup.cfg.out / LAST, setup.model, parts.optimizer, parts.schedule,
-                  parts.accelerator.scaler, parts.ema.module if parts.ema else None, where)
+                  parts.accelerator.scaler, parts.ema.module if parts.ema else None, where, rngs)
+        keep_recent(setup.cfg.out / LAST, setup.cfg.out / CHECKPOINTS, where.global_step,
+                    setup.cfg.keep_last)
     parts.accelerator.wait_for_everyone()
 
 
