@@ -13,3 +13,7 @@ EMBEDDING_DIM = 128  # embed stages: the size of the L2-normalised vectors
 # Validation identities below which an embed stage's monitor is a weak guide (said in the log and
 # the report): each identity's ranking moves the mAP by a large step.
 FEW_IDENTITIES = 10
+# `stagewise compare` without --models: one small ImageNet-pretrained network per family a
+# tutorial compares (residual, EfficientNet, mobile, ConvNeXt), each with timm weights that the
+# default `weights:` can load; 5-16M parameters, so the grid fits a laptop GPU. docs/cli.md.
+COMPARE_MODELS = ("resnet18", "efficientnet_b0", "mobilenetv3_large_100", "convnext_nano")
