@@ -36,6 +36,7 @@ from .choices import (
     Strategy,
     Task,
 )
+from .aliases import ALIASES, NOTES, apply_aliases
 from .errors_format import CHOICE_ERROR, format_validation_error
 
 LossArg = float | int | bool | Annotated[str, Field(max_length=100)]
@@ -128,6 +129,12 @@ class TrainConfig(_Strict):
     """Everything one training stage needs. Unknown keys are errors, never ignored."""
 
     bound_reasons: ClassVar[dict[str, str]] = _WHY
+    # errors_format: an unknown key is matched against these spellings too, and the ~80 keys are
+    # not listed in the message (too many to read) but named where to find them.
+    aliases: ClassVar[dict[str, str]] = {
+        k: "kept in notes" if a.canonical == NOTES else f"an alias of {a.canonical}"
+        for k, a in ALIASES.items()}
+    key_list_hint: ClassVar[str] = "every key with its default: stagewise keys; aliases: docs/cli.md"
 
     # data
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
@@ -225,6 +232,9 @@ class TrainConfig(_Strict):
     nesterov: bool = False
     scheduler: SchedulerName = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS)
+    one_cycle_pct_start: float | None = Field(
+        None, gt=0.0, lt=1.0, description="one_cycle: fraction of the steps spent rising to lr "
+        "(torch's pct_start); None: warmup_epochs / epochs, else 0.25")
     restarts: int = Field(0, ge=0, le=1000, description="cosine: warm restarts (N+1 equal cycles)")
     cooldown_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS, description="constant min_lr for the "
                                    "last epochs, after the schedule")
@@ -274,6 +284,9 @@ class TrainConfig(_Strict):
     out: Path = Path(defaults.TRAIN_OUT)
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
     log_with: LogWith = "none"
+    notes: dict[str, Any] = Field(default_factory=dict, max_length=50, description="free notes kept "
+                                  "in config.yaml (description:, dataset:, classes: land here); no "
+                                  "effect on training")
 
     @model_validator(mode="before")
     @classmethod
@@ -284,6 +297,7 @@ class TrainConfig(_Strict):
         and the task's own monitor."""
         if not isinstance(data, dict):
             return data
+        data = apply_aliases(data)  # first: the recipe below reads the canonical keys
         given = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
         fill: dict[str, Any] = {"weights_source": given}
         # An unknown source is left to the field's validation, which lists the valid ones.
@@ -394,6 +408,9 @@ class TrainConfig(_Strict):
                              f"{self.split} replaces val_fraction, so remove val_fraction")
         if self.restarts and self.scheduler != "cosine":
             raise ValueError(f"restarts: warm restarts are a cosine schedule's; scheduler is {self.scheduler!r}")
+        if self.one_cycle_pct_start is not None and self.scheduler != "one_cycle":
+            raise ValueError(f"one_cycle_pct_start: shapes the one_cycle schedule; scheduler is "
+                             f"{self.scheduler!r} (use warmup_epochs for a warmup)")
         if self.cooldown_epochs and self.scheduler in ("one_cycle", "plateau"):
             raise ValueError(f"cooldown_epochs: scheduler {self.scheduler!r} sets its own end; use cosine, "
                              "step, polynomial...")

@@ -47,7 +47,7 @@ from .single import locked, stage_config, train_stage
 log = logging.getLogger("stagewise")
 
 # Keys a finished cell may differ in without its result being different.
-_FREE_KEYS = {"num_workers", "out"}
+_FREE_KEYS = {"num_workers", "out", "notes"}
 # Not a TrainConfig key: the grid's held-out identities, kept in its settings (compare.json).
 _RETRIEVAL_KEY = "retrieval_data"
 

@@ -69,7 +69,7 @@ from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
-RESUME_FREE = {"num_workers", "out"}
+RESUME_FREE = {"num_workers", "out", "notes"}  # notes: for people, no effect on training
 
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
