@@ -13,12 +13,12 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, inference, models, pipeline, reporting, retrieval, train
+from . import data, inference, keys, models, pipeline, reporting, retrieval, train
 from .parser import StagewiseParser
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
-           retrieval.add_parsers, reporting.add_parsers, models.add_parsers]
+           retrieval.add_parsers, reporting.add_parsers, models.add_parsers, keys.add_parsers]
 
 
 # What `stagewise --help` says first: what the tool is for (the module docstring is for developers).
