@@ -248,7 +248,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     from ..inference.choices import EXPORT_FORMATS as FORMATS
 
     p.add_argument("model", type=Path, help=MODEL_HELP)
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--format", choices=FORMATS, required=True, help="the file format to write")
     p.add_argument("--out", type=Path, default=None, help="file to write (default: in the model folder)")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size, not just 1")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")

@@ -70,8 +70,8 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
                                    "model and data are set up as `train` would.")
     add_settings_flags(p, {"out"})
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (max 1000)")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last LR (default: 10)")
     p.add_argument("--out", type=Path, default=Path(LR_FIND_OUT),
                    help=f"folder for {LR_FIND} and {LR_FIND_PLOT}")
     add_output_flags(p)
