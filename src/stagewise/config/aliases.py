@@ -111,8 +111,9 @@ def apply_aliases(data: dict[str, Any]) -> dict[str, Any]:
         alias = ALIASES[spelling]
         value = alias.convert(out.pop(spelling))
         if alias.canonical == NOTES:
-            notes = out.get(NOTES) if isinstance(out.get(NOTES), dict) else {}
-            out[NOTES] = {**value, **notes}
+            given = out.get(NOTES)
+            # `notes:` written out wins over a spelling that lands in it.
+            out[NOTES] = {**value, **(given if isinstance(given, dict) else {})}
         else:
             _set(out, alias.canonical, value, f"{spelling}: {data[spelling]!r}")
     for key in ("optimizer", "scheduler"):
@@ -131,7 +132,8 @@ def _expand_value(out: dict[str, Any], key: str) -> None:
         base = name.removesuffix(WARMUP_SUFFIX)
         found = VALUE_ALIASES.get((key, base))
         name = found.value if found else base
-        also = {**(found.also if found else {}), "warmup_epochs": warmup_epochs_for(out.get("epochs"))}
+        also = {**(dict(found.also) if found else {}),
+                "warmup_epochs": warmup_epochs_for(out.get("epochs"))}
     elif found is not None:
         name = found.value
     else:

@@ -103,12 +103,12 @@ def plot_styles(rows: Sequence[CompareRow]) -> tuple[list[dict[str, Any]], str]:
     combos = [list(dict.fromkeys(tuple(_axis_value(r, a) for a in g) for r in rows)) for g in groups]
     styles = []
     for r in rows:
-        index = [c.index(tuple(_axis_value(r, a) for a in g)) for g, c in zip(groups, combos)]
+        index = [c.index(tuple(_axis_value(r, a) for a in g)) for g, c in zip(groups, combos, strict=True)]
         index += [0] * (len(_CHANNELS) - len(index))
         styles.append({"color": f"C{index[0] % 10}", "marker": _MARKERS[index[1] % len(_MARKERS)],
                        "ls": _STYLES[index[2] % len(_STYLES)], "ms": 4})
     legend = " · ".join(f"{name}: {' x '.join(_AXES[a] for a in g)}"
-                        for (name, _), g in zip(_CHANNELS, groups))
+                        for (name, _), g in zip(_CHANNELS, groups, strict=False))
     return styles, legend
 
 
@@ -117,7 +117,7 @@ def _distinct(rows: Sequence[CompareRow], axes: list[str]) -> int:
 
 
 def _axis_value(row: CompareRow, axis: str) -> str:
-    value = row.get(axis)  # type: ignore[misc]
+    value = row.get(axis)
     return "-" if value is None else str(value)
 
 
@@ -127,7 +127,7 @@ def plot_compare(rows: Sequence[CompareRow]) -> Figure:
     fig, axes = new_figure(11, 4.2, 1, 2)
     by_time, by_epoch = axes[0]
     styles, legend = plot_styles(rows)
-    for r, style in zip(rows, styles):
+    for r, style in zip(rows, styles, strict=True):
         pts = [p for p in r.get("curve", []) if p[1] is not None]
         if not pts:
             continue
