@@ -32,7 +32,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tutorial") / "data", per_class=4)
 
 
-def test_tutorial_train_command_runs_as_written(data: Path, tmp_path: Path) -> None:
+def test_tutorial_train_command_runs_as_written(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "models"
     argv = ["train", "--data_dir", str(data), "--freeze_backbone", "--output_dir", str(out),
             "--learning_rate", "0.0001", "--epochs", "1", *FAST, "--set", "report=false"]
@@ -40,6 +40,12 @@ def test_tutorial_train_command_runs_as_written(data: Path, tmp_path: Path) -> N
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["data"], saved["out"], saved["lr"]) == (str(data), str(out), 0.0001)
     assert saved["strategy"] == "probe"  # --freeze_backbone: only the head trains
+    # Resuming reads an alias as its key: the same value is no change, another is refused by name.
+    resume = ["train", "--resume", "--output_dir", str(out), "--quiet", "--set"]
+    assert main([*resume, "learning_rate=0.0001"]) == 0
+    assert main([*resume, "lr=0.0001", "--set", "learning_rate=0.01"]) == 2
+    assert main([*resume, "learning_rate=0.01"]) == 2
+    assert "lr: 0.0001 -> 0.01" in capsys.readouterr().err
 
 
 def test_tutorial_compare_command_with_lr_axes(data: Path, tmp_path: Path) -> None:
@@ -189,3 +195,4 @@ def test_keys_lists_every_stage_key_and_the_aliases(capsys) -> None:
     assert main(["keys", "clip"]) == 0
     text = capsys.readouterr().out
     assert "grad_clip" in text and "gradient_clipping" in text and "batch_size" not in text
+

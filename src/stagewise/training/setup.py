@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config.aliases import apply_aliases
 from ..config.schema import TrainConfig, build_config
 from ..config.yaml_loader import load_yaml
 from ..data import (
@@ -91,6 +92,11 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"resume: {path} not found; is {run_dir} a stagewise run folder?")
     saved = load_yaml(path)
     saved_cfg = build_config(saved, source=str(path))
+    # In stagewise's own keys, as config.yaml is: `--set learning_rate=...` is compared as `lr`.
+    try:
+        given = apply_aliases(given)
+    except ValueError as exc:  # an alias beside its key, with another value
+        raise ConfigError(f"command line: {exc}") from None
     asked = build_config({**saved, **given}, source="command line")
     before, after = saved_cfg.resolved(), asked.resolved()
     diffs = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in given
