@@ -37,7 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train a grid of models x strategies and compare them",
                        description="Every cell trains with the same budget, seed and data split; "
-                                   "finished cells are kept when the command is run again.")
+                                   "finished cells are kept when the command is run again. Each "
+                                   "list flag is an axis of the grid; without --models, a default "
+                                   "set of architectures (docs/cli.md).")
     p.add_argument("--data", "--data-dir", required=True, help="image folder")
     p.add_argument("--models", default=",".join(COMPARE_MODELS),
                    help="comma-separated model names (default: " + ",".join(COMPARE_MODELS)
