@@ -42,6 +42,8 @@ class StagewiseParser(DeferredParser):
         return out
 
     def _hyphenated_option(self, arg: str) -> str:
+        if not isinstance(arg, str):  # argparse's own checks say what is wrong with it
+            return arg
         name, eq, value = arg.partition("=")
         if not name.startswith("--") or "_" not in name or name in self._option_string_actions:
             return arg
