@@ -29,10 +29,11 @@ def test_defaults_validate() -> None:
     assert cfg.strategy == "scratch" and cfg.model == "resnet18" and cfg.epochs == 10  # no weights
 
 
-def test_unknown_key_names_it_suggests_and_lists_valid_keys() -> None:
+def test_unknown_key_names_it_suggests_and_says_where_the_keys_are() -> None:
     msg = _error({"lrr": 0.1})
     assert "lrr: unknown key (did you mean 'lr'?)" in msg
-    assert "valid keys:" in msg and "batch_size" in msg and "weight_decay" in msg
+    # ~80 stage keys are too many to read in an error: `stagewise keys` lists them on request.
+    assert "stagewise keys" in msg and "weight_decay" not in msg
 
 
 def test_wrong_type_names_key_and_value() -> None:

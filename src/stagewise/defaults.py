@@ -23,3 +23,10 @@ EMBEDDING_DIM = 128  # embed stages: the size of the L2-normalised vectors
 # Validation identities below which an embed stage's monitor is a weak guide (said in the log and
 # the report): each identity's ranking moves the mAP by a large step.
 FEW_IDENTITIES = 10
+# `stagewise compare` without --models: one small ImageNet-pretrained network per family a
+# tutorial compares (residual, EfficientNet, mobile, ConvNeXt), each with timm weights that the
+# default `weights:` can load; 5-16M parameters, so the grid fits a laptop GPU. docs/cli.md.
+COMPARE_MODELS = ("resnet18", "efficientnet_b0", "mobilenetv3_large_100", "convnext_nano")
+# `scheduler: cosine_warmup` (and any NAME_warmup alias, config/aliases.py) without warmup_epochs:
+# this many epochs of linear warmup, at most a tenth of the stage's epochs.
+ALIAS_WARMUP_EPOCHS = 1.0

@@ -760,6 +760,8 @@ class CompareRow(TypedDict, total=False):
     strategy: str
     optimizer: str | None
     scheduler: str | None
+    layer_decay: float | None  # the cell's resolved layer_decay (an axis of the grid, or its default)
+    group_lrs: str | None  # the label of the cell's group_lrs value (compare --group-lrs)
     task: str  # classify or embed
     val_map: float | None  # an embed cell's own validation identities
     train_top1: float | None

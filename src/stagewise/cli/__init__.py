@@ -13,21 +13,44 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, explain, hub, inference, models, pipeline, reporting, retrieval, train, tune
-from .deferred import DeferredParser
+from . import data, explain, hub, inference, keys, models, pipeline, reporting, retrieval, train, tune
+from .parser import StagewiseParser
 
 # One module per command group, in the order `stagewise --help` lists them.
 PARSERS = [train.add_parsers, pipeline.add_parsers, data.add_parsers, inference.add_parsers,
            explain.add_parsers, hub.add_parsers, retrieval.add_parsers, reporting.add_parsers,
-           models.add_parsers, tune.add_parsers]
+           models.add_parsers, tune.add_parsers, keys.add_parsers]
+
+
+# What `stagewise --help` says first: what the tool is for (the module docstring is for developers).
+DESCRIPTION = """\
+stagewise: transfer learning and stage-by-stage training of image classifiers.
+
+Train a timm or torchvision model on an image folder (one stage, or a pipeline of stages that
+hand their weights on), compare models and strategies on the same budget, and get a report of
+each run (curves with stage boundaries, the gain over a baseline); then predict, evaluate and
+export the result."""
+
+EPILOG = """\
+examples:
+  stagewise train --data DIR --model resnet18 --weights hub --out runs/first
+  stagewise run pipeline.yaml --out runs/pipe     (stagewise run alone: the built-in demo)
+  stagewise compare --data DIR --out runs/cmp     (a default set of architectures)
+  stagewise tune --data DIR --config space.yaml --out runs/tune   (Optuna search)
+  stagewise keys                                  (every config key, with its default)
+
+Every long option may be written with _ as well as - (--data_dir, --learning_rate).
+`stagewise COMMAND --help` describes a command's flags."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; a command's flags that need the library are added only when that
     command is parsed or its help printed (DeferredParser), so --help stays free of torch."""
-    parser = DeferredParser(prog="stagewise", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"stagewise {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = StagewiseParser(prog="stagewise", description=DESCRIPTION, epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"stagewise {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for add in PARSERS:
         add(sub)
     return parser

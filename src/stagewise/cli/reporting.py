@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..config.choices import Strategy, Task, choices_of
-from ..defaults import LR_FIND_OUT
+from ..defaults import COMPARE_MODELS, LR_FIND_OUT
+from ..errors import ConfigError
 from ..runfolder import LR_FIND, LR_FIND_PLOT
 from .common import (
     add_output_flags,
@@ -36,19 +37,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train a grid of models x strategies and compare them",
                        description="Every cell trains with the same budget, seed and data split; "
-                                   "finished cells are kept when the command is run again.")
-    p.add_argument("--data", required=True, help="image folder")
-    p.add_argument("--models", required=True, help="comma-separated model names")
+                                   "finished cells are kept when the command is run again. Each "
+                                   "list flag is an axis of the grid; without --models, a default "
+                                   "set of architectures (docs/cli.md).")
+    p.add_argument("--data", "--data-dir", required=True, help="image folder")
+    p.add_argument("--models", default=",".join(COMPARE_MODELS),
+                   help="comma-separated model names (default: " + ",".join(COMPARE_MODELS)
+                   + ", a small set of families with ImageNet weights in timm)")
     p.add_argument("--strategies", default="finetune",
                    help=f"comma-separated: {','.join(choices_of(Strategy))}")
     p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
     p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")
+    p.add_argument("--layer-decays", help="comma-separated layer_decay values, e.g. 1.0,0.7: uniform "
+                   "against discriminative LRs (default: the strategy's)")
+    p.add_argument("--group-lrs", metavar="SPEC;SPEC", help="';'-separated group_lrs values, each "
+                   "[LABEL:]PATTERN=LR,PATTERN=LR or none, e.g. 'none;head10x:fc.*=1e-2'")
     p.add_argument("--tasks", help=f"comma-separated: {','.join(choices_of(Task))} (a classifier's "
                    "features against metric-learned ones; needs --retrieval-data)")
     p.add_argument("--retrieval-data", help="identity folders no cell trains on: every cell's best "
                                             "weights search them (recall@1, mAP)")
-    p.add_argument("--epochs", type=int, required=True, help="epochs per cell")
-    p.add_argument("--out", type=Path, required=True, help="comparison folder (cells/ inside)")
+    p.add_argument("--epochs", type=int, help="epochs per cell (default: --config's, else a stage's "
+                   "default)")
+    p.add_argument("--out", "--output-dir", type=Path, required=True,
+                   help="comparison folder (cells/ inside)")
     p.add_argument("--weights", help="weights FILE for every model, or MODEL=FILE,MODEL=FILE")
     add_settings_flags(p, _GRID_KEYS)
     add_output_flags(p)
@@ -61,8 +72,8 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
                                    "model and data are set up as `train` would.")
     add_settings_flags(p, {"out"})
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep (max 1000)")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last LR (default: 10)")
     p.add_argument("--out", type=Path, default=Path(LR_FIND_OUT),
                    help=f"folder for {LR_FIND} and {LR_FIND_PLOT}")
     add_output_flags(p)
@@ -71,6 +82,13 @@ def _lr_find_parser(sub: argparse._SubParsersAction) -> None:
 
 def _split(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    try:
+        return [float(x) for x in _split(text) or []] or None
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1.0,0.7") from None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -83,13 +101,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ..runs.comparison import compare, parse_weights
+    from ..runs.comparison import compare, parse_group_lrs, parse_weights
 
     result = compare(args.data, _split(args.models) or [], _split(args.strategies) or [],
                      epochs=args.epochs, out=args.out, optimizers=_split(args.optimizers),
                      schedulers=_split(args.schedulers), weights=parse_weights(args.weights),
                      settings=settings(args, _GRID_KEYS), reporter=reporter_kind(args),
-                     tasks=_split(args.tasks), retrieval_data=args.retrieval_data)
+                     tasks=_split(args.tasks), retrieval_data=args.retrieval_data,
+                     layer_decays=_floats(args.layer_decays, "--layer-decays"),
+                     group_lrs=parse_group_lrs(args.group_lrs))
     if args.quiet:
         return 0
     if args.log_format == "json":

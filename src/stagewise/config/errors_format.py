@@ -24,6 +24,10 @@ MAX_PER_KEY = 3  # of those, about one key (e.g. the items of one list)
 # Errors whose message lists every valid choice (transform names, optimizer names): not clipped
 # like other messages, which may echo a long input. Their user-given part is clipped where raised.
 CHOICE_ERROR = "unknown_choice"
+# An unknown key's "did you mean": difflib's ratio at least this (its default 0.6 offered
+# class_weights for `classes`); and the valid keys are listed only when this few.
+HINT_CUTOFF = 0.75
+MAX_KEYS_LISTED = 20
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 
 
@@ -58,13 +62,7 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel], also_valid: Collec
     given = item.get("input")
     valid_range = _valid_range(model, item["loc"], path) if kind in _BOUND_ERRORS else ""
     if kind == "extra_forbidden":
-        top = len(item["loc"]) == 1
-        valid = sorted(_fields_at(model, item["loc"][:-1]) | (set(also_valid) if top else set()))
-        hint = difflib.get_close_matches(str(item["loc"][-1])[:100], valid, n=1)
-        near = f" (did you mean '{hint[0]}'?)" if hint else ""
-        # A model may say why a top-level key is likely unknown (a pipeline file: a variable).
-        why = getattr(model, "unknown_key_hint", "") if top else ""
-        return f"{path}: unknown key{near}; valid keys: {', '.join(valid)}" + (f" ({why})" if why else "")
+        return _unknown_key(item["loc"], path, model, also_valid)
     if kind == "literal_error":
         return f"{path}: unknown value {shown(given)}; {item['msg'].lower()}"
     if valid_range:
@@ -77,6 +75,24 @@ def _problem_line(item: ErrorDetails, model: type[BaseModel], also_valid: Collec
         return f"{path}: {clip(item['msg'], 3000)}"
     shown_value = f" (got {shown(given)})" if not isinstance(given, dict) and given is not None else ""
     return f"{path}: {clip(item['msg'].removeprefix('Value error, '), 300)}{shown_value}"
+
+
+def _unknown_key(loc: tuple[Any, ...], path: str, model: type[BaseModel], also_valid: Collection[str]) -> str:
+    """The closest key or alias (strict enough that `classes` is not taken for `class_weights`),
+    and the valid keys where they are few enough to read; else where to find them."""
+    top = len(loc) == 1
+    valid = sorted(_fields_at(model, loc[:-1]) | (set(also_valid) if top else set()))
+    aliases: dict[str, str] = getattr(model, "aliases", {}) if top else {}
+    hint = difflib.get_close_matches(str(loc[-1])[:100], [*valid, *aliases], n=1, cutoff=HINT_CUTOFF)
+    near = ""
+    if hint:
+        alias = f" ({aliases[hint[0]]})" if hint[0] in aliases else ""
+        near = f" (did you mean '{hint[0]}'{alias}?)"
+    # A model may say why a top-level key is likely unknown (a pipeline file: a variable).
+    why = getattr(model, "unknown_key_hint", "") if top else ""
+    where = getattr(model, "key_list_hint", "") if top else ""
+    keys = f"valid keys: {', '.join(valid)}" if len(valid) <= MAX_KEYS_LISTED or not where else where
+    return f"{path}: unknown key{near}; {keys}" + (f" ({why})" if why else "")
 
 
 def listing(problems: list[str]) -> str:

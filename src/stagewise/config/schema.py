@@ -20,6 +20,7 @@ from ..errors import REQUEUE_EXIT, ConfigError, clip
 from ..kinds import STRATEGIES, TASKS, WeightSource, default_strategy, recipe
 from ..kinds import task as task_of
 from ..metrics import monitors
+from .aliases import ALIASES, NOTES, apply_aliases
 from .choices import (
     OWN_OPTIMIZERS,
     Augmentation,
@@ -132,10 +133,16 @@ class TrainConfig(_Strict):
     """Everything one training stage needs. Unknown keys are errors, never ignored."""
 
     bound_reasons: ClassVar[dict[str, str]] = _WHY
+    # errors_format: an unknown key is matched against these spellings too, and the ~80 keys are
+    # not listed in the message (too many to read) but named where to find them.
+    aliases: ClassVar[dict[str, str]] = {
+        k: "kept in notes" if a.canonical == NOTES else f"an alias of {a.canonical}"
+        for k, a in ALIASES.items()}
+    key_list_hint: ClassVar[str] = "every key with its default: stagewise keys; aliases: docs/cli.md"
 
     # data
     data: Path = Field(description="image folder: train/ and val/ (optional test/), or class folders")
-    format: DataFormat = "auto"
+    format: DataFormat = Field("auto", description="dataset layout; auto: detected (stagewise data inspect shows which)")
     verify: VerifyMode = Field(
         defaults.VERIFY, description="what indexing opens, once per folder change (the index is "
         "saved): none, header, decode (1/8-scale decode of every image), auto (header up to "
@@ -172,7 +179,7 @@ class TrainConfig(_Strict):
                                "un-augmented view")
 
     # model
-    model: str = "resnet18"
+    model: str = Field("resnet18", description="timm model name (or tv:NAME for torchvision); stagewise models lists them")
     weights: str | None = Field(
         "auto", description="auto: the model's pretrained weights when they can be had (local "
         "file, Hugging Face cache, hub when online), else random init, said and recorded; a "
@@ -182,11 +189,13 @@ class TrainConfig(_Strict):
         None, description="filled in: what weights: auto found (file/hf-cache/torch-cache/hub, or "
         "none and why); model.json repeats it as weights_from")
     image_size: int | None = Field(None, ge=16, le=2048, description="None: the model's pretrained size")
-    mean: tuple[Mean, Mean, Mean] | None = None
-    std: tuple[Std, Std, Std] | None = None
+    mean: tuple[Mean, Mean, Mean] | None = Field(None, description="input normalisation mean (0..1 scale); None: the model's pretrained config")
+    std: tuple[Std, Std, Std] | None = Field(None, description="input normalisation std (0..1 scale); None: the model's pretrained config")
     head: HeadMode | None = Field(None, description="None: match when class ids are known")
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0,
+        description="dropout before the classifier (timm's drop_rate)")
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0,
+        description="stochastic depth rate (timm's drop_path_rate)")
     # Bounded like embedding_dim: `[1000000000]` would try to allocate hundreds of GB.
     head_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
         default_factory=list, max_length=16,
@@ -201,7 +210,8 @@ class TrainConfig(_Strict):
     loss_args: dict[str, LossArg] = Field(default_factory=dict, max_length=20, description="embed: "
                                           "arguments of the loss, e.g. {margin: 28.6, scale: 64}")
     miner: Miner = Field("auto", description="embed: pair/triplet miner; auto: the loss's usual one")
-    miner_args: dict[str, LossArg] = Field(default_factory=dict, max_length=20)
+    miner_args: dict[str, LossArg] = Field(default_factory=dict, max_length=20,
+        description="embed: arguments of the miner")
     m_per_class: int | None = Field(None, ge=2, le=1024, description="embed: batches made of groups "
                                     "of m images of one identity (pair and triplet losses need positives)")
 
@@ -243,36 +253,51 @@ class TrainConfig(_Strict):
     lr_reference_batch: int = Field(256, ge=1, le=2**20, description="the global batch lr is given for")
     weight_decay: float = Field(0.05, ge=0.0, le=1.0, description="default by optimizer "
                                 "(kinds.recipe): 1e-4 for SGD-like, 0.05 for AdamW, 0 for Adam")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    scheduler: SchedulerName = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0,
+        description="SGD/RMSprop momentum")
+    nesterov: bool = Field(False, description="SGD: Nesterov momentum")
+    scheduler: SchedulerName = Field("cosine", description="LR schedule over the stage's steps")
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS,
+        description="linear warmup from 1% of lr (fractions allowed); one_cycle: sets its pct_start")
+    one_cycle_pct_start: float | None = Field(
+        None, gt=0.0, lt=1.0, description="one_cycle: fraction of the steps spent rising to lr "
+        "(torch's pct_start); None: warmup_epochs / epochs, else 0.25")
     restarts: int = Field(0, ge=0, le=1000, description="cosine: warm restarts (N+1 equal cycles)")
     cooldown_epochs: float = Field(0.0, ge=0.0, le=MAX_EPOCHS, description="constant min_lr for the "
                                    "last epochs, after the schedule")
-    min_lr: float = Field(0.0, ge=0.0, le=MAX_LR)
+    min_lr: float = Field(0.0, ge=0.0, le=MAX_LR,
+        description="the LR the schedule decays to (cosine) and the cooldown holds")
     step_epochs: float = Field(10.0, gt=0.0, le=MAX_EPOCHS, description="step: epochs between decays")
-    milestones: list[EpochPoint] = Field(default_factory=lambda: [30.0, 60.0, 80.0])
+    milestones: list[EpochPoint] = Field(default_factory=lambda: [30.0, 60.0, 80.0],
+        description="multistep: epochs at which the LR is multiplied by gamma")
     gamma: float = Field(0.1, gt=0.0, lt=1.0, description="decay factor for step/multistep/exponential/plateau")
     power: float = Field(1.0, gt=0.0, le=10.0, description="polynomial schedule power")
-    plateau_patience: int = Field(2, ge=0, le=MAX_EPOCHS)
-    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
-    batch_size: int = Field(32, ge=1, le=4096)
-    precision: Precision = "auto"
-    grad_clip: float | None = Field(None, gt=0.0, le=1000.0)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    plateau_patience: int = Field(2, ge=0, le=MAX_EPOCHS,
+        description="plateau: epochs without improvement of the monitor before decaying")
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS,
+        description="epochs of the stage")
+    batch_size: int = Field(32, ge=1, le=4096,
+        description="images per batch per process")
+    precision: Precision = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    grad_clip: float | None = Field(None, gt=0.0, le=1000.0,
+        description="clip the gradient norm to this; None: no clipping")
+    grad_accum: int = Field(1, ge=1, le=1024,
+        description="batches accumulated per optimizer step")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0,
+        description="cross-entropy label smoothing")
     mixup: float = Field(0.0, ge=0.0, le=10.0, description="mixup alpha; 0 disables")
     cutmix: float = Field(0.0, ge=0.0, le=10.0, description="cutmix alpha; 0 disables")
-    class_weights: Literal["balanced"] | list[ClassWeight] | None = None
+    class_weights: Literal["balanced"] | list[ClassWeight] | None = Field(None, description="loss weight per class id, or balanced (inverse frequency)")
     ema: float | None = Field(None, gt=0.0, lt=1.0, description="EMA decay of the weights")
     early_stopping: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="patience in epochs")
     monitor: str = Field("val_top1", max_length=100, description="the metric that picks the best "
                          "epoch (metrics.py's table); default: the task's own (val_top1, val_map)")
     target: float | None = Field(None, gt=0.0, le=1.0, description="stop at this val top-1")
-    max_minutes: float | None = Field(None, gt=0.0, le=1e6)
-    seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1)
-    channels_last: bool = False
+    max_minutes: float | None = Field(None, gt=0.0, le=1e6,
+        description="stop after this much training time (checked after each epoch)")
+    seed: int = Field(defaults.SEED, ge=0, le=2**32 - 1,
+        description="random seed (weights init, split, augmentation, batches)")
+    channels_last: bool = Field(False, description="NHWC memory format (faster convolutions on recent GPUs)")
     progressive_resize: ProgressiveResize | None = Field(
         None, description="train at start x image_size first, growing linearly to the full size "
         "by `finish` of the epochs (evaluation stays at the full size)")
@@ -298,11 +323,14 @@ class TrainConfig(_Strict):
                                     "None with a teacher: the defaults")
 
     # output
-    out: Path = Path(defaults.TRAIN_OUT)
+    out: Path = Field(Path(defaults.TRAIN_OUT), description="the run folder to write")
     report: bool = Field(True, description="write report.html/report.md/plots at the end of the stage")
-    log_with: LogWith = "none"
+    log_with: LogWith = Field("none", description="experiment tracker that gets every epoch's metrics")
     wandb_log_model: bool = Field(False, description="log_with: wandb: upload the final weights and "
                                   "model.json as a W&B model artifact at the end of the run")
+    notes: dict[str, Any] = Field(default_factory=dict, max_length=50, description="free notes kept "
+                                  "in config.yaml (description:, dataset:, classes: land here); no "
+                                  "effect on training")
 
     @model_validator(mode="before")
     @classmethod
@@ -313,6 +341,7 @@ class TrainConfig(_Strict):
         and the task's own monitor."""
         if not isinstance(data, dict):
             return data
+        data = apply_aliases(data)  # first: the recipe below reads the canonical keys
         data = _resolve_weights(data)
         given = data.get("weights_source") or ("transfer" if data.get("weights") else "none")
         fill: dict[str, Any] = {"weights_source": given}
@@ -440,6 +469,9 @@ class TrainConfig(_Strict):
                              f"{self.split} replaces val_fraction, so remove val_fraction")
         if self.restarts and self.scheduler != "cosine":
             raise ValueError(f"restarts: warm restarts are a cosine schedule's; scheduler is {self.scheduler!r}")
+        if self.one_cycle_pct_start is not None and self.scheduler != "one_cycle":
+            raise ValueError(f"one_cycle_pct_start: shapes the one_cycle schedule; scheduler is "
+                             f"{self.scheduler!r} (use warmup_epochs for a warmup)")
         if self.cooldown_epochs and self.scheduler in ("one_cycle", "plateau"):
             raise ValueError(f"cooldown_epochs: scheduler {self.scheduler!r} sets its own end; use cosine, "
                              "step, polynomial...")

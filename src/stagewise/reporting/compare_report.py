@@ -54,14 +54,17 @@ def table(rows: Sequence[CompareRow]) -> Table:
     compare --retrieval-data)."""
     with_test = any(r.get("test_top1") is not None for r in rows)
     with_search = any("retrieval_map" in r or embeds(r.get("task")) for r in rows)
-    columns = ["cell", "model", "strategy", "optimizer", "scheduler", "train acc", "val acc"]
+    extra = [a for a in ("layer_decay", "group_lrs") if len({_axis_value(r, a) for r in rows}) > 1]
+    columns = ["cell", "model", "strategy", "optimizer", "scheduler", *(_AXES[a] for a in extra),
+               "train acc", "val acc"]
     columns += ["test acc"] if with_test else []
     columns += ["task", "val mAP", "search R@1", "search mAP"] if with_search else []
     columns += ["time", "trainable params", "trainable %", "size MB", "images/s"]
     body = []
     for r in rows:
         line = [r["cell"], r["model"], r["strategy"], str(r.get("optimizer") or "-"),
-                str(r.get("scheduler") or "-"), fmt_pct(r.get("train_top1")), fmt_pct(r.get("val_top1"))]
+                str(r.get("scheduler") or "-"), *(_axis_value(r, a) for a in extra),
+                fmt_pct(r.get("train_top1")), fmt_pct(r.get("val_top1"))]
         line += [fmt_pct(r.get("test_top1"))] if with_test else []
         line += [str(r.get("task") or "classify"), fmt_pct(r.get("val_map")),
                  fmt_pct(r.get("retrieval_recall1")), fmt_pct(r.get("retrieval_map"))] if with_search else []
@@ -73,21 +76,61 @@ def table(rows: Sequence[CompareRow]) -> Table:
     return Table(columns, body)
 
 
+# The grid's axes, in the order a channel of the plot is offered to them (and their labels).
+_AXES = {"model": "model", "strategy": "strategy", "optimizer": "optimizer", "scheduler": "scheduler",
+         "task": "task", "layer_decay": "layer decay", "group_lrs": "group LRs"}
+# Plot channels with how many clearly different values each has: colour, marker, line style.
+_CHANNELS = (("colour", 10), ("marker", len(_MARKERS)), ("line", len(_STYLES)))
+
+
+def plot_styles(rows: Sequence[CompareRow]) -> tuple[list[dict[str, Any]], str]:
+    """A matplotlib style per row such that cells differing in any axis look different, and the
+    legend of the channels ('colour: model · marker: optimizer').
+
+    Only the axes that vary (and tell cells apart) get a channel: the axis with the most values gets colour (10), the
+    next marker (8), the next line style (4); further varying axes share the last channel,
+    one value per combination, so no two different cells are drawn alike."""
+    values = {a: list(dict.fromkeys(_axis_value(r, a) for r in rows)) for a in _AXES}
+    varying: list[str] = []
+    for axis in sorted(_AXES, key=lambda a: -len(values[a])):
+        # An axis that follows from those already chosen (a resolved layer_decay that differs
+        # only because the strategy does) would spend a channel on no new distinction.
+        if _distinct(rows, [*varying, axis]) > _distinct(rows, varying):
+            varying.append(axis)
+    groups: list[list[str]] = [[a] for a in varying[:len(_CHANNELS) - 1]]
+    if varying[len(_CHANNELS) - 1:]:
+        groups.append(varying[len(_CHANNELS) - 1:])
+    combos = [list(dict.fromkeys(tuple(_axis_value(r, a) for a in g) for r in rows)) for g in groups]
+    styles = []
+    for r in rows:
+        index = [c.index(tuple(_axis_value(r, a) for a in g)) for g, c in zip(groups, combos, strict=True)]
+        index += [0] * (len(_CHANNELS) - len(index))
+        styles.append({"color": f"C{index[0] % 10}", "marker": _MARKERS[index[1] % len(_MARKERS)],
+                       "ls": _STYLES[index[2] % len(_STYLES)], "ms": 4})
+    legend = " · ".join(f"{name}: {' x '.join(_AXES[a] for a in g)}"
+                        for (name, _), g in zip(_CHANNELS, groups, strict=False))
+    return styles, legend
+
+
+def _distinct(rows: Sequence[CompareRow], axes: list[str]) -> int:
+    return len({tuple(_axis_value(r, a) for a in axes) for r in rows})
+
+
+def _axis_value(row: CompareRow, axis: str) -> str:
+    value = row.get(axis)
+    return "-" if value is None else str(value)
+
+
 def plot_compare(rows: Sequence[CompareRow]) -> Figure:
     """Validation top-1 against training time (left) and against epochs (right), one line per
-    cell: colour per model, line style and marker per strategy (colour per strategy too when
-    there is a single model)."""
+    cell, drawn so that cells differing in any axis of the grid look different (plot_styles)."""
     fig, axes = new_figure(11, 4.2, 1, 2)
     by_time, by_epoch = axes[0]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    for r in rows:
+    styles, legend = plot_styles(rows)
+    for r, style in zip(rows, styles, strict=True):
         pts = [p for p in r.get("curve", []) if p[1] is not None]
         if not pts:
             continue
-        mi, si = models.index(r["model"]), strategies.index(r["strategy"])
-        colour = f"C{(si if len(models) == 1 else mi) % 10}"
-        style = {"color": colour, "ls": _STYLES[si % 4], "marker": _MARKERS[si % 8], "ms": 4}
         by_time.plot([p[0] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
         by_epoch.plot([p[2] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
     for ax, xlabel in ((by_time, "training time (s)"), (by_epoch, "epoch")):
@@ -98,6 +141,8 @@ def plot_compare(rows: Sequence[CompareRow]) -> Figure:
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set_title("validation accuracy against training time")
     by_epoch.set_title("validation accuracy per epoch")
+    if legend:
+        fig.suptitle(legend, fontsize=8)
     if rows:
         by_epoch.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig

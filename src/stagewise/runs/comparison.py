@@ -1,5 +1,6 @@
-"""`stagewise compare`: train a grid of models x strategies (x optimizers x schedulers) on one
-dataset with the same budget, seed and split, and tabulate the cells side by side.
+"""`stagewise compare`: train a grid of models x strategies (x optimizers x schedulers x tasks x
+layer decays x group LRs) on one dataset with the same budget, seed and split, and tabulate the
+cells side by side.
 
 Each cell is an ordinary run folder under OUT/cells/<cell>. A cell is finished when its
 cell.json marker exists and its run folder still holds the history and weights it recorded;
@@ -46,9 +47,21 @@ from .single import locked, stage_config, train_stage
 log = logging.getLogger("stagewise")
 
 # Keys a finished cell may differ in without its result being different.
-_FREE_KEYS = {"num_workers", "out"}
+_FREE_KEYS = {"num_workers", "out", "notes"}
 # Not a TrainConfig key: the grid's held-out identities, kept in its settings (compare.json).
 _RETRIEVAL_KEY = "retrieval_data"
+
+
+@dataclass(frozen=True)
+class GroupLRs:
+    """One value of the `group_lrs` axis: a label (the cell name's part) and its LR per pattern;
+    no patterns: every group at the stage's lr (and layer_decay)."""
+
+    label: str
+    lrs: tuple[tuple[str, float], ...] = ()
+
+    def mapping(self) -> dict[str, float]:
+        return dict(self.lrs)
 
 
 @dataclass(frozen=True)
@@ -58,11 +71,20 @@ class Cell:
     optimizer: str | None = None
     scheduler: str | None = None
     task: str | None = None  # classify or embed, when the grid compares them
+    layer_decay: float | None = None  # uniform (1.0) against discriminative LRs (e.g. 0.7)
+    group_lrs: GroupLRs | None = None
 
     @property
     def name(self) -> str:
-        parts = [self.model, self.strategy, self.optimizer, self.scheduler, self.task]
+        parts = [self.model, self.strategy, self.optimizer, self.scheduler, self.task,
+                 None if self.layer_decay is None else f"ld{self.layer_decay:g}",
+                 self.group_lrs.label if self.group_lrs else None]
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p))
+
+    def axis_names(self) -> list[str]:
+        """The cell's named axis values: what `--set VALUE.KEY=...` may address."""
+        return [v for v in (self.model, self.strategy, self.optimizer, self.scheduler, self.task,
+                            self.group_lrs.label if self.group_lrs else None) if v]
 
 
 @dataclass
@@ -78,13 +100,16 @@ class CompareResult:
 
 
 def plan_cells(models: list[str], strategies: list[str], optimizers: list[str] | None = None,
-               schedulers: list[str] | None = None, tasks: list[str] | None = None) -> list[Cell]:
+               schedulers: list[str] | None = None, tasks: list[str] | None = None,
+               layer_decays: list[float] | None = None,
+               group_lrs: dict[str, dict[str, float]] | None = None) -> list[Cell]:
     """Every combination, in the order given (models outermost)."""
     if not models or not strategies:
         raise ConfigError("compare needs at least one model (--models) and one strategy (--strategies)")
-    cells = [Cell(m, s, o, c, k) for m, s, o, c, k in
+    groups = [GroupLRs(k, tuple(v.items())) for k, v in (group_lrs or {}).items()]
+    cells = [Cell(m, s, o, c, k, d, g) for m, s, o, c, k, d, g in
              itertools.product(models, strategies, _or_none(optimizers), _or_none(schedulers),
-                               _or_none(tasks))]
+                               _or_none(tasks), _or_none(layer_decays), _or_none(groups))]
     names = [c.name for c in cells]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -92,7 +117,7 @@ def plan_cells(models: list[str], strategies: list[str], optimizers: list[str] |
     return cells
 
 
-def _or_none(values: list[str] | None) -> Sequence[str | None]:
+def _or_none(values: Sequence[Any] | None) -> Sequence[Any]:
     """A grid axis: the values given, or the one cell that leaves the setting at its default."""
     return values or [None]
 
@@ -106,7 +131,7 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
     wants a higher LR than a whole network). Scratch cells get no weights; `weights` is one file
     for every model or a model -> file map.
     """
-    axes = [v for v in (cell.model, cell.strategy, cell.optimizer, cell.scheduler, cell.task) if v]
+    axes = cell.axis_names()
     shared = {k: v for k, v in base.items()
               if not (isinstance(v, dict) and k in _axis_values(base)) and k != _RETRIEVAL_KEY}
     cfg = dict(shared)
@@ -120,6 +145,10 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
         cfg["scheduler"] = cell.scheduler
     if cell.task:
         cfg["task"] = cell.task
+    if cell.layer_decay is not None:
+        cfg["layer_decay"] = cell.layer_decay
+    if cell.group_lrs is not None:
+        cfg["group_lrs"] = cell.group_lrs.mapping()
     chosen = weights.get(cell.model) if isinstance(weights, dict) else weights
     cfg.pop("weights", None)
     # An unknown strategy keeps the weights: the cell's config validation names the valid ones.
@@ -132,6 +161,32 @@ def cell_config(cell: Cell, base: dict[str, Any], weights: str | dict[str, str] 
 def _axis_values(base: dict[str, Any]) -> set[str]:
     """Keys of `base` that hold per-cell settings (mappings; real config keys are never these)."""
     return {k for k, v in base.items() if isinstance(v, dict) and k not in TrainConfig.model_fields}
+
+
+def parse_group_lrs(text: str | None) -> dict[str, dict[str, float]] | None:
+    """`--group-lrs 'uniform:none;head10x:fc.*=1e-2'`: values of the group_lrs axis separated by
+    `;`, each `[LABEL:]PATTERN=LR,PATTERN=LR` or `none` (no per-pattern LRs); unlabelled values
+    are named glr1, glr2... in the cell names."""
+    if not text:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for i, spec in enumerate((s.strip() for s in text.split(";") if s.strip()), start=1):
+        label, _, body = spec.partition(":") if ":" in spec.split("=", 1)[0] else ("", "", spec)
+        label = label.strip() or f"glr{i}"
+        lrs: dict[str, float] = {}
+        for pair in ([] if body.strip() == "none" else body.split(",")):
+            pattern, eq, lr = pair.partition("=")
+            try:
+                lrs[pattern.strip()] = float(lr)
+            except ValueError:
+                raise ConfigError(f"--group-lrs {spec!r}: expected [LABEL:]PATTERN=LR,PATTERN=LR or "
+                                  "none, e.g. 'uniform:none;head10x:fc.*=1e-2'") from None
+            if not eq or not pattern.strip():
+                raise ConfigError(f"--group-lrs {spec!r}: {pair!r} is not PATTERN=LR")
+        if label in out:
+            raise ConfigError(f"--group-lrs: the label {label!r} is used twice; give each value its own")
+        out[label] = lrs
+    return out
 
 
 def parse_weights(text: str | None) -> str | dict[str, str] | None:
@@ -151,7 +206,7 @@ def compare(
     models: list[str],
     strategies: list[str],
     *,
-    epochs: int,
+    epochs: int | None,
     out: str | Path,
     optimizers: list[str] | None = None,
     schedulers: list[str] | None = None,
@@ -161,12 +216,16 @@ def compare(
     log_with: str | None = None,
     tasks: list[str] | None = None,
     retrieval_data: str | Path | None = None,
+    layer_decays: list[float] | None = None,
+    group_lrs: dict[str, dict[str, float]] | None = None,
 ) -> CompareResult:
     """Train every cell of the grid (skipping finished ones) and write the comparison.
 
     `tasks` (classify, embed) adds the task as an axis; every cell is then also searched on
     `retrieval_data`, identity folders none of the cells trained on (a classifier by its
     pre-logits features): "classifier features" against "metric-learned features".
+    `layer_decays` ([1.0, 0.7]: uniform against discriminative LRs) and `group_lrs` (label ->
+    {pattern: lr}; {} for none) are axes too. `epochs` None: the config's (or a stage's default).
 
     Example:
         >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
@@ -174,13 +233,15 @@ def compare(
     """
     single_process("compare")
     out = Path(out)
-    base = {**(settings or {}), "data": str(data), "epochs": int(epochs)}
+    base = {**(settings or {}), "data": str(data)}
+    if epochs is not None:
+        base["epochs"] = int(epochs)
     base.setdefault("report", False)  # the comparison has its own report; a cell's is on request
     if log_with:  # every cell logs its epochs live, like any training run
         base["log_with"] = log_with
-    cells = plan_cells(models, strategies, optimizers, schedulers, tasks)
+    cells = plan_cells(models, strategies, optimizers, schedulers, tasks, layer_decays, group_lrs)
     base.update(_retrieval_setting(tasks, retrieval_data))
-    values = {v for c in cells for v in (c.model, c.strategy, c.optimizer, c.scheduler, c.task) if v}
+    values = {v for c in cells for v in c.axis_names()}
     stray = sorted(_axis_values(base) - values)
     if stray:
         raise ConfigError(f"--set {stray[0]}.KEY=...: '{stray[0]}' is not a model, strategy, "
@@ -306,6 +367,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
     return {
         "cell": cell.name, "model": cell.model, "strategy": cell.strategy,
         "optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler"),
+        "layer_decay": cfg.get("layer_decay"), "group_lrs": cell.group_lrs.label if cell.group_lrs else None,
         "task": cfg.get("task", "classify"), "val_map": best.get("val_map"),
         "train_top1": best.get("train_top1"), "val_top1": best.get("val_top1"),
         "val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),

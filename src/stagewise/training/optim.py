@@ -159,7 +159,8 @@ class Schedule:
             ms = sorted(max(1, int(round(m * spe)) - warm) for m in cfg.milestones)
             return S.MultiStepLR(opt, milestones=ms, gamma=cfg.gamma)
         if name == "one_cycle":
-            pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs and cfg.epochs else 0.25
+            pct = cfg.one_cycle_pct_start or (
+                cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs and cfg.epochs else 0.25)
             return S.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total + 1,
                                 pct_start=min(0.9, max(1e-3, pct)), cycle_momentum=False)
         # plateau, the one name left: `scheduler` is a SchedulerName, checked when the config loads.

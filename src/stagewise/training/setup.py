@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config.aliases import apply_aliases
 from ..config.schema import TrainConfig, build_config
 from ..config.yaml_loader import load_yaml
 from ..data import (
@@ -73,7 +74,8 @@ from .runtime import make_accelerator
 from .strategies import Trainable, apply_strategy, coarse_groups, set_train_mode
 
 # Keys a resumed run may change without changing its result.
-RESUME_FREE = {"num_workers", "out", "wandb_log_model", "verify", "keep_last", "requeue_signal"}  # verify: a resume re-applies its saved split
+RESUME_FREE = {"num_workers", "out", "wandb_log_model", "verify", "keep_last", "requeue_signal",
+               "notes"}  # verify: a resume re-applies its saved split; notes: for people
 
 
 def coerce_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -97,6 +99,11 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
     # Runs saved before `decoder:` existed decoded every image in full: resume them that way.
     saved.setdefault("decoder", "pil")
     saved_cfg = build_config(saved, source=str(path))
+    # In stagewise's own keys, as config.yaml is: `--set learning_rate=...` is compared as `lr`.
+    try:
+        given = apply_aliases(given)
+    except ValueError as exc:  # an alias beside its key, with another value
+        raise ConfigError(f"command line: {exc}") from None
     asked = build_config({**saved, **given}, source="command line")
     before, after = saved_cfg.resolved(), asked.resolved()
     diffs = [f"{k}: {before[k]!r} -> {after[k]!r}" for k in given
