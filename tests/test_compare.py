@@ -54,7 +54,7 @@ def test_grid_table_matches_the_cells(grid: tuple[Path, Path, Path]) -> None:
         assert row["test_top1"] == json.loads((cell / "test.json").read_text())["top1"]
         assert row["size_mb"] == pytest.approx((cell / "best.safetensors").stat().st_size / 1e6)
         history = [json.loads(x) for x in (cell / "history.jsonl").read_text().splitlines()]
-        assert row["seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in history), abs=1e-3)
+        assert row["seconds"] == pytest.approx(sum(r["wall_seconds"] for r in history), abs=1e-3)
     configs = {n: yaml.safe_load((out / "cells" / n / "config.yaml").read_text()) for n in rows}
     assert configs["test_resnet-scratch"]["weights"] is None  # scratch never gets weights
     assert configs["test_resnet-probe"]["weights"] == str(weights)

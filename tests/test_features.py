@@ -85,3 +85,17 @@ def test_progressive_resize_grows_the_training_size_and_resumes_on_it(data: Path
     assert [r["image_size"] for r in resumed.history] == [16, 24, 32, 32]
     a, b = _weights(straight.run_dir), _weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_extraction_counts_in_the_first_epochs_wall_time(data: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """A probe's time in compare and pipeline verdicts is its whole cost: the one-off
+    extraction lands in the first epoch's wall_seconds (an hour here, stated by the patch)."""
+    import stagewise.training.setup as setup
+
+    real = setup._use_features
+    monkeypatch.setattr(setup, "_use_features", lambda *a: real(*a) + 3600.0)
+    run = stagewise.train(tiny_config(data, tmp_path / "run", cache="features", **PROBE), reporter="quiet")
+    first, *rest = run.history
+    assert first["wall_seconds"] >= 3600.0 > first["epoch_seconds"]
+    assert all(r["wall_seconds"] < 3600.0 for r in rest)

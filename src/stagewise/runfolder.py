@@ -769,7 +769,7 @@ class CompareRow(TypedDict, total=False):
     val_top5: float | None
     best_epoch: int | None
     test_top1: float | None
-    seconds: float
+    seconds: float  # wall time of the trained epochs (training, validation, feature extraction)
     trainable_params: int | None
     total_params: int | None
     trainable_pct: float | None

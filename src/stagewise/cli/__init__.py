@@ -13,7 +13,19 @@ import sys
 
 from .._version import __version__
 from ..errors import StagewiseError, TrainingInterrupted, clip
-from . import data, explain, hub, inference, keys, models, pipeline, reporting, retrieval, train, tune
+from . import (
+    data,
+    explain,
+    hub,
+    inference,
+    keys,
+    models,
+    pipeline,
+    reporting,
+    retrieval,
+    train,
+    tune,
+)
 from .parser import StagewiseParser
 
 # One module per command group, in the order `stagewise --help` lists them.

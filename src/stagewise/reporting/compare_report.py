@@ -155,7 +155,8 @@ def compare_document(rows: Sequence[CompareRow], settings: dict[str, Any], plann
                    subtitle=f"{settings.get('data')} · {len(rows)} of {planned} cell(s) · {shared}")
     blocks: list[Any] = [table(rows),
                          Text("Accuracies are top-1 at each cell's best validation epoch (test: those "
-                              "weights on the test split); time is training time summed over epochs.")]
+                              "weights on the test split); time is wall time summed over epochs "
+                              "(training, validation, and a probe's one-off feature extraction).")]
     if len(rows) < planned:
         blocks.append(Text(f"{planned - len(rows)} cell(s) not trained yet.", note=True))
     if not same_split:

@@ -360,7 +360,7 @@ def cell_row(cell: Cell, cell_dir: Path, cfg: dict[str, Any]) -> CompareRow:
     last = trained[-1] if trained else {}
     elapsed, curve = 0.0, []
     for r in trained:
-        elapsed += r.get("epoch_seconds", 0.0)
+        elapsed += r.get("wall_seconds", r.get("epoch_seconds", 0.0))  # older runs: steps only
         curve.append([round(elapsed, 3), r.get("val_top1"), r.get("epoch")])
     weights = cell_dir / BEST
     total = last.get("total_params") or 0

@@ -142,6 +142,9 @@ class StageSetup:
     val_skipped: int = 0  # val files skipped at indexing: counted in every bad_val_images
     val_shared: list[str] | None = None  # embed: val identities that are training identities
     val_predictions: Any = None  # the last validation pass's (index, class, confidence), 3 x N
+    # Work done once before the first epoch because of how this stage trains (a probe's feature
+    # extraction): counted in that epoch's wall_seconds, so a strategy's time is its whole cost.
+    prepare_seconds: float = 0.0
     _groups: list[list[str]] | None = None
 
     def coarse_groups(self) -> list[list[str]]:
@@ -287,13 +290,15 @@ def prepare_stage(
                     "no cache)"))
     parts, sampler, network = _loop_parts(cfg, index, bundle.model, pre, accelerator, cache,
                                           progress_of(rep))
+    prepare_seconds = 0.0
     if cache == "features":
-        _use_features(cfg, parts, network, rep)
+        prepare_seconds = _use_features(cfg, parts, network, rep)
         sampler = parts.train_loader.sampler
     if teacher is not None:
         attach_teacher(cfg, teacher, index.class_ids, pre, parts, rep, split_from)
     return StageSetup(cfg=cfg, index=index, bundle=bundle, pre=pre, parts=parts, sampler=sampler,
-                      network=network, val_skipped=skipped_in(index, "val"), val_shared=shared)
+                      network=network, val_skipped=skipped_in(index, "val"), val_shared=shared,
+                      prepare_seconds=prepare_seconds)
 
 
 def _augment_notes(cfg: TrainConfig, data_config: dict[str, Any], rep: Reporter) -> None:
@@ -370,8 +375,9 @@ def resolve_cache(cfg: TrainConfig, world: int, model: nn.Module) -> str:
     return "features" if exact and simple else "none"
 
 
-def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: Reporter) -> None:
-    """Swap the image loaders for loaders of backbone features and the network for its head."""
+def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: Reporter) -> float:
+    """Swap the image loaders for loaders of backbone features and the network for its head;
+    returns the seconds the extraction took."""
     model = parts.accelerator.unwrap_model(network)
     views = cfg.feature_views or 1
     plan = AugmentPlan.from_mapping(cfg.model_dump())
@@ -395,11 +401,12 @@ def _use_features(cfg: TrainConfig, parts: LoopParts, network: nn.Module, rep: R
                                          loader.batch_size or 1, name == "train_loader", cfg.seed,
                                          0, drop_last=loader.drop_last,
                                          m_per_class=cfg.m_per_class if name == "train_loader" else None))
+    seconds = time.perf_counter() - start
     rep.message(f"features: {views} view(s) of {images['train_loader']} train and "
-                f"{images['val_loader']} val images extracted once in "
-                f"{time.perf_counter() - start:.1f}s")
+                f"{images['val_loader']} val images extracted once in {seconds:.1f}s")
     parts.model = HeadOnFeatures(model, cfg.drop_rate).to(parts.accelerator.device)
     parts.channels_last = False
+    return seconds
 
 
 def may_leave_unused(cfg: TrainConfig) -> bool:

@@ -261,8 +261,9 @@ def _epochs(
     with catch_signals(flag, requeue_signal(cfg)), _closing(logger):
         try:
             # Each epoch's wall time runs from the end of the previous one's checkpoint, so the
-            # epochs' sum is the stage's time less its set-up and its last write.
-            began = time.perf_counter()
+            # epochs' sum is the stage's time less its set-up and its last write; the first one
+            # also carries the set-up work its strategy caused (a probe's feature extraction).
+            began = time.perf_counter() - setup.prepare_seconds
             for epoch in range(state.epoch, cfg.epochs):
                 trainable = start_epoch(setup, epoch)
                 stats = _run_epoch(setup, state, epoch, rep, flag, clock)
