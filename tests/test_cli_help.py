@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,19 @@ def test_underscores_leave_values_and_unknown_options_alone() -> None:
                              "--freeze_backbone", "--batch_size", "4", "--set", "a_b=c_d"])
     assert (args.data, args.out, args.lr, args.strategy, args.batch_size) == ("d", "o", 0.5, "probe", 4)
     assert args.set == ["a_b=c_d"]
+
+
+def test_configuration_reference_is_generated_from_the_schema() -> None:
+    """docs/configuration.md is `stagewise keys --markdown`: a key added or changed without
+    regenerating it fails here (the fix: run that command)."""
+    import contextlib
+    import io
+
+    from stagewise.cli import main
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["keys", "--markdown"]) == 0
+    assert page.read_text() == out.getvalue(), \
+        "docs/configuration.md is stale: stagewise keys --markdown > docs/configuration.md"

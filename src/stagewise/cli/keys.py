@@ -18,6 +18,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "accepted as aliases.")
     p.add_argument("pattern", nargs="?", help="only keys whose name contains this (e.g. lr)")
     p.add_argument("--json", action="store_true", help="print {keys: [...], aliases: [...]} as JSON")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the reference page docs/configuration.md is (a test keeps it equal)")
     p.set_defaults(handler=_cmd_keys)
 
 
@@ -29,6 +31,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     aliases = [a for a in describe_aliases() if not args.pattern or args.pattern.lower() in str(a)]
     if args.json:
         print(json.dumps({"keys": rows, "aliases": aliases}, default=str, indent=1))
+        return 0
+    if args.markdown:
+        from ..config.keys import markdown_page
+
+        print(markdown_page(rows, aliases), end="")
         return 0
     from rich.console import Console
     from rich.markup import escape
