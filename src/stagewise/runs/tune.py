@@ -2,7 +2,7 @@
 
 Each trial is an ordinary run (`runs.train`, `runs.pipeline.run`) in OUT/trials/<number>/,
 scored by its monitor (a pipeline: its last stage's). Pruning reads the epoch records through
-the loop's per-epoch hook (training/hooks.py). Workers in other processes or on other machines
+a stage callback (`PruneHook`, training/callbacks.py). Workers in other processes or on other machines
 share one study through its storage (a journal file by default, or an RDB URL); the search
 never runs one parameter set twice (`_duplicate_of`; docs/decisions.md says why this way).
 """
@@ -25,8 +25,8 @@ from ..config.schema import TrainConfig
 from ..config.search_space import Param, Scalar, SearchSpace
 from ..errors import ConfigError, StagewiseError, clip
 from ..runfolder import TUNE_JOURNAL, EpochRecord, trial_dir
+from ..training.callbacks import Callback, StageInfo, StopTraining
 from ..training.distributed import from_main, is_main_process, world_size
-from ..training.hooks import epoch_hook
 from ..training.progress import Reporter, make_reporter
 from .tune_summary import write_summary
 from .tune_target import TuneTarget
@@ -60,25 +60,31 @@ class _Failed(Exception):
     """A trial whose training failed (NaN loss at a too high LR, a bad combination of keys)."""
 
 
-class PruneHook:
+class PruneHook(Callback):
     """Reports the objective's monitor to the trial after each epoch and stops the stage when the
-    pruner says so: never before `after` epochs, never at the last epoch (it is complete then)."""
+    pruner says so: never before `after` epochs, never at the last epoch (it is complete then).
+    A stage callback (training/callbacks.py) on rank 0 only: the stage follows rank 0's stop."""
 
     def __init__(self, trial: optuna.Trial, final: Path, monitor: str, after: int) -> None:
         self.trial, self.final, self.monitor, self.after = trial, final.resolve(), monitor, after
         self.pruned_at: int | None = None
+        self.cfg: TrainConfig | None = None
 
-    def __call__(self, cfg: TrainConfig, record: EpochRecord) -> str | None:
-        value = record.get(self.monitor)
-        epoch = int(record.get("epoch", 0))
-        if Path(cfg.out).resolve() != self.final or not isinstance(value, (int, float)) or epoch < 1:
-            return None
+    def on_stage_start(self, info: StageInfo) -> None:
+        # A pipeline calls every stage's and baseline's callbacks: only the final stage counts.
+        self.cfg = info.config if Path(info.config.out).resolve() == self.final else None
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        cfg, value, epoch = self.cfg, record.get(self.monitor), int(record.get("epoch", 0))
+        if cfg is None or not isinstance(value, (int, float)) or epoch < 1:
+            return
         if math.isfinite(value):
             self.trial.report(float(value), step=epoch)
         if epoch <= self.after or epoch >= cfg.epochs or not self.trial.should_prune():
-            return None
+            return
         self.pruned_at = epoch
-        return f"pruned by the search (trial {self.trial.number}): {self.monitor} behind the other trials"
+        raise StopTraining(f"pruned by the search (trial {self.trial.number}): {self.monitor} "
+                           "behind the other trials")
 
 
 def require_optuna() -> Any:
@@ -197,16 +203,17 @@ def _distinct_sets(study: optuna.Study) -> int:
     return len({tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=live)})
 
 
-def _run_trial(target: TuneTarget, params: dict[str, Scalar], out: Path, reporter: str) -> None:
+def _run_trial(target: TuneTarget, params: dict[str, Scalar], out: Path, reporter: str,
+               callbacks: tuple[Callback, ...] = ()) -> None:
     """The trial's training, exactly as `stagewise train` / `stagewise run` would do it."""
     if target.pipeline:
         from .pipeline import run
 
-        run(target.pipeline_plan(params, out), out, overrides=[], reporter=reporter)
+        run(target.pipeline_plan(params, out), out, overrides=[], reporter=reporter, callbacks=callbacks)
     else:
         from .single import train
 
-        train(target.stage_config(params, out), reporter=reporter)
+        train(target.stage_config(params, out), reporter=reporter, callbacks=callbacks)
 
 
 class _Objective:
@@ -236,8 +243,7 @@ class _Objective:
             from_main((trial.number, params))  # the other ranks train this trial with rank 0
         hook = PruneHook(trial, self.target.final_dir(folder, params), self.target.monitor, self.prune_after)
         try:
-            with epoch_hook(hook):
-                _run_trial(self.target, params, folder, self.reporter)
+            _run_trial(self.target, params, folder, self.reporter, (hook,))
         except StagewiseError as exc:  # NaN at a too high LR is an answer of the search, not a bug
             trial.set_user_attr("error", str(exc)[:2000])
             self.outcome = "failed"

@@ -80,7 +80,6 @@ from .distributed import (
     world_size,
 )
 from .embedding import evaluate_embeddings
-from .hooks import hook_stop
 from .loop import NON_FINITE_FIX, EpochStats, StopFlag, catch_signals, evaluate, train_one_epoch
 from .optim import group_lrs
 from .progress import Reporter, bar
@@ -295,17 +294,18 @@ def _epochs(
 
 def _epoch_hooks(hooks: Hooks, setup: StageSetup, record: EpochRecord) -> str | None:
     """The callbacks of an epoch's end, once its record and checkpoint are on disk: one that
-    raises stops the run with last/ at this epoch; StopTraining ends the stage as a rule would."""
-    if not hooks:
-        return None
-    last, epoch = setup.cfg.out / LAST, int(record["epoch"])
-    after = f"{last} holds the checkpoint of epoch {epoch}"
-    try:
-        hooks.call("on_checkpoint", last, epoch, after=after)
-        hooks.call("on_epoch_end", record.copy(), after=after)  # a copy: history keeps its own
-    except StopTraining as exc:
-        return f"stopped by a callback{f' ({exc})' if str(exc) else ''}"
-    return None
+    raises stops the run with last/ at this epoch; StopTraining ends the stage as a rule would.
+    Rank 0's callbacks decide for every rank (a search's pruner lives on rank 0 alone)."""
+    reason = None
+    if hooks:
+        last, epoch = setup.cfg.out / LAST, int(record["epoch"])
+        after = f"{last} holds the checkpoint of epoch {epoch}"
+        try:
+            hooks.call("on_checkpoint", last, epoch, after=after)
+            hooks.call("on_epoch_end", record.copy(), after=after)  # a copy: history keeps its own
+        except StopTraining as exc:
+            reason = f"stopped by a callback{f' ({exc})' if str(exc) else ''}"
+    return from_main(reason)
 
 
 def _non_finite(setup: StageSetup, epoch: int, exc: NonFiniteLoss) -> NonFiniteLoss:
@@ -432,10 +432,8 @@ def _decide_stop(setup: StageSetup, tracker: StopTracker, record: EpochRecord, c
     monitored = values.get(setup.cfg.monitor)
     setup.parts.schedule.epoch_end(float(monitored) if isinstance(monitored, (int, float)) else None)
     clock.update()
-    # Rank 0 decides (clocks differ between processes) and every rank follows. A hook (a
-    # search's pruner) sees every epoch, also one the stop rules end the stage at.
-    hooked = hook_stop(setup.cfg, record) if is_main_process() else None
-    reason = from_main(stop_reason(setup.cfg, tracker, record) or hooked)
+    # Rank 0 decides (clocks differ between processes) and every rank follows.
+    reason = from_main(stop_reason(setup.cfg, tracker, record))
     if reason:
         tracker.stopped = reason
     return reason
