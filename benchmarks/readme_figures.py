@@ -43,7 +43,7 @@ def demo(out: Path) -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | --- |")
     for name, s in manifest["stages"].items():
         base, gain, head = s.get("baseline") or {}, s.get("gain") or {}, s.get("head") or {}
-        kept = f"{head['kept']}/{s['classes']}" if head.get("kept") is not None and s.get("init") != "scratch" else "-"
+        kept = f"{head['kept']}/{s['classes']}" if head.get("kept") is not None and s.get("parent") else "-"
         verdict = "-"
         if gain:
             verdict = (f"yes ({gain['time_to_baseline_best_s']:.0f} s vs {gain['baseline_best_s']:.0f} s)"

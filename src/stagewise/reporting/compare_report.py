@@ -122,7 +122,7 @@ def _axis_value(row: CompareRow, axis: str) -> str:
 
 
 def plot_compare(rows: Sequence[CompareRow]) -> Figure:
-    """Validation top-1 against training time (left) and against epochs (right), one line per
+    """Validation top-1 against wall time (left) and against epochs (right), one line per
     cell, drawn so that cells differing in any axis of the grid look different (plot_styles)."""
     fig, axes = new_figure(11, 4.2, 1, 2)
     by_time, by_epoch = axes[0]
@@ -133,13 +133,13 @@ def plot_compare(rows: Sequence[CompareRow]) -> Figure:
             continue
         by_time.plot([p[0] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
         by_epoch.plot([p[2] for p in pts], [p[1] for p in pts], label=r["cell"], **style)
-    for ax, xlabel in ((by_time, "training time (s)"), (by_epoch, "epoch")):
+    for ax, xlabel in ((by_time, "wall time (s)"), (by_epoch, "epoch")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("val top-1")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_time.set_title("validation accuracy against training time")
+    by_time.set_title("validation accuracy against wall time")
     by_epoch.set_title("validation accuracy per epoch")
     if legend:
         fig.suptitle(legend, fontsize=8)
