@@ -191,3 +191,22 @@ def test_epochs_logged_to_tensorboard(tmp_path: Path) -> None:
     assert {"val_top1", "train_loss", "lr/layer0", "lr/layer1"} <= set(events.Tags()["scalars"])
     logged = [(s.step, round(s.value, 6)) for s in events.Scalars("val_top1")]
     assert logged == [(1, 0.6), (2, 0.7), (3, 0.8)]
+
+
+def test_compare_from_python_without_models_uses_the_command_lines_default_set(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """`compare(data, epochs=..., out=...)` plans the same grid as `stagewise compare` without
+    --models/--strategies (the plan is caught before anything trains)."""
+    import stagewise.runs.comparison as comparison
+    from stagewise.defaults import COMPARE_MODELS
+
+    planned: list[tuple[list[str], list[str]]] = []
+
+    def catch(models, strategies, *rest):
+        planned.append((models, strategies))
+        raise RuntimeError("planned")
+
+    monkeypatch.setattr(comparison, "plan_cells", catch)
+    with pytest.raises(RuntimeError, match="planned"):
+        comparison.compare(tmp_path / "data", epochs=1, out=tmp_path / "cmp")
+    assert planned == [(list(COMPARE_MODELS), ["finetune"])]

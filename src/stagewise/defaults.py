@@ -27,6 +27,7 @@ FEW_IDENTITIES = 10
 # tutorial compares (residual, EfficientNet, mobile, ConvNeXt), each with timm weights that the
 # default `weights:` can load; 5-16M parameters, so the grid fits a laptop GPU. docs/cli.md.
 COMPARE_MODELS = ("resnet18", "efficientnet_b0", "mobilenetv3_large_100", "convnext_nano")
+COMPARE_STRATEGIES = ("finetune",)  # `stagewise compare` / `compare()` without strategies
 # `scheduler: cosine_warmup` (and any NAME_warmup alias, config/aliases.py) without warmup_epochs:
 # this many epochs of linear warmup, at most a tenth of the stage's epochs.
 ALIAS_WARMUP_EPOCHS = 1.0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..config.choices import Strategy, Task, choices_of
-from ..defaults import COMPARE_MODELS, LR_FIND_OUT
+from ..defaults import COMPARE_MODELS, COMPARE_STRATEGIES, LR_FIND_OUT
 from ..errors import ConfigError
 from ..runfolder import LR_FIND, LR_FIND_PLOT
 from .common import (
@@ -44,7 +44,7 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default=",".join(COMPARE_MODELS),
                    help="comma-separated model names (default: " + ",".join(COMPARE_MODELS)
                    + ", a small set of families with ImageNet weights in timm)")
-    p.add_argument("--strategies", default="finetune",
+    p.add_argument("--strategies", default=",".join(COMPARE_STRATEGIES),
                    help=f"comma-separated: {','.join(choices_of(Strategy))}")
     p.add_argument("--optimizers", help="comma-separated optimizers (default: the config's)")
     p.add_argument("--schedulers", help="comma-separated schedulers (default: the config's)")

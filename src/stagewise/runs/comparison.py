@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import TrainConfig, build_config
+from ..defaults import COMPARE_MODELS, COMPARE_STRATEGIES
 from ..errors import ConfigError, StagewiseError
 from ..kinds import STRATEGIES, TASKS, embeds
 from ..runfolder import (
@@ -203,8 +204,8 @@ def parse_weights(text: str | None) -> str | dict[str, str] | None:
 
 def compare(
     data: str | Path,
-    models: list[str],
-    strategies: list[str],
+    models: Sequence[str] = COMPARE_MODELS,
+    strategies: Sequence[str] = COMPARE_STRATEGIES,
     *,
     epochs: int | None,
     out: str | Path,
@@ -226,6 +227,8 @@ def compare(
     pre-logits features): "classifier features" against "metric-learned features".
     `layer_decays` ([1.0, 0.7]: uniform against discriminative LRs) and `group_lrs` (label ->
     {pattern: lr}; {} for none) are axes too. `epochs` None: the config's (or a stage's default).
+    Without `models`, the command line's default set (`defaults.COMPARE_MODELS`: four small
+    families with ImageNet weights in timm); without `strategies`, finetune.
 
     Example:
         >>> compare("data/pets", ["resnet18"], ["scratch", "probe", "finetune"], epochs=3,
@@ -239,7 +242,7 @@ def compare(
     base.setdefault("report", False)  # the comparison has its own report; a cell's is on request
     if log_with:  # every cell logs its epochs live, like any training run
         base["log_with"] = log_with
-    cells = plan_cells(models, strategies, optimizers, schedulers, tasks, layer_decays, group_lrs)
+    cells = plan_cells(list(models), list(strategies), optimizers, schedulers, tasks, layer_decays, group_lrs)
     base.update(_retrieval_setting(tasks, retrieval_data))
     values = {v for c in cells for v in c.axis_names()}
     stray = sorted(_axis_values(base) - values)
