@@ -159,3 +159,18 @@ def test_functions_are_short(path: Path) -> None:
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
             and n.end_lineno - n.lineno + 1 > MAX_LINES]
     assert not long, f"{path.name}: functions over {MAX_LINES} lines: {', '.join(long)}"
+
+
+def test_no_submodule_shadows_a_lazily_exported_name() -> None:
+    """A package attribute set by importing a submodule wins over the lazy export of the same
+    name: `import stagewise.inference.evaluate` once made `stagewise.evaluate` a module (the CLI's
+    evaluate imported that module first). No exported
+    name may also be a submodule of the package that exports it."""
+    import importlib
+    import pkgutil
+
+    for package in ("stagewise", "stagewise.inference", "stagewise.config", "stagewise.data",
+                    "stagewise.runs", "stagewise.training", "stagewise.models", "stagewise.reporting"):
+        mod = importlib.import_module(package)
+        submodules = {m.name for m in pkgutil.iter_modules(mod.__path__)}
+        assert not submodules & set(mod.__all__), (package, submodules & set(mod.__all__))

@@ -149,7 +149,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..inference import evaluate, load_ensemble
-    from ..inference.evaluate import EVAL_FILE, output_paths, top_losses_path
+    from ..inference.evaluation import EVAL_FILE, output_paths, top_losses_path
     from ..inference.output import progress_bar
     from ..runfolder import check_outputs
 
@@ -201,7 +201,7 @@ def _print_interpretation(result: Evaluation) -> None:
 
 def _evaluate_retrieval(args: argparse.Namespace) -> int:
     from ..inference import load
-    from ..inference.evaluate import EVAL_FILE, output_paths
+    from ..inference.evaluation import EVAL_FILE, output_paths
     from ..inference.retrieval import require_faiss
     from ..inference.retrieval_eval import evaluate_retrieval, require_metrics
     from ..runfolder import check_outputs

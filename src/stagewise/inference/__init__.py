@@ -15,9 +15,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and IDEs
     from .artifact import Artifact, find_artifact, load
     from .classifier import Candidate, Classifier, Prediction
     from .ensemble import Ensemble, load_ensemble
-    from .evaluate import Evaluation, evaluate
-    from .export import export
+    from .evaluation import Evaluation, evaluate
     from .export_result import ExportError, ExportResult
+    from .exporting import export
     from .predict import FileResult, expand_inputs, predict_files
     from .retrieval import Embeddings, Match, RetrievalError, Retriever
     from .retrieval_eval import RetrievalEvaluation, evaluate_retrieval
@@ -27,8 +27,8 @@ _EXPORTS = {
     "Artifact": "artifact", "find_artifact": "artifact", "load": "artifact",
     "Candidate": "classifier", "Classifier": "classifier", "Prediction": "classifier",
     "Ensemble": "ensemble", "load_ensemble": "ensemble",
-    "Evaluation": "evaluate", "evaluate": "evaluate",
-    "ExportError": "export_result", "ExportResult": "export_result", "export": "export",
+    "Evaluation": "evaluation", "evaluate": "evaluation",
+    "ExportError": "export_result", "ExportResult": "export_result", "export": "exporting",
     "FileResult": "predict", "expand_inputs": "predict", "predict_files": "predict",
     "Embeddings": "retrieval", "Match": "retrieval", "RetrievalError": "retrieval",
     "Retriever": "retrieval",

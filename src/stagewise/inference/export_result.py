@@ -1,5 +1,5 @@
 """What every export format returns or raises, apart from the writers: the ONNX/TorchScript
-writer (export.py) dispatches `--format hf` to hf_export.py, which returns the same result, so
+writer (exporting.py) dispatches `--format hf` to hf_export.py, which returns the same result, so
 both import these from here rather than from each other."""
 
 from __future__ import annotations

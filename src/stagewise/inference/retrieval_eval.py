@@ -25,7 +25,7 @@ from ..ranking import (  # noqa: F401  (re-exported for callers of the inference
     retrieval_metrics,
 )
 from ..runfolder import check_outputs
-from .evaluate import EVAL_FILE, output_paths
+from .evaluation import EVAL_FILE, output_paths
 from .retrieval import Embedder, Embeddings, embed_items, identity_items
 
 
