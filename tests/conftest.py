@@ -150,3 +150,14 @@ def crash_then_resume(config: dict, monkeypatch: pytest.MonkeyPatch, *, mid_epoc
         with pytest.raises(Crash):
             stagewise.train(config, reporter="quiet")
     return stagewise.train(resume=True, reporter="quiet", out=config["out"])
+
+
+def trained_run(root: Path, classes: tuple[str, ...]) -> tuple[Path, Path]:
+    """(run folder, data folder) of test_resnet trained one epoch at 32 px on colour-coded
+    `classes` (6 images each), no augmentation: the run that inference-side tests read."""
+    import stagewise
+
+    data = make_image_folder(root / "data", classes=classes, per_class=6)
+    result = stagewise.train(tiny_config(data, root / "run", epochs=1, augmentation="none"),
+                             reporter="quiet")
+    return result.run_dir, data

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import stagewise
-from conftest import make_image_folder, tiny_config
+from conftest import trained_run
 from stagewise.cli import main
 from stagewise.inference.hub import FILES
 
@@ -21,11 +21,7 @@ CLASSES = ("red", "green", "blue")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run folder, data folder) of test_resnet trained one epoch at 32 px."""
-    root = tmp_path_factory.mktemp("hub")
-    data = make_image_folder(root / "data", classes=CLASSES, per_class=6)
-    result = stagewise.train(tiny_config(data, root / "run", epochs=1, augmentation="none"),
-                             reporter="quiet")
-    return result.run_dir, data
+    return trained_run(tmp_path_factory.mktemp("hub"), CLASSES)
 
 
 @pytest.fixture(scope="module")

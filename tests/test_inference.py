@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 import stagewise
-from conftest import make_image_folder, tiny_config
+from conftest import make_image_folder, trained_run
 from stagewise.cli import main
 from stagewise.data.images import load_rgb
 from stagewise.errors import DataError, StagewiseError, WeightsError
@@ -27,11 +27,7 @@ CLASSES = ("alpha", "beta", "gamma")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(run folder, data folder) of test_resnet trained one epoch on colour-coded classes."""
-    root = tmp_path_factory.mktemp("inference")
-    data = make_image_folder(root / "data", classes=CLASSES, per_class=6)
-    result = stagewise.train(tiny_config(data, root / "run", epochs=1, augmentation="none"),
-                             reporter="quiet")
-    return result.run_dir, data
+    return trained_run(tmp_path_factory.mktemp("inference"), CLASSES)
 
 
 @pytest.fixture(scope="module")

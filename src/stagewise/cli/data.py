@@ -41,6 +41,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _index_parser(dsub)
 
 
+def _split_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """How a folder is read and split, as training reads it (`data index` and `data shard`)."""
+    p.add_argument("--format", default="auto", help="layout of DIR (default: detected)")
+    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                   help="held out as val when DIR has no val split (must match the training "
+                        "config's)")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=seed_help)
+
+
 def _index_parser(dsub: argparse._SubParsersAction) -> None:
     from ..config.choices import VerifyMode, choices_of
 
@@ -51,10 +60,7 @@ def _index_parser(dsub: argparse._SubParsersAction) -> None:
                     "~/.cache/stagewise/index); training and resumes read it back while DIR is "
                     "unchanged. Run it before a multi-node job to index outside its time.")
     p.add_argument("dir", type=Path, help="dataset folder (or CSV manifest)")
-    p.add_argument("--format", default="auto", help="layout (default: detected)")
-    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
-                   help="used when there is no val split (must match the training config's)")
-    p.add_argument("--seed", type=int, default=defaults.SEED, help="the training config's seed")
+    _split_arguments(p, "the training config's seed")
     p.add_argument("--verify", default=defaults.VERIFY, choices=choices_of(VerifyMode),
                    help=f"what to open: auto (header up to {defaults.VERIFY_AUTO_LIMIT} files, "
                         "none above), none, header, decode (default: auto)")
@@ -170,11 +176,7 @@ def _shard_parser(dsub: argparse._SubParsersAction) -> None:
                    help="new folder for the shards (must not exist or be empty)")
     p.add_argument("--shard-size", default="256MB", metavar="SIZE",
                    help="bytes per shard: 256MB, 1GB, 512MiB (default: 256MB)")
-    p.add_argument("--format", default="auto", help="layout of DIR (default: detected)")
-    p.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
-                   help="held out as val when DIR has no val split")
-    p.add_argument("--seed", type=int, default=defaults.SEED,
-                   help="seed of that split and of the training samples' order in the shards")
+    _split_arguments(p, "seed of that split and of the training samples' order in the shards")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_shard)
